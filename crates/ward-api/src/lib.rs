@@ -1,0 +1,18 @@
+//! Ward's resource model: Kuma-format resources, their parsing and validation, and
+//! the authorization decision. Pure: no I/O, no network.
+
+#[macro_use]
+mod string_enum;
+pub mod dataplane;
+pub mod duration;
+pub mod error;
+pub mod mesh;
+pub mod names;
+pub mod parse;
+pub mod permission;
+pub mod policy;
+pub mod resource;
+pub mod traffic_permission;
+
+pub use error::{Cause, ValidationError};
+pub use resource::{Meta, Resource, ResourceType, Spec};

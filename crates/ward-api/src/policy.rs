@@ -1,0 +1,419 @@
+//! The authorization decision: may this caller reach this dataplane, and which policy said so.
+//!
+//! Rules, in order:
+//! 1. Only MeshTrafficPermissions whose top-level `targetRef` selects the destination count.
+//!    The more specific top-level kind wins: Dataplane > MeshSubset > MeshService > Mesh.
+//! 2. Among those, the entry whose caller selector is most specific wins:
+//!    `rules[]` SPIFFE matchers > MeshSubset (more tags first) > MeshService > Mesh.
+//! 3. At equal specificity Deny beats AllowWithShadowDeny beats Allow, so a broad Allow
+//!    never overrides an equally specific Deny (unlike Kuma's issue #16873).
+//! 4. When no MeshTrafficPermission matches, legacy TrafficPermissions may allow.
+//! 5. Otherwise the answer is Deny, naming no policy.
+
+use std::fmt;
+
+use crate::{
+    dataplane::{Dataplane, SERVICE_TAG, Tags, tags_match},
+    permission::{Action, MeshTrafficPermission, TargetKind, TargetRef},
+    resource::{Resource, ResourceType, Spec},
+};
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A mesh member known by its tags (`kuma.io/service` at least).
+    Tags(Tags),
+    /// A mesh member known by the SPIFFE ID of its certificate.
+    Spiffe(String),
+    /// A plaintext caller of a PERMISSIVE mesh, with no identity: only mesh-wide
+    /// (`from[].targetRef.kind: Mesh`) entries match it.
+    Anonymous,
+}
+
+/// A policy that decided, named `Type/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRef {
+    /// Its type.
+    pub ty: ResourceType,
+    /// Its name.
+    pub name: String,
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ty.info().name, self.name)
+    }
+}
+
+/// The answer: what to do, and which policy decided (none when nothing matched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow, Deny or AllowWithShadowDeny.
+    pub action: Action,
+    /// The deciding policy; `None` for the default deny.
+    pub policy: Option<PolicyRef>,
+}
+
+impl Decision {
+    /// Whether the request may pass (Allow or AllowWithShadowDeny).
+    pub fn allows(&self) -> bool {
+        self.action != Action::Deny
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.policy {
+            Some(p) => write!(f, "{} by {p}", self.action),
+            None => write!(f, "{} (no permission matches)", self.action),
+        }
+    }
+}
+
+/// The caller as seen from mesh `mesh`: its tags and its SPIFFE ID, as far as known.
+struct CallerView {
+    tags: Tags,
+    spiffe_id: Option<String>,
+    anonymous: bool,
+}
+
+impl CallerView {
+    fn new(mesh: &str, caller: &Caller) -> Self {
+        match caller {
+            Caller::Tags(tags) => CallerView {
+                spiffe_id: tags.get(SERVICE_TAG).map(|s| format!("spiffe://{mesh}/{s}")),
+                tags: tags.clone(),
+                anonymous: false,
+            },
+            Caller::Anonymous => CallerView { tags: Tags::new(), spiffe_id: None, anonymous: true },
+            Caller::Spiffe(id) => {
+                let service =
+                    id.strip_prefix(&format!("spiffe://{mesh}/")).filter(|s| !s.is_empty() && !s.contains('/'));
+                CallerView {
+                    tags: service.map(|s| Tags::from([(SERVICE_TAG.to_string(), s.to_string())])).unwrap_or_default(),
+                    spiffe_id: Some(id.clone()),
+                    anonymous: false,
+                }
+            }
+        }
+    }
+
+    /// Whether the caller is a member of the mesh at all.
+    fn in_mesh(&self) -> bool {
+        self.tags.contains_key(SERVICE_TAG)
+    }
+}
+
+/// Specificity of a top-level targetRef (higher wins).
+fn target_rank(kind: TargetKind) -> u8 {
+    match kind {
+        TargetKind::Mesh => 0,
+        TargetKind::MeshService => 1,
+        TargetKind::MeshSubset => 2,
+        TargetKind::Dataplane => 3,
+    }
+}
+
+/// Precedence of actions at equal specificity (higher wins).
+fn action_rank(action: Action) -> u8 {
+    match action {
+        Action::Allow => 0,
+        Action::AllowWithShadowDeny => 1,
+        Action::Deny => 2,
+    }
+}
+
+/// Whether a top-level targetRef selects the dataplane `name` with `labels`.
+fn selects_destination(target: Option<&TargetRef>, name: &str, labels: &Tags, dp: &Dataplane) -> bool {
+    let Some(target) = target else { return true };
+    match target.kind {
+        TargetKind::Mesh => true,
+        TargetKind::MeshService => target.name.as_deref() == Some(dp.service()),
+        TargetKind::MeshSubset => target.tags.as_ref().is_some_and(|t| dp.has_tags(t)),
+        TargetKind::Dataplane => {
+            target.name.as_deref().is_none_or(|n| n == name)
+                && target.labels.as_ref().is_none_or(|l| tags_match(l, labels))
+        }
+    }
+}
+
+/// How specifically a `from[]` targetRef selects the caller, if it does (higher wins).
+fn caller_rank(target: &TargetRef, caller: &CallerView) -> Option<(u8, usize)> {
+    if caller.anonymous {
+        return (target.kind == TargetKind::Mesh).then_some((0, 0));
+    }
+    if !caller.in_mesh() {
+        return None;
+    }
+    match target.kind {
+        TargetKind::Mesh => Some((0, 0)),
+        TargetKind::MeshService => (target.name.as_ref() == caller.tags.get(SERVICE_TAG)).then_some((1, 0)),
+        TargetKind::MeshSubset => {
+            let tags = target.tags.as_ref()?;
+            tags_match(tags, &caller.tags).then_some((2, tags.len()))
+        }
+        TargetKind::Dataplane => None,
+    }
+}
+
+/// A candidate answer from one policy entry, ranked for comparison.
+type Candidate<'a> = ((u8, u8, usize, u8), Action, &'a str);
+
+fn candidates<'a>(name: &'a str, mtp: &'a MeshTrafficPermission, caller: &CallerView, top: u8) -> Vec<Candidate<'a>> {
+    let mut out = Vec::new();
+    for entry in mtp.from.iter().flatten() {
+        if let Some((rank, tags)) = caller_rank(&entry.target_ref, caller) {
+            let action = entry.default.action;
+            out.push(((top, rank, tags, action_rank(action)), action, name));
+        }
+    }
+    let Some(id) = &caller.spiffe_id else { return out };
+    for rule in mtp.rules.iter().flatten() {
+        for (action, matchers) in rule.default.lists() {
+            if matchers.iter().any(|m| m.spiffe_id.matches(id)) {
+                out.push(((top, 3, 0, action_rank(action)), action, name));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `policy` is a permission that can decide for callers of the dataplane `destination`:
+/// what a proxy needs of its mesh's policies to make every decision [`decide`] would make.
+pub fn applies_to(policy: &Resource, destination: &Resource) -> bool {
+    let Spec::Dataplane(dp) = &destination.spec else { return false };
+    if policy.meta.mesh != destination.meta.mesh {
+        return false;
+    }
+    match &policy.spec {
+        Spec::MeshTrafficPermission(mtp) => {
+            selects_destination(mtp.target_ref.as_ref(), &destination.meta.name, &destination.meta.labels, dp)
+        }
+        Spec::TrafficPermission(tp) => tp.destinations.iter().any(|d| dp.has_tags(&d.tags)),
+        _ => false,
+    }
+}
+
+/// Decides whether `caller` may reach the dataplane `destination`, given every
+/// resource of its mesh (other types are ignored).
+pub fn decide(policies: &[Resource], caller: &Caller, destination: &Resource) -> Decision {
+    let Spec::Dataplane(dp) = &destination.spec else {
+        return Decision { action: Action::Deny, policy: None };
+    };
+    let (dest_name, labels, mesh) = (&destination.meta.name, &destination.meta.labels, &destination.meta.mesh);
+    let caller = CallerView::new(mesh, caller);
+
+    let best = policies
+        .iter()
+        .filter(|r| &r.meta.mesh == mesh)
+        .filter_map(|r| match &r.spec {
+            Spec::MeshTrafficPermission(mtp) => Some((r.meta.name.as_str(), mtp)),
+            _ => None,
+        })
+        .filter(|(_, mtp)| selects_destination(mtp.target_ref.as_ref(), dest_name, labels, dp))
+        .flat_map(|(name, mtp)| {
+            let top = mtp.target_ref.as_ref().map_or(0, |t| target_rank(t.kind));
+            candidates(name, mtp, &caller, top)
+        })
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.2.cmp(a.2)));
+    if let Some((_, action, name)) = best {
+        return Decision {
+            action,
+            policy: Some(PolicyRef { ty: ResourceType::MeshTrafficPermission, name: name.to_string() }),
+        };
+    }
+
+    let legacy = policies.iter().filter(|r| &r.meta.mesh == mesh).find(|r| match &r.spec {
+        Spec::TrafficPermission(tp) => {
+            caller.in_mesh()
+                && tp.sources.iter().any(|s| tags_match(&s.tags, &caller.tags))
+                && tp.destinations.iter().any(|d| dp.has_tags(&d.tags))
+        }
+        _ => false,
+    });
+    match legacy {
+        Some(r) => Decision {
+            action: Action::Allow,
+            policy: Some(PolicyRef { ty: ResourceType::TrafficPermission, name: r.meta.name.clone() }),
+        },
+        None => Decision { action: Action::Deny, policy: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse;
+
+    fn load(yaml: &str) -> Vec<Resource> {
+        parse::documents(yaml)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| parse::resource(d, &format!("document {}", i + 1)).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    fn dataplane(name: &str, service: &str, extra_tag: &str) -> Resource {
+        load(&format!(
+            "type: Dataplane\nmesh: m\nname: {name}\nlabels: {{team: {service}-team}}\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 8080\n    tags:\n      kuma.io/service: {service}\n      {extra_tag}\n"
+        ))
+        .remove(0)
+    }
+
+    fn mtp(name: &str, target: &str, from: &[(&str, &str)]) -> String {
+        let mut s =
+            format!("---\ntype: MeshTrafficPermission\nmesh: m\nname: {name}\nspec:\n  targetRef: {target}\n  from:\n");
+        for (source, action) in from {
+            s += &format!("  - targetRef: {source}\n    default: {{action: {action}}}\n");
+        }
+        s
+    }
+
+    fn svc(name: &str) -> Caller {
+        Caller::Tags(Tags::from([(SERVICE_TAG.into(), name.into())]))
+    }
+
+    /// (policies YAML, caller, destination, expected action, expected policy name)
+    #[test]
+    fn decisions_table() {
+        let backend = dataplane("backend-1", "backend", "version: v2");
+        let any = "{kind: Mesh}";
+        let web = "{kind: MeshService, name: web}";
+        let web_subset = "{kind: MeshSubset, tags: {kuma.io/service: web}}";
+        let to_backend = "{kind: MeshService, name: backend}";
+        let to_v2 = "{kind: MeshSubset, tags: {version: v2}}";
+        let to_dp = "{kind: Dataplane, name: backend-1}";
+        let to_team = "{kind: Dataplane, labels: {team: backend-team}}";
+        let rules = |list: &str, kind: &str, value: &str| {
+            format!(
+                "---\ntype: MeshTrafficPermission\nmesh: m\nname: rules\nspec:\n  rules:\n  - default:\n      {list}:\n      - spiffeID: {{type: {kind}, value: '{value}'}}\n"
+            )
+        };
+        let cases: Vec<(String, Caller, Action, Option<&str>)> = vec![
+            // Nothing applies: default deny, no policy named.
+            (String::new(), svc("web"), Action::Deny, None),
+            (mtp("a", to_backend, &[(web, "Allow")]), svc("web"), Action::Allow, Some("a")),
+            (mtp("a", to_backend, &[(web, "Allow")]), svc("other"), Action::Deny, None),
+            (mtp("a", "{kind: MeshService, name: other}", &[(any, "Allow")]), svc("web"), Action::Deny, None),
+            // Equal specificity: Deny wins over Allow, whatever the order (Kuma #16873).
+            (mtp("a", to_backend, &[(web, "Allow")]) + &mtp("b", to_backend, &[(web, "Deny")]), svc("web"), Action::Deny, Some("b")),
+            (mtp("b", to_backend, &[(web, "Deny")]) + &mtp("a", to_backend, &[(web, "Allow")]), svc("web"), Action::Deny, Some("b")),
+            (mtp("a", any, &[(any, "Allow"), (any, "Deny")]), svc("web"), Action::Deny, Some("a")),
+            (mtp("a", any, &[(any, "Allow")]) + &mtp("b", any, &[(any, "AllowWithShadowDeny")]), svc("web"), Action::AllowWithShadowDeny, Some("b")),
+            // A specific Deny is not overridden by a broader Allow.
+            (mtp("broad", any, &[(any, "Allow")]) + &mtp("specific", to_backend, &[(web, "Deny")]), svc("web"), Action::Deny, Some("specific")),
+            // A more specific top-level targetRef wins: Dataplane > MeshSubset > MeshService > Mesh.
+            (mtp("svc", to_backend, &[(any, "Deny")]) + &mtp("subset", to_v2, &[(any, "Allow")]), svc("web"), Action::Allow, Some("subset")),
+            (mtp("subset", to_v2, &[(any, "Deny")]) + &mtp("dp", to_dp, &[(any, "Allow")]), svc("web"), Action::Allow, Some("dp")),
+            (mtp("mesh", any, &[(web, "Deny")]) + &mtp("svc", to_backend, &[(any, "Allow")]), svc("web"), Action::Allow, Some("svc")),
+            (mtp("lbl", to_team, &[(any, "Allow")]), svc("web"), Action::Allow, Some("lbl")),
+            (mtp("lbl", "{kind: Dataplane, labels: {team: other}}", &[(any, "Allow")]), svc("web"), Action::Deny, None),
+            // Within one level, the more specific caller selector wins.
+            (mtp("a", to_backend, &[(any, "Deny"), (web, "Allow")]), svc("web"), Action::Allow, Some("a")),
+            (mtp("a", to_backend, &[(web, "Deny"), (web_subset, "Allow")]), svc("web"), Action::Allow, Some("a")),
+            (
+                mtp("a", to_backend, &[(web_subset, "Allow"), ("{kind: MeshSubset, tags: {kuma.io/service: web, version: v1}}", "Deny")]),
+                Caller::Tags(Tags::from([(SERVICE_TAG.into(), "web".into()), ("version".into(), "v1".into())])),
+                Action::Deny,
+                Some("a"),
+            ),
+            // Callers known only by SPIFFE ID.
+            (mtp("a", to_backend, &[(web, "Allow")]), Caller::Spiffe("spiffe://m/web".into()), Action::Allow, Some("a")),
+            (mtp("a", to_backend, &[(any, "Allow")]), Caller::Spiffe("spiffe://other-mesh/web".into()), Action::Deny, None),
+            (mtp("a", to_backend, &[(web_subset, "Allow")]), Caller::Spiffe("spiffe://m/web/extra".into()), Action::Deny, None),
+            // rules[] form: Exact and Prefix; deny wins inside the form.
+            (rules("allow", "Exact", "spiffe://m/web"), Caller::Spiffe("spiffe://m/web".into()), Action::Allow, Some("rules")),
+            (rules("allow", "Exact", "spiffe://m/web"), Caller::Spiffe("spiffe://m/web2".into()), Action::Deny, None),
+            (rules("allow", "Prefix", "spiffe://m/"), svc("anything"), Action::Allow, Some("rules")),
+            (rules("deny", "Prefix", "spiffe://m/") + &mtp("a", any, &[(web, "Allow")]), svc("web"), Action::Deny, Some("rules")),
+            (rules("allowWithShadowDeny", "Exact", "spiffe://m/web"), svc("web"), Action::AllowWithShadowDeny, Some("rules")),
+            // A plaintext caller of a PERMISSIVE mesh: only mesh-wide entries match it.
+            (mtp("a", any, &[(any, "Allow")]), Caller::Anonymous, Action::Allow, Some("a")),
+            (mtp("a", to_backend, &[(any, "Allow")]), Caller::Anonymous, Action::Allow, Some("a")),
+            (mtp("a", to_backend, &[(web, "Allow")]), Caller::Anonymous, Action::Deny, None),
+            (mtp("a", any, &[(any, "Allow"), (any, "Deny")]), Caller::Anonymous, Action::Deny, Some("a")),
+            (rules("allow", "Prefix", "spiffe://m/"), Caller::Anonymous, Action::Deny, None),
+            // Legacy TrafficPermission only when no MeshTrafficPermission matches.
+            (
+                "type: TrafficPermission\nmesh: m\nname: legacy\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: backend}\n".into(),
+                svc("web"),
+                Action::Allow,
+                Some("legacy"),
+            ),
+            (
+                "type: TrafficPermission\nmesh: m\nname: legacy\nsources:\n- match: {kuma.io/service: web}\ndestinations:\n- match: {kuma.io/service: other}\n".into(),
+                svc("web"),
+                Action::Deny,
+                None,
+            ),
+            (
+                mtp("a", to_backend, &[(web, "Deny")])
+                    + "---\ntype: TrafficPermission\nmesh: m\nname: legacy\nsources:\n- match: {kuma.io/service: '*'}\ndestinations:\n- match: {kuma.io/service: '*'}\n",
+                svc("web"),
+                Action::Deny,
+                Some("a"),
+            ),
+        ];
+        for (i, (yaml, caller, action, policy)) in cases.into_iter().enumerate() {
+            let policies = if yaml.is_empty() { vec![] } else { load(&yaml) };
+            let got = decide(&policies, &caller, &backend);
+            assert_eq!(got.action, action, "case {i}: {yaml}");
+            assert_eq!(got.policy.as_ref().map(|p| p.name.as_str()), policy, "case {i}: {yaml}");
+        }
+    }
+
+    /// The marketplace of DESIGN.md, from the example every test and the demo share.
+    #[test]
+    fn marketplace_example() {
+        let all = load(include_str!("../../../examples/marketplace.yaml"));
+        let dataplane = |service: &str| {
+            all.iter().find(|r| matches!(&r.spec, Spec::Dataplane(d) if d.service() == service)).expect("dataplane")
+        };
+        let allowed = [
+            ("invoices", "users"),
+            ("invoices", "items"),
+            ("users", "invoices"),
+            ("edge-gateway", "users"),
+            ("edge-gateway", "items"),
+            ("edge-gateway", "invoices"),
+        ];
+        for caller in ["users", "items", "invoices", "edge-gateway", "outsider"] {
+            for destination in ["users", "items", "invoices"] {
+                let want = allowed.contains(&(caller, destination));
+                let got =
+                    decide(&all, &Caller::Spiffe(format!("spiffe://marketplace/{caller}")), dataplane(destination));
+                assert_eq!(got.allows(), want, "{caller} -> {destination}: {got}");
+            }
+        }
+    }
+
+    #[test]
+    fn applicable_policies_decide_like_all_of_them() {
+        let all = load(include_str!("../../../examples/marketplace.yaml"));
+        for destination in all.iter().filter(|r| matches!(r.spec, Spec::Dataplane(_))) {
+            let mine: Vec<Resource> = all.iter().filter(|p| applies_to(p, destination)).cloned().collect();
+            assert_eq!(mine.len(), 1, "one permission per marketplace service: {}", destination.meta.name);
+            for caller in ["users", "items", "invoices", "edge-gateway", "outsider"] {
+                let caller = Caller::Spiffe(format!("spiffe://marketplace/{caller}"));
+                assert_eq!(decide(&mine, &caller, destination), decide(&all, &caller, destination));
+            }
+        }
+    }
+
+    #[test]
+    fn other_meshes_policies_do_not_apply() {
+        let backend = dataplane("backend-1", "backend", "version: v2");
+        let mut policies = load(&mtp("a", "{kind: Mesh}", &[("{kind: Mesh}", "Allow")]));
+        policies[0].meta.mesh = "other".into();
+        assert_eq!(decide(&policies, &svc("web"), &backend).action, Action::Deny);
+    }
+
+    #[test]
+    fn decision_explains_itself() {
+        let backend = dataplane("backend-1", "backend", "version: v2");
+        let policies = load(&mtp("allow-web", "{kind: Mesh}", &[("{kind: Mesh}", "Allow")]));
+        assert_eq!(decide(&policies, &svc("web"), &backend).to_string(), "Allow by MeshTrafficPermission/allow-web");
+        assert_eq!(decide(&[], &svc("web"), &backend).to_string(), "Deny (no permission matches)");
+    }
+}

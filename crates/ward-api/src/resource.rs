@@ -1,0 +1,206 @@
+//! The resource envelope shared by every type: type, mesh, name, labels, version, times.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dataplane::Dataplane, mesh::Mesh, permission::MeshTrafficPermission, traffic_permission::TrafficPermission,
+};
+
+/// The kinds of resource Ward stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ResourceType {
+    /// A mesh: a trust domain with its CA backends.
+    Mesh,
+    /// One service instance and its proxy.
+    Dataplane,
+    /// Which callers may reach which dataplanes (targetRef policy).
+    MeshTrafficPermission,
+    /// Legacy source/destination permission.
+    TrafficPermission,
+}
+
+/// Whether a type lives inside a mesh or is global.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Scope {
+    /// Global: meshes themselves.
+    Global,
+    /// Inside one mesh.
+    Mesh,
+}
+
+/// Names under which a type is known: API path, CLI aliases, display names.
+#[derive(Debug)]
+pub struct TypeInfo {
+    /// The type.
+    pub ty: ResourceType,
+    /// `type:` value and singular display name, e.g. `MeshTrafficPermission`.
+    pub name: &'static str,
+    /// Plural used in API paths, e.g. `meshtrafficpermissions`.
+    pub plural: &'static str,
+    /// Other names the CLI accepts, e.g. `mtp`, `traffic-permissions`.
+    pub aliases: &'static [&'static str],
+    /// Global or per mesh.
+    pub scope: Scope,
+    /// Whether the fields sit in `spec:` (new policies) or inline (Kuma's older types).
+    pub has_spec_field: bool,
+}
+
+/// Every type, in the order they should be applied (meshes first).
+pub const TYPES: &[TypeInfo] = &[
+    TypeInfo {
+        ty: ResourceType::Mesh,
+        name: "Mesh",
+        plural: "meshes",
+        aliases: &["mesh"],
+        scope: Scope::Global,
+        has_spec_field: false,
+    },
+    TypeInfo {
+        ty: ResourceType::Dataplane,
+        name: "Dataplane",
+        plural: "dataplanes",
+        aliases: &["dataplane", "dp"],
+        scope: Scope::Mesh,
+        has_spec_field: false,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshTrafficPermission,
+        name: "MeshTrafficPermission",
+        plural: "meshtrafficpermissions",
+        aliases: &["meshtrafficpermission", "mtp", "mesh-traffic-permissions"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::TrafficPermission,
+        name: "TrafficPermission",
+        plural: "traffic-permissions",
+        aliases: &["trafficpermission", "trafficpermissions", "traffic-permission"],
+        scope: Scope::Mesh,
+        has_spec_field: false,
+    },
+];
+
+impl ResourceType {
+    /// Names and paths of this type.
+    pub fn info(self) -> &'static TypeInfo {
+        TYPES.iter().find(|t| t.ty == self).expect("every type is in TYPES")
+    }
+
+    /// The type whose `type:` value is `name` (exact, as Kuma requires).
+    pub fn from_kind(name: &str) -> Option<Self> {
+        TYPES.iter().find(|t| t.name == name).map(|t| t.ty)
+    }
+
+    /// The type for a CLI word or API path segment: plural, singular, kind or alias, any case.
+    pub fn from_word(word: &str) -> Option<Self> {
+        let word = word.to_ascii_lowercase();
+        TYPES
+            .iter()
+            .find(|t| t.plural == word || t.name.to_ascii_lowercase() == word || t.aliases.contains(&word.as_str()))
+            .map(|t| t.ty)
+    }
+
+    /// The type served under API path segment `plural`.
+    pub fn from_plural(plural: &str) -> Option<Self> {
+        TYPES.iter().find(|t| t.plural == plural).map(|t| t.ty)
+    }
+
+    /// Whether resources of this type live inside a mesh.
+    pub fn is_mesh_scoped(self) -> bool {
+        self.info().scope == Scope::Mesh
+    }
+}
+
+/// What every resource carries besides its spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// Its type.
+    pub ty: ResourceType,
+    /// The mesh it belongs to; for a Mesh, its own name.
+    pub mesh: String,
+    /// Its name, unique per type and mesh.
+    pub name: String,
+    /// Free-form labels, matched by `Dataplane` targetRefs.
+    pub labels: BTreeMap<String, String>,
+    /// Version the store gave it (0 when not stored yet); a write naming a stale version fails.
+    pub version: u64,
+    /// When it was created (RFC 3339), set by the store.
+    pub creation_time: Option<String>,
+    /// When it was last changed (RFC 3339), set by the store.
+    pub modification_time: Option<String>,
+}
+
+impl Meta {
+    /// `plural/name`, the way errors name a resource.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.ty.info().plural, self.name)
+    }
+}
+
+/// The typed content of a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    /// A mesh.
+    Mesh(Mesh),
+    /// A dataplane.
+    Dataplane(Dataplane),
+    /// A MeshTrafficPermission.
+    MeshTrafficPermission(MeshTrafficPermission),
+    /// A legacy TrafficPermission.
+    TrafficPermission(TrafficPermission),
+}
+
+/// A validated resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// Type, mesh, name, labels, version and times.
+    pub meta: Meta,
+    /// Typed content.
+    pub spec: Spec,
+}
+
+impl Resource {
+    /// The resource as Kuma's Universal JSON: envelope fields, then `spec` or inline fields.
+    pub fn to_json(&self) -> serde_json::Value {
+        let info = self.meta.ty.info();
+        let mut out = serde_json::Map::new();
+        out.insert("type".into(), info.name.into());
+        if self.meta.ty.is_mesh_scoped() {
+            out.insert("mesh".into(), self.meta.mesh.clone().into());
+        }
+        out.insert("name".into(), self.meta.name.clone().into());
+        if !self.meta.labels.is_empty() {
+            out.insert("labels".into(), serde_json::to_value(&self.meta.labels).expect("labels serialize"));
+        }
+        if self.meta.version > 0 {
+            out.insert("version".into(), self.meta.version.into());
+        }
+        if let Some(t) = &self.meta.creation_time {
+            out.insert("creationTime".into(), t.clone().into());
+        }
+        if let Some(t) = &self.meta.modification_time {
+            out.insert("modificationTime".into(), t.clone().into());
+        }
+        let spec = self.spec_json();
+        if info.has_spec_field {
+            out.insert("spec".into(), spec);
+        } else if let serde_json::Value::Object(fields) = spec {
+            out.extend(fields);
+        }
+        serde_json::Value::Object(out)
+    }
+
+    /// The typed content alone, as JSON (what the store keeps).
+    pub fn spec_json(&self) -> serde_json::Value {
+        let value = match &self.spec {
+            Spec::Mesh(s) => serde_json::to_value(s),
+            Spec::Dataplane(s) => serde_json::to_value(s),
+            Spec::MeshTrafficPermission(s) => serde_json::to_value(s),
+            Spec::TrafficPermission(s) => serde_json::to_value(s),
+        };
+        value.expect("specs always serialize")
+    }
+}
