@@ -1,0 +1,254 @@
+//! Handlers for `/meshes/...`: get, list, put and delete resources.
+
+use axum::{
+    Json,
+    body::{Body, to_bytes},
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
+    response::IntoResponse,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use ward_api::{Resource, ResourceType, dataplane::SERVICE_TAG, parse, policy};
+
+use super::{ApiError, ApiState, Caller, MAX_BODY_BYTES};
+use crate::store::Written;
+
+/// Largest page a list returns.
+const MAX_PAGE: u64 = 1000;
+/// Page size when none is asked for.
+const DEFAULT_PAGE: u64 = 100;
+
+/// `?size=&offset=` of list requests.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    size: Option<u64>,
+    offset: Option<u64>,
+}
+
+fn mesh_scoped_type(plural: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::from_plural(plural)
+        .filter(|t| t.is_mesh_scoped())
+        .ok_or_else(|| ApiError::not_found(format!("unknown resource type {plural:?}; GET /_resources lists them")))
+}
+
+async fn list(
+    state: &ApiState,
+    ty: ResourceType,
+    mesh: Option<&str>,
+    page: Page,
+    path: &str,
+) -> Result<Json<Value>, ApiError> {
+    let size = page.size.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let offset = page.offset.unwrap_or(0);
+    let (items, total) = state.store.list(ty, mesh, offset, size).await?;
+    let next = (offset + size < total).then(|| format!("{path}?size={size}&offset={}", offset + size));
+    let items: Vec<Value> = items.iter().map(Resource::to_json).collect();
+    Ok(Json(json!({ "total": total, "items": items, "next": next })))
+}
+
+/// `GET /meshes`: the meshes the token may see.
+pub async fn list_meshes(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    match &caller.0.meshes {
+        None => list(&state, ResourceType::Mesh, None, page, "/meshes").await,
+        Some(meshes) => {
+            let mut items = Vec::new();
+            for mesh in meshes {
+                if let Some(r) = state.store.get(ResourceType::Mesh, mesh, mesh).await? {
+                    items.push(r.to_json());
+                }
+            }
+            Ok(Json(json!({ "total": items.len(), "items": items, "next": null })))
+        }
+    }
+}
+
+/// `GET /meshes/{mesh}/{plural}`.
+pub async fn list_in_mesh(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((mesh, plural)): Path<(String, String)>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let ty = mesh_scoped_type(&plural)?;
+    caller.read(&mesh)?;
+    list(&state, ty, Some(&mesh), page, &format!("/meshes/{mesh}/{plural}")).await
+}
+
+async fn get(state: &ApiState, ty: ResourceType, mesh: &str, name: &str) -> Result<Json<Value>, ApiError> {
+    match state.store.get(ty, mesh, name).await? {
+        Some(r) => Ok(Json(r.to_json())),
+        None => Err(ApiError::not_found(format!("{}/{name} not found in mesh {mesh:?}", ty.info().plural))),
+    }
+}
+
+/// `GET /meshes/{name}`.
+pub async fn get_mesh(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.read(&name)?;
+    get(&state, ResourceType::Mesh, &name, &name).await
+}
+
+/// `GET /meshes/{mesh}/{plural}/{name}`.
+pub async fn get_in_mesh(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let ty = mesh_scoped_type(&plural)?;
+    caller.read(&mesh)?;
+    get(&state, ty, &mesh, &name).await
+}
+
+/// Reads the body as JSON or YAML (by Content-Type), refusing more than 1 MiB.
+async fn read_document(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let is_yaml = match media.as_str() {
+        "application/json" => false,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => true,
+        _ => return Err(ApiError::unsupported_media(content_type)),
+    };
+    let bytes = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
+    if is_yaml {
+        let mut docs = parse::documents(text).map_err(ApiError::from)?;
+        if docs.len() != 1 {
+            return Err(ApiError::bad_request(format!(
+                "request body must hold one YAML document, found {}",
+                docs.len()
+            )));
+        }
+        Ok(docs.remove(0))
+    } else {
+        serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+    }
+}
+
+/// Fills `type`, `mesh` and `name` from the URL when the body leaves them out, refuses
+/// a body that contradicts the URL, and validates the result.
+fn resource_for_path(doc: Value, ty: ResourceType, mesh: &str, name: &str) -> Result<Resource, ApiError> {
+    let key = format!("{}/{name}", ty.info().plural);
+    let Value::Object(mut fields) = doc else {
+        return Err(ApiError::bad_field(&key, "", "must be a JSON object"));
+    };
+    let mut expect = vec![("type", ty.info().name), ("name", name)];
+    if ty.is_mesh_scoped() {
+        expect.push(("mesh", mesh));
+    }
+    for (field, wanted) in expect {
+        match fields.get(field) {
+            None => {
+                fields.insert(field.into(), wanted.into());
+            }
+            Some(Value::String(given)) if given == wanted => {}
+            Some(given) => {
+                return Err(ApiError::bad_field(&key, field, &format!("is {given} but the URL says {wanted:?}")));
+            }
+        }
+    }
+    Ok(parse::resource(Value::Object(fields), &key)?)
+}
+
+fn written_response(written: Written) -> (StatusCode, Json<Value>) {
+    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    (status, Json(written.resource.to_json()))
+}
+
+/// `PUT /meshes/{name}`.
+pub async fn put_mesh(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.write(&name)?;
+    let doc = read_document(&headers, body).await?;
+    let mut resource = resource_for_path(doc, ResourceType::Mesh, &name, &name)?;
+    let cas = state.identity.prepare_mesh(&mut resource).await?;
+    let written = state.store.put_with_cas(resource, &cas, &caller.actor()).await?;
+    Ok(written_response(written))
+}
+
+/// `PUT /meshes/{mesh}/{plural}/{name}`.
+pub async fn put_in_mesh(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let ty = mesh_scoped_type(&plural)?;
+    caller.write(&mesh)?;
+    let doc = read_document(&headers, body).await?;
+    let resource = resource_for_path(doc, ty, &mesh, &name)?;
+    Ok(written_response(state.store.put(resource, &caller.actor()).await?))
+}
+
+/// `DELETE /meshes/{name}`: the mesh and everything in it.
+pub async fn delete_mesh(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.write(&name)?;
+    state.store.delete(ResourceType::Mesh, &name, &name, &caller.actor()).await?;
+    Ok(StatusCode::OK)
+}
+
+/// `DELETE /meshes/{mesh}/{plural}/{name}`.
+pub async fn delete_in_mesh(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let ty = mesh_scoped_type(&plural)?;
+    caller.write(&mesh)?;
+    state.store.delete(ty, &mesh, &name, &caller.actor()).await?;
+    Ok(StatusCode::OK)
+}
+
+/// `?caller=` of an authorization question: a service name or a SPIFFE ID.
+#[derive(Debug, Deserialize)]
+pub struct CallerQuery {
+    caller: String,
+}
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/_authorization?caller=X`: would `caller` be let
+/// through to this dataplane, and which policy decides.
+pub async fn authorization(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((mesh, name)): Path<(String, String)>,
+    Query(query): Query<CallerQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.read(&mesh)?;
+    let who = if query.caller.starts_with("spiffe://") {
+        policy::Caller::Spiffe(query.caller.clone())
+    } else {
+        ward_api::names::check_service(&query.caller)
+            .map_err(|e| ApiError::bad_field("_authorization", "caller", &e))?;
+        policy::Caller::Tags([(SERVICE_TAG.to_string(), query.caller.clone())].into())
+    };
+    let dataplane = state
+        .store
+        .get(ResourceType::Dataplane, &mesh, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("dataplanes/{name} not found in mesh {mesh:?}")))?;
+    let decision = policy::decide(&state.store.mesh_resources(&mesh).await?, &who, &dataplane);
+    Ok(Json(json!({
+        "caller": query.caller,
+        "dataplane": name,
+        "action": decision.action,
+        "policy": decision.policy.as_ref().map(ToString::to_string),
+        "explanation": decision.to_string(),
+    })))
+}

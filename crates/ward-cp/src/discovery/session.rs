@@ -1,0 +1,241 @@
+//! One proxy's stream: authenticate its token, store its Dataplane, then push its
+//! configuration on every change and answer its certificate requests.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use ward_api::{Resource, ResourceType, Spec, parse};
+use ward_pki::{DataplaneClaims, SpiffeId};
+use ward_proto::discovery::{
+    Certificate, CertificateRefused, ControlMessage, ProxyConfig, ProxyMessage, Register, control_message,
+    proxy_message,
+};
+
+use super::{Discovery, online::SessionInfo, snapshot::SharedSnapshot};
+use crate::store::{Actor, DataplaneCert, StoreError};
+
+/// How long a new stream may take to send its Register message.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new stream waits for its mesh's first snapshot.
+const FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An authenticated, registered proxy.
+pub struct Session {
+    discovery: Discovery,
+    token: String,
+    claims: DataplaneClaims,
+    id: u64,
+    cancel: CancellationToken,
+    snapshots: watch::Receiver<SharedSnapshot>,
+    out: mpsc::Sender<Result<ControlMessage, Status>>,
+    last_config: Option<ProxyConfig>,
+}
+
+impl Session {
+    /// Reads the Register message, checks the token against it, stores the Dataplane and marks it online.
+    pub async fn open(
+        discovery: Discovery,
+        token: String,
+        remote: Option<SocketAddr>,
+        incoming: &mut Streaming<ProxyMessage>,
+        out: mpsc::Sender<Result<ControlMessage, Status>>,
+    ) -> Result<Session, Status> {
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, incoming.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Register message within 30s"))??;
+        let Some(ProxyMessage { message: Some(proxy_message::Message::Register(register)) }) = first else {
+            return Err(Status::invalid_argument("the first message of a stream must be Register"));
+        };
+        let (dataplane, service) = read_dataplane(&register)?;
+        let (mesh, name) = (dataplane.meta.mesh.clone(), dataplane.meta.name.clone());
+        let claims = discovery
+            .identity
+            .verify_token(&token, &mesh, &name, &service)
+            .await
+            .map_err(|e| Status::permission_denied(format!("dataplane token refused: {e}")))?;
+        store_dataplane(&discovery, dataplane).await?;
+
+        let cancel = CancellationToken::new();
+        let info = SessionInfo {
+            id: 0,
+            connected_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            proxy_version: register.proxy_version.clone(),
+            token_id: claims.jti.clone(),
+            remote_address: remote,
+            cancel: cancel.clone(),
+        };
+        let snapshots = discovery.snapshots.subscribe(&mesh);
+        let id = discovery.online.connect(&mesh, &name, info);
+        tracing::info!(%mesh, dataplane = %name, %service, remote = ?remote, "proxy connected");
+        Ok(Session { discovery, token, claims, id, cancel, snapshots, out, last_config: None })
+    }
+
+    /// Serves the stream until the proxy leaves, is replaced, or its token is revoked.
+    pub async fn run(mut self, mut incoming: Streaming<ProxyMessage>) {
+        let end = self.serve(&mut incoming).await.err();
+        let (mesh, name) = (&self.claims.mesh, &self.claims.name);
+        self.discovery.online.disconnect(mesh, name, self.id);
+        match end {
+            Some(status) => {
+                tracing::info!(%mesh, dataplane = %name, reason = %status.message(), "proxy stream closed by the control plane");
+                let _ = self.out.send(Err(status)).await;
+            }
+            None => tracing::info!(%mesh, dataplane = %name, "proxy disconnected"),
+        }
+    }
+
+    async fn serve(&mut self, incoming: &mut Streaming<ProxyMessage>) -> Result<(), Status> {
+        let mut revocations = self.discovery.identity.revocations();
+        // Certificates are signed with a current snapshot, so wait for the first one that holds us.
+        tokio::time::timeout(
+            FIRST_SNAPSHOT_TIMEOUT,
+            self.snapshots.wait_for(|s| s.dataplanes.contains_key(&self.claims.name)),
+        )
+        .await
+        .map_err(|_| Status::unavailable("the mesh's configuration was not ready within 30s"))?
+        .map_err(|_| Status::unavailable("the control plane is shutting down"))?;
+        self.push_config().await?;
+        loop {
+            tokio::select! {
+                message = incoming.message() => match message {
+                    Ok(Some(ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(request)) })) => {
+                        let answer = self.sign(&request.csr_pem).await;
+                        self.send(answer).await?;
+                    }
+                    Ok(Some(_)) => return Err(Status::invalid_argument("only CertificateRequest may follow Register")),
+                    Ok(None) => return Ok(()),
+                    Err(status) => {
+                        tracing::debug!(error = %status, "proxy stream broke");
+                        return Ok(());
+                    }
+                },
+                changed = self.snapshots.changed() => {
+                    changed.map_err(|_| Status::unavailable("the control plane is shutting down"))?;
+                    self.push_config().await?;
+                }
+                _ = revocations.changed() => {
+                    if self.discovery.identity.is_revoked(&self.claims.jti) {
+                        return Err(Status::permission_denied(format!("dataplane token {} has been revoked", self.claims.jti)));
+                    }
+                }
+                _ = self.cancel.cancelled() => return Err(Status::aborted("a newer stream of this dataplane replaced this one")),
+                _ = self.out.closed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends the configuration when it differs from the last one sent.
+    async fn push_config(&mut self) -> Result<(), Status> {
+        let snapshot = self.snapshots.borrow_and_update().clone();
+        let Some(config) = snapshot.proxy_config(&self.claims.name) else {
+            return Err(Status::not_found(format!(
+                "dataplane {} or its mesh {} was deleted",
+                self.claims.name, self.claims.mesh
+            )));
+        };
+        let unchanged = self
+            .last_config
+            .as_ref()
+            .is_some_and(|last| ProxyConfig { version: config.version, ..last.clone() } == config);
+        if unchanged {
+            return Ok(());
+        }
+        self.last_config = Some(config.clone());
+        self.send(control_message::Message::Config(config)).await
+    }
+
+    async fn send(&self, message: control_message::Message) -> Result<(), Status> {
+        self.out
+            .send(Ok(ControlMessage { message: Some(message) }))
+            .await
+            .map_err(|_| Status::cancelled("the proxy went away"))
+    }
+
+    /// Signs a CSR for the identity the token grants, or says why not.
+    async fn sign(&self, csr_pem: &str) -> control_message::Message {
+        let refuse = |reason: String| {
+            tracing::warn!(mesh = %self.claims.mesh, dataplane = %self.claims.name, %reason, "certificate request refused");
+            control_message::Message::CertificateRefused(CertificateRefused { reason })
+        };
+        let claims = &self.claims;
+        if let Err(e) =
+            self.discovery.identity.verify_token(&self.token, &claims.mesh, &claims.name, &claims.service).await
+        {
+            return refuse(format!("dataplane token refused: {e}"));
+        }
+        let snapshot = self.snapshots.borrow().clone();
+        let (Some(signer), Some(backend)) =
+            (&snapshot.signer, snapshot.mesh.as_ref().and_then(|m| m.enabled_backend()))
+        else {
+            return refuse(format!("mesh {} has mTLS disabled: there is no CA to sign with", claims.mesh));
+        };
+        let id = match SpiffeId::for_service(&claims.mesh, &claims.service) {
+            Ok(id) => id,
+            Err(e) => return refuse(format!("no SPIFFE ID for this dataplane: {e}")),
+        };
+        let (ca, csr, lifetime) = (Arc::clone(&signer.ca), csr_pem.to_string(), backend.cert_lifetime());
+        let signed = tokio::task::spawn_blocking(move || ca.sign_svid(&csr, &id, lifetime, Utc::now()))
+            .await
+            .expect("signing does not panic");
+        let svid = match signed {
+            Ok(svid) => svid,
+            Err(e) => return refuse(e.to_string()),
+        };
+        if !svid.ignored.is_empty() {
+            tracing::warn!(mesh = %claims.mesh, dataplane = %claims.name, ignored = ?svid.ignored, "the CSR asked for more than its identity; that part was left out");
+        }
+        let record = DataplaneCert {
+            spiffe_id: svid.spiffe_id.to_string(),
+            serial: svid.serial_hex.clone(),
+            not_before: svid.not_before.to_rfc3339(),
+            not_after: svid.not_after.to_rfc3339(),
+            backend: signer.backend.clone(),
+        };
+        if let Err(e) = self.discovery.store.record_dataplane_cert(&claims.mesh, &claims.name, &record).await {
+            tracing::warn!(error = %e, "cannot record the issued certificate");
+        }
+        control_message::Message::Certificate(Certificate {
+            chain_pem: svid.chain_pem,
+            spiffe_id: svid.spiffe_id.to_string(),
+            serial: svid.serial_hex,
+            not_before_unix: svid.not_before.timestamp(),
+            not_after_unix: svid.not_after.timestamp(),
+            backend: signer.backend.clone(),
+        })
+    }
+}
+
+/// Parses the registered Dataplane and its service, refusing anything else with the reason.
+fn read_dataplane(register: &Register) -> Result<(Resource, String), Status> {
+    let doc: serde_json::Value = serde_json::from_str(&register.dataplane_json)
+        .map_err(|e| Status::invalid_argument(format!("dataplane: not valid JSON: {e}")))?;
+    let resource = parse::resource(doc, "dataplane").map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let Spec::Dataplane(dp) = &resource.spec else {
+        return Err(Status::invalid_argument(format!("{}: a proxy registers a Dataplane", resource.meta.key())));
+    };
+    let service = dp.service().to_string();
+    Ok((resource, service))
+}
+
+/// Stores the Dataplane as the proxy describes it, unless the store already holds exactly that.
+async fn store_dataplane(discovery: &Discovery, dataplane: Resource) -> Result<(), Status> {
+    let meta = &dataplane.meta;
+    let stored = discovery.store.get(ResourceType::Dataplane, &meta.mesh, &meta.name).await.map_err(store_status)?;
+    if stored.is_some_and(|s| s.spec == dataplane.spec && s.meta.labels == meta.labels) {
+        return Ok(());
+    }
+    let actor = Actor(format!("dataplane:{}", meta.name));
+    discovery.store.put(dataplane, &actor).await.map_err(store_status)?;
+    Ok(())
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::UnknownMesh(mesh) => Status::failed_precondition(format!("mesh {mesh:?} does not exist")),
+        StoreError::Conflict { .. } | StoreError::NotFound(_) => Status::aborted(e.to_string()),
+        StoreError::Database(_) | StoreError::Corrupt { .. } => Status::internal(e.to_string()),
+    }
+}

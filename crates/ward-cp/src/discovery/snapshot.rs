@@ -1,0 +1,147 @@
+//! What the control plane knows of one mesh, rebuilt on every change and shared by the
+//! streams of its proxies, each of which derives its own configuration from it.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use ipnet::Ipv4Net;
+use ward_api::{
+    Resource, ResourceType, Spec,
+    dataplane::{PROTOCOL_TAG, SERVICE_TAG},
+    mesh::Mesh,
+    policy,
+};
+use ward_proto::discovery::{Endpoint, MtlsMode, ProxyConfig, Service};
+
+use crate::{
+    identity::{BackendCa, Identity, IdentityError},
+    store::Store,
+};
+
+/// One mesh at one moment.
+#[derive(Debug, Default)]
+pub struct MeshSnapshot {
+    /// Grows with every snapshot of any mesh.
+    pub version: u64,
+    /// The Mesh; `None` when it does not exist.
+    pub mesh: Option<Mesh>,
+    /// The CA of the enabled backend, which signs certificates.
+    pub signer: Option<BackendCa>,
+    /// Every backend's CA certificate, PEM.
+    pub trust_bundle_pem: String,
+    /// MeshTrafficPermissions and TrafficPermissions.
+    pub permissions: Vec<Resource>,
+    /// Every Dataplane, by name.
+    pub dataplanes: HashMap<String, Resource>,
+    /// Every service with a dataplane, with the endpoints of its connected ones.
+    pub services: BTreeMap<String, Service>,
+}
+
+impl MeshSnapshot {
+    /// Reads mesh `name` from the store; `online` names its connected dataplanes.
+    pub async fn build(
+        store: &Store,
+        identity: &Identity,
+        name: &str,
+        online: &HashSet<String>,
+        vip_range: Ipv4Net,
+        version: u64,
+    ) -> Result<Self, IdentityError> {
+        let Some(resource) = store.get(ResourceType::Mesh, name, name).await? else {
+            return Ok(MeshSnapshot { version, ..Default::default() });
+        };
+        let Spec::Mesh(mesh) = resource.spec else { return Ok(MeshSnapshot { version, ..Default::default() }) };
+        let cas = identity.signing_cas(name).await?;
+        let enabled = mesh.enabled_backend().map(|b| b.name.clone());
+        let signer = cas.iter().find(|c| Some(&c.backend) == enabled.as_ref()).cloned();
+        let trust_bundle_pem = cas.iter().map(|c| c.ca.cert_pem()).collect();
+
+        let mut permissions = Vec::new();
+        let mut dataplanes = HashMap::new();
+        let mut services: BTreeMap<String, Service> = BTreeMap::new();
+        for r in store.mesh_resources(name).await? {
+            match &r.spec {
+                Spec::Dataplane(dp) => {
+                    let service = services
+                        .entry(dp.service().to_string())
+                        .or_insert_with(|| Service { name: dp.service().to_string(), ..Default::default() });
+                    for inbound in &dp.networking.inbound {
+                        if service.protocol.is_empty()
+                            && let Some(protocol) = inbound.tags.get(PROTOCOL_TAG)
+                        {
+                            service.protocol = protocol.clone();
+                        }
+                        if online.contains(&r.meta.name) {
+                            service.endpoints.push(Endpoint {
+                                address: dp.networking.address.clone(),
+                                port: u32::from(inbound.port.0),
+                                dataplane: r.meta.name.clone(),
+                                tags: inbound.tags.clone().into_iter().collect(),
+                            });
+                        }
+                    }
+                    dataplanes.insert(r.meta.name.clone(), r);
+                }
+                Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) => permissions.push(r),
+                Spec::Mesh(_) => {}
+            }
+        }
+        let names: Vec<&str> = services.keys().map(String::as_str).collect();
+        for (service, ip) in store.virtual_ips(name, &names, vip_range).await? {
+            if let Some(s) = services.get_mut(&service) {
+                s.virtual_ip = ip.to_string();
+            }
+        }
+        Ok(MeshSnapshot { version, mesh: Some(mesh), signer, trust_bundle_pem, permissions, dataplanes, services })
+    }
+
+    /// The configuration of dataplane `name`; `None` when it is not in the mesh (any more).
+    pub fn proxy_config(&self, name: &str) -> Option<ProxyConfig> {
+        let mesh = self.mesh.as_ref()?;
+        let resource = self.dataplanes.get(name)?;
+        let Spec::Dataplane(dp) = &resource.spec else { return None };
+        let backend = mesh.enabled_backend();
+        let mtls_mode = match backend {
+            None => MtlsMode::Disabled,
+            Some(b) if b.is_permissive() => MtlsMode::Permissive,
+            Some(_) => MtlsMode::Strict,
+        };
+        let permissions_json = self
+            .permissions
+            .iter()
+            .filter(|p| policy::applies_to(p, resource))
+            .map(|p| p.to_json().to_string())
+            .collect();
+        // A transparent proxy or a gateway may be asked for any service; otherwise only its
+        // outbounds are reachable.
+        let wanted: Vec<&str> = if dp.networking.transparent_proxying.is_some() || dp.networking.gateway.is_some() {
+            self.services.keys().map(String::as_str).collect()
+        } else {
+            dp.networking.outbound.iter().filter_map(|o| o.tags.get(SERVICE_TAG)).map(String::as_str).collect()
+        };
+        let services = wanted
+            .into_iter()
+            .map(|s| {
+                self.services.get(s).cloned().unwrap_or_else(|| Service { name: s.to_string(), ..Default::default() })
+            })
+            .collect();
+        Some(ProxyConfig {
+            version: self.version,
+            mesh: resource.meta.mesh.clone(),
+            dataplane_json: resource.to_json().to_string(),
+            mtls_mode: mtls_mode.into(),
+            trust_bundle_pem: self.trust_bundle_pem.clone(),
+            certificate_lifetime_seconds: backend.map_or(Duration::ZERO, |b| b.cert_lifetime()).as_secs(),
+            permissions_json,
+            services,
+            passthrough: mesh.passthrough(),
+            enabled_backend: backend.map(|b| b.name.clone()).unwrap_or_default(),
+        })
+    }
+}
+
+/// A shared, replaceable snapshot.
+pub type SharedSnapshot = Arc<MeshSnapshot>;

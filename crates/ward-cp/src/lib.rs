@@ -1,0 +1,9 @@
+//! Ward's control plane: the resource store, the REST API and its access control.
+
+pub mod api;
+pub mod auth;
+pub mod discovery;
+pub mod identity;
+pub mod run;
+pub mod secrets;
+pub mod store;

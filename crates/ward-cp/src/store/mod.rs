@@ -1,0 +1,505 @@
+//! The resource store: SQLite (a file, or memory for tests), versions, audit, change feed.
+//! Key material of mesh identity lives beside the resources, in `identity`.
+//!
+//! Callers see only [`Store`]'s methods and [`Change`] events; a PostgreSQL backend
+//! would implement the same methods and feed the same channel from LISTEN/NOTIFY.
+
+use std::{path::Path, str::FromStr, sync::Arc};
+
+use serde::Serialize;
+use sqlx::{
+    Row, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+};
+use tokio::sync::{Mutex, watch};
+use ward_api::{Meta, Resource, ResourceType, Spec, parse};
+
+mod identity;
+mod virtual_ips;
+
+pub use identity::{DataplaneCert, MeshCa, StoredSigningKey};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The resource does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A mesh-scoped resource names a mesh that does not exist.
+    #[error("mesh {0:?} does not exist")]
+    UnknownMesh(String),
+    /// The write carried a version other than the stored one.
+    #[error("{key}: version {given} is stale: the stored version is {stored}")]
+    Conflict {
+        /// `plural/name`.
+        key: String,
+        /// Version the writer had.
+        given: u64,
+        /// Version in the store (0: it does not exist).
+        stored: u64,
+    },
+    /// The database failed.
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored row no longer reads as a valid resource.
+    #[error("stored {key} is unreadable: {reason}")]
+    Corrupt {
+        /// `plural/name`.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What happened to a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Op {
+    /// Created.
+    Created,
+    /// Updated.
+    Updated,
+    /// Deleted.
+    Deleted,
+}
+
+/// One event of the change feed; `revision` grows with every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Counts changes since the store was opened.
+    pub revision: u64,
+    /// What changed, `None` for the initial value of the feed.
+    pub what: Option<(Op, ResourceType, String, String)>,
+}
+
+/// Who made a change, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// Sequence number.
+    pub id: i64,
+    /// When (RFC 3339).
+    pub time: String,
+    /// Name of the token that made the change.
+    pub token_name: String,
+    /// created, updated or deleted.
+    pub action: String,
+    /// `type mesh/name`.
+    pub resource: String,
+    /// Version before the change.
+    pub old_version: Option<i64>,
+    /// Version after the change.
+    pub new_version: Option<i64>,
+}
+
+/// Result of a write.
+#[derive(Debug)]
+pub struct Written {
+    /// Whether the resource was new.
+    pub created: bool,
+    /// The stored resource with its new version and times.
+    pub resource: Resource,
+}
+
+/// The resource store.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    /// Serialises writers so read-check-write sequences never interleave.
+    write_lock: Arc<Mutex<u64>>,
+    changes: Arc<watch::Sender<Change>>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Opens (creating when absent) the SQLite database at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        Self::migrate(pool).await
+    }
+
+    /// A store that lives in memory only, for tests.
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        // One connection: each in-memory connection would otherwise be its own database.
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        Self::migrate(pool).await
+    }
+
+    async fn migrate(pool: SqlitePool) -> Result<Self, StoreError> {
+        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| StoreError::Database(e.into()))?;
+        let (changes, _) = watch::channel(Change { revision: 0, what: None });
+        Ok(Store { pool, write_lock: Arc::new(Mutex::new(0)), changes: Arc::new(changes) })
+    }
+
+    /// The change feed: always holds the latest change; wakes watchers on each one.
+    pub fn subscribe(&self) -> watch::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// One resource, if it exists.
+    pub async fn get(&self, ty: ResourceType, mesh: &str, name: &str) -> Result<Option<Resource>, StoreError> {
+        let row = sqlx::query("SELECT * FROM resources WHERE type = ? AND mesh = ? AND name = ?")
+            .bind(ty.info().name)
+            .bind(mesh)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| decode(ty, &r)).transpose()
+    }
+
+    /// A page of resources of `ty` (in `mesh`, or all meshes for `None`), by name, and the total.
+    pub async fn list(
+        &self,
+        ty: ResourceType,
+        mesh: Option<&str>,
+        offset: u64,
+        size: u64,
+    ) -> Result<(Vec<Resource>, u64), StoreError> {
+        let filter = "type = ?1 AND (?2 IS NULL OR mesh = ?2)";
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM resources WHERE {filter}"))
+            .bind(ty.info().name)
+            .bind(mesh)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows =
+            sqlx::query(&format!("SELECT * FROM resources WHERE {filter} ORDER BY mesh, name LIMIT ?3 OFFSET ?4"))
+                .bind(ty.info().name)
+                .bind(mesh)
+                .bind(size as i64)
+                .bind(offset as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        let items = rows.iter().map(|r| decode(ty, r)).collect::<Result<_, _>>()?;
+        Ok((items, total as u64))
+    }
+
+    /// Every resource of a mesh, of every mesh-scoped type (what policy decisions need).
+    pub async fn mesh_resources(&self, mesh: &str) -> Result<Vec<Resource>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM resources WHERE mesh = ? AND type <> 'Mesh' ORDER BY type, name")
+            .bind(mesh)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.get("type");
+                let ty = ResourceType::from_kind(&kind)
+                    .ok_or_else(|| StoreError::Corrupt { key: kind.clone(), reason: "unknown type".into() })?;
+                decode(ty, r)
+            })
+            .collect()
+    }
+
+    /// Creates or updates `resource`. A version other than 0 must equal the stored one.
+    pub async fn put(&self, resource: Resource, actor: &Actor) -> Result<Written, StoreError> {
+        self.put_with_cas(resource, &[], actor).await
+    }
+
+    /// Like [`Store::put`]; for a Mesh it also writes `cas` and drops the CAs of backends
+    /// the mesh no longer lists, in the same transaction.
+    pub async fn put_with_cas(&self, resource: Resource, cas: &[MeshCa], actor: &Actor) -> Result<Written, StoreError> {
+        let mut revision = self.write_lock.lock().await;
+        let meta = &resource.meta;
+        let ty = meta.ty.info().name;
+        let mut tx = self.pool.begin().await?;
+        if meta.ty.is_mesh_scoped() {
+            let mesh_exists = sqlx::query("SELECT 1 FROM resources WHERE type = 'Mesh' AND name = ?")
+                .bind(&meta.mesh)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !mesh_exists {
+                return Err(StoreError::UnknownMesh(meta.mesh.clone()));
+            }
+        }
+        let stored: Option<(i64, String)> =
+            sqlx::query_as("SELECT version, created_at FROM resources WHERE type = ? AND mesh = ? AND name = ?")
+                .bind(ty)
+                .bind(&meta.mesh)
+                .bind(&meta.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let stored_version = stored.as_ref().map_or(0, |(v, _)| *v as u64);
+        if meta.version != 0 && meta.version != stored_version {
+            return Err(StoreError::Conflict { key: meta.key(), given: meta.version, stored: stored_version });
+        }
+        let time = now();
+        let created_at = stored.as_ref().map_or(time.clone(), |(_, c)| c.clone());
+        let version = stored_version + 1;
+        sqlx::query(
+            "INSERT INTO resources (type, mesh, name, version, labels, spec, created_at, modified_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (type, mesh, name) DO UPDATE SET
+               version = excluded.version, labels = excluded.labels, spec = excluded.spec,
+               modified_at = excluded.modified_at",
+        )
+        .bind(ty)
+        .bind(&meta.mesh)
+        .bind(&meta.name)
+        .bind(version as i64)
+        .bind(serde_json::to_string(&meta.labels).expect("labels serialize"))
+        .bind(resource.spec_json().to_string())
+        .bind(&created_at)
+        .bind(&time)
+        .execute(&mut *tx)
+        .await?;
+        if let Spec::Mesh(mesh) = &resource.spec {
+            identity::sync_mesh_cas(&mut tx, &meta.name, mesh, cas).await?;
+        }
+        let op = if stored.is_some() { Op::Updated } else { Op::Created };
+        audit(&mut tx, actor, op, &resource, stored.map(|(v, _)| v), Some(version as i64)).await?;
+        tx.commit().await?;
+        self.publish(&mut revision, op, &resource);
+
+        let mut resource = resource;
+        resource.meta.version = version;
+        resource.meta.creation_time = Some(created_at);
+        resource.meta.modification_time = Some(time);
+        Ok(Written { created: op == Op::Created, resource })
+    }
+
+    /// Deletes a resource; deleting a Mesh deletes everything in it.
+    pub async fn delete(&self, ty: ResourceType, mesh: &str, name: &str, actor: &Actor) -> Result<(), StoreError> {
+        let mut revision = self.write_lock.lock().await;
+        let Some(existing) = self.get(ty, mesh, name).await? else {
+            return Err(StoreError::NotFound(format!("{}/{name}", ty.info().plural)));
+        };
+        let mut tx = self.pool.begin().await?;
+        if ty == ResourceType::Mesh {
+            sqlx::query("DELETE FROM resources WHERE mesh = ?").bind(name).execute(&mut *tx).await?;
+            identity::delete_mesh(&mut tx, name).await?;
+        } else {
+            sqlx::query("DELETE FROM resources WHERE type = ? AND mesh = ? AND name = ?")
+                .bind(ty.info().name)
+                .bind(mesh)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            if ty == ResourceType::Dataplane {
+                identity::delete_dataplane(&mut tx, mesh, name).await?;
+            }
+        }
+        audit(&mut tx, actor, Op::Deleted, &existing, Some(existing.meta.version as i64), None).await?;
+        tx.commit().await?;
+        self.publish(&mut revision, Op::Deleted, &existing);
+        Ok(())
+    }
+
+    /// A page of the audit log, oldest first.
+    pub async fn audit_log(&self, offset: u64, size: u64) -> Result<(Vec<AuditEntry>, u64), StoreError> {
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit").fetch_one(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM audit ORDER BY id LIMIT ? OFFSET ?")
+            .bind(size as i64)
+            .bind(offset as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let entries = rows
+            .iter()
+            .map(|r| AuditEntry {
+                id: r.get("id"),
+                time: r.get("time"),
+                token_name: r.get("token_name"),
+                action: r.get("action"),
+                resource: r.get("resource"),
+                old_version: r.get("old_version"),
+                new_version: r.get("new_version"),
+            })
+            .collect();
+        Ok((entries, total as u64))
+    }
+
+    /// A sealed secret by name.
+    pub async fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT sealed FROM secrets WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Stores a sealed secret under `name` unless one exists; returns the one kept.
+    pub async fn insert_secret(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let _guard = self.write_lock.lock().await;
+        sqlx::query("INSERT OR IGNORE INTO secrets (name, sealed, created_at) VALUES (?, ?, ?)")
+            .bind(name)
+            .bind(sealed)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT sealed FROM secrets WHERE name = ?").bind(name).fetch_one(&self.pool).await?)
+    }
+
+    fn publish(&self, revision: &mut u64, op: Op, resource: &Resource) {
+        *revision += 1;
+        let meta = &resource.meta;
+        self.changes.send_replace(Change {
+            revision: *revision,
+            what: Some((op, meta.ty, meta.mesh.clone(), meta.name.clone())),
+        });
+    }
+}
+
+async fn audit(
+    tx: &mut sqlx::SqliteConnection,
+    actor: &Actor,
+    op: Op,
+    resource: &Resource,
+    old: Option<i64>,
+    new: Option<i64>,
+) -> Result<(), StoreError> {
+    let meta = &resource.meta;
+    let action = match op {
+        Op::Created => "created",
+        Op::Updated => "updated",
+        Op::Deleted => "deleted",
+    };
+    let what = if meta.ty.is_mesh_scoped() {
+        format!("{} {}/{}", meta.ty.info().name, meta.mesh, meta.name)
+    } else {
+        format!("{} {}", meta.ty.info().name, meta.name)
+    };
+    audit_event(tx, actor, action, &what, old, new).await
+}
+
+/// Appends one entry to the audit log.
+async fn audit_event(
+    tx: &mut sqlx::SqliteConnection,
+    actor: &Actor,
+    action: &str,
+    what: &str,
+    old: Option<i64>,
+    new: Option<i64>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit (time, token_name, action, resource, old_version, new_version) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(now())
+    .bind(&actor.0)
+    .bind(action)
+    .bind(what)
+    .bind(old)
+    .bind(new)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
+    let name: String = row.get("name");
+    let corrupt = |reason: String| StoreError::Corrupt { key: format!("{}/{name}", ty.info().plural), reason };
+    let spec: String = row.get("spec");
+    let labels: String = row.get("labels");
+    let spec: serde_json::Value = serde_json::from_str(&spec).map_err(|e| corrupt(e.to_string()))?;
+    let labels = serde_json::from_str(&labels).map_err(|e| corrupt(e.to_string()))?;
+    let typed = |r: Result<Spec, ward_api::Cause>| r.map_err(|c| corrupt(format!("{}: {}", c.field, c.message)));
+    let spec = typed(match ty {
+        ResourceType::Mesh => parse::typed("", spec).map(Spec::Mesh),
+        ResourceType::Dataplane => parse::typed("", spec).map(Spec::Dataplane),
+        ResourceType::MeshTrafficPermission => parse::typed("spec", spec).map(Spec::MeshTrafficPermission),
+        ResourceType::TrafficPermission => parse::typed("", spec).map(Spec::TrafficPermission),
+    })?;
+    let version: i64 = row.get("version");
+    Ok(Resource {
+        meta: Meta {
+            ty,
+            mesh: row.get("mesh"),
+            name,
+            labels,
+            version: version as u64,
+            creation_time: Some(row.get("created_at")),
+            modification_time: Some(row.get("modified_at")),
+        },
+        spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(yaml: &str) -> Resource {
+        parse::resource(parse::documents(yaml).unwrap().remove(0), "test").unwrap()
+    }
+
+    fn admin() -> Actor {
+        Actor("admin".into())
+    }
+
+    #[tokio::test]
+    async fn versions_conflicts_and_cascade() {
+        let store = Store::in_memory().await.unwrap();
+        let mut feed = store.subscribe();
+        let dp = "type: Dataplane\nmesh: m\nname: dp\nnetworking:\n  address: 1.2.3.4\n  inbound:\n  - port: 1\n    tags: {kuma.io/service: a}\n";
+        assert!(matches!(store.put(resource(dp), &admin()).await, Err(StoreError::UnknownMesh(m)) if m == "m"));
+
+        let written = store.put(resource("type: Mesh\nname: m\n"), &admin()).await.unwrap();
+        assert!(written.created);
+        assert_eq!(written.resource.meta.version, 1);
+        assert!(feed.has_changed().unwrap());
+        assert_eq!(feed.borrow_and_update().what, Some((Op::Created, ResourceType::Mesh, "m".into(), "m".into())));
+
+        store.put(resource(dp), &admin()).await.unwrap();
+        let again = store.put(resource(dp), &admin()).await.unwrap();
+        assert!(!again.created);
+        assert_eq!(again.resource.meta.version, 2);
+
+        let mut stale = resource(dp);
+        stale.meta.version = 1;
+        let err = store.put(stale, &admin()).await.unwrap_err().to_string();
+        assert_eq!(err, "dataplanes/dp: version 1 is stale: the stored version is 2");
+        assert_eq!(store.get(ResourceType::Dataplane, "m", "dp").await.unwrap().unwrap().meta.version, 2);
+
+        store.delete(ResourceType::Mesh, "m", "m", &admin()).await.unwrap();
+        assert!(store.get(ResourceType::Dataplane, "m", "dp").await.unwrap().is_none());
+        assert!(matches!(store.delete(ResourceType::Mesh, "m", "m", &admin()).await, Err(StoreError::NotFound(_))));
+        let (log, total) = store.audit_log(0, 100).await.unwrap();
+        assert_eq!(total, 4);
+        let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["created", "created", "updated", "deleted"]);
+        assert_eq!((log[2].old_version, log[2].new_version), (Some(1), Some(2)));
+    }
+
+    #[tokio::test]
+    async fn lists_page_by_page() {
+        let store = Store::in_memory().await.unwrap();
+        for name in ["c", "a", "b"] {
+            store.put(resource(&format!("type: Mesh\nname: {name}\n")), &admin()).await.unwrap();
+        }
+        let (page, total) = store.list(ResourceType::Mesh, None, 1, 1).await.unwrap();
+        assert_eq!(total, 3);
+        assert_eq!(page[0].meta.name, "b");
+        let dp = |mesh: &str, name: &str| {
+            resource(&format!(
+                "type: Dataplane\nmesh: {mesh}\nname: {name}\nnetworking:\n  address: 1.2.3.4\n  inbound:\n  - port: 1\n    tags: {{kuma.io/service: s}}\n"
+            ))
+        };
+        for (mesh, name) in [("a", "x"), ("b", "y"), ("a", "z")] {
+            store.put(dp(mesh, name), &admin()).await.unwrap();
+        }
+        let (in_a, total) = store.list(ResourceType::Dataplane, Some("a"), 0, 10).await.unwrap();
+        let names: Vec<&str> = in_a.iter().map(|r| r.meta.name.as_str()).collect();
+        assert_eq!((names, total), (vec!["x", "z"], 2));
+    }
+
+    #[tokio::test]
+    async fn file_store_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.db");
+        let store = Store::open(&path).await.unwrap();
+        store.put(resource("type: Mesh\nname: kept\n"), &admin()).await.unwrap();
+        drop(store);
+        let store = Store::open(&path).await.unwrap();
+        assert!(store.get(ResourceType::Mesh, "kept", "kept").await.unwrap().is_some());
+    }
+}
