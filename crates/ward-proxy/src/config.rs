@@ -1,0 +1,244 @@
+//! The proxy's configuration as the control plane sends it, checked and typed once, when it
+//! arrives: the Dataplane, the mesh's trust bundle, the permissions and the services.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ward_api::{
+    Resource, Spec,
+    dataplane::{Dataplane, PROTOCOL_TAG, Protocol, SERVICE_TAG},
+    parse,
+    policy::{self, Caller, Decision},
+};
+use ward_pki::TrustBundle;
+use ward_proto::discovery::{MtlsMode, ProxyConfig};
+
+use crate::inbound::InboundSpec;
+
+/// How the mesh treats plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Mode {
+    /// mTLS off: plaintext, no identity, no authorization.
+    Disabled,
+    /// Mutual TLS only.
+    Strict,
+    /// Mutual TLS, and plaintext as an anonymous caller.
+    Permissive,
+}
+
+/// One instance of a destination service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Endpoint {
+    /// Where its proxy's inbound listens.
+    pub address: SocketAddr,
+    /// Its Dataplane's name.
+    pub dataplane: String,
+}
+
+/// A service this proxy may call.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Service {
+    /// Its protocol, when its inbounds declare one.
+    pub protocol: Option<Protocol>,
+    /// Its virtual IP, for the transparent proxy.
+    pub virtual_ip: Option<IpAddr>,
+    /// Its connected instances.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A configuration the proxy can run with.
+#[derive(Debug, serde::Serialize)]
+pub struct Config {
+    /// The control plane's version of it.
+    pub version: u64,
+    /// The mesh.
+    pub mesh: String,
+    /// This proxy's Dataplane, as the control plane stores it.
+    #[serde(serialize_with = "resource_json")]
+    pub dataplane: Resource,
+    /// Its spec.
+    #[serde(skip)]
+    spec: Dataplane,
+    /// mTLS mode.
+    pub mode: Mode,
+    /// The CAs whose certificates are trusted.
+    #[serde(serialize_with = "bundle_pem")]
+    pub bundle: TrustBundle,
+    /// Lifetime of the certificates the mesh issues.
+    pub certificate_lifetime: Duration,
+    /// Decides callers of this dataplane.
+    pub authorizer: Authorizer,
+    /// Destination services by name.
+    pub services: HashMap<String, Service>,
+    /// Whether unknown destinations may be reached directly.
+    pub passthrough: bool,
+    /// The Dataplane's inbounds, as listeners serve them.
+    #[serde(skip)]
+    pub inbounds: Vec<Arc<InboundSpec>>,
+    /// For the transparent proxy: the service each virtual IP and each instance address
+    /// (`address:port`) names.
+    #[serde(skip)]
+    pub service_by_address: HashMap<SocketAddr, String>,
+    /// The service each virtual IP names, whatever the port.
+    #[serde(skip)]
+    pub service_by_virtual_ip: HashMap<IpAddr, String>,
+}
+
+/// Why a configuration from the control plane was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A resource in it does not parse.
+    #[error("{0}")]
+    Resource(String),
+    /// The trust bundle is unusable.
+    #[error("trust bundle: {0}")]
+    Bundle(String),
+    /// An endpoint address is not an IP address.
+    #[error("service {service}: endpoint {address:?} is not an IP address")]
+    Endpoint {
+        /// The service.
+        service: String,
+        /// The address.
+        address: String,
+    },
+}
+
+impl Config {
+    /// Checks and types what the control plane sent.
+    pub fn from_proto(proto: &ProxyConfig) -> Result<Config, ConfigError> {
+        let dataplane = read_resource(&proto.dataplane_json, "dataplane")?;
+        let Spec::Dataplane(spec) = dataplane.spec.clone() else {
+            return Err(ConfigError::Resource(format!("{} is not a Dataplane", dataplane.meta.key())));
+        };
+        let permissions = proto
+            .permissions_json
+            .iter()
+            .enumerate()
+            .map(|(i, json)| read_resource(json, &format!("permission {i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mode = match proto.mtls_mode() {
+            MtlsMode::Disabled => Mode::Disabled,
+            MtlsMode::Strict => Mode::Strict,
+            MtlsMode::Permissive => Mode::Permissive,
+        };
+        let mut bundle = TrustBundle::new(&proto.mesh).map_err(|e| ConfigError::Bundle(e.to_string()))?;
+        if !proto.trust_bundle_pem.is_empty() {
+            bundle.add_pem(&proto.trust_bundle_pem).map_err(|e| ConfigError::Bundle(e.to_string()))?;
+        }
+        let mut services = HashMap::new();
+        for s in &proto.services {
+            let endpoints = s
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let ip: IpAddr = e
+                        .address
+                        .parse()
+                        .map_err(|_| ConfigError::Endpoint { service: s.name.clone(), address: e.address.clone() })?;
+                    Ok(Endpoint { address: SocketAddr::new(ip, e.port as u16), dataplane: e.dataplane.clone() })
+                })
+                .collect::<Result<_, ConfigError>>()?;
+            let service =
+                Service { protocol: Protocol::parse(&s.protocol), virtual_ip: s.virtual_ip.parse().ok(), endpoints };
+            services.insert(s.name.clone(), service);
+        }
+        let service_by_virtual_ip =
+            services.iter().filter_map(|(name, s)| Some((s.virtual_ip?, name.clone()))).collect();
+        let service_by_address =
+            services.iter().flat_map(|(name, s)| s.endpoints.iter().map(move |e| (e.address, name.clone()))).collect();
+        Ok(Config {
+            inbounds: inbound_specs(&spec),
+            service_by_address,
+            service_by_virtual_ip,
+            version: proto.version,
+            mesh: proto.mesh.clone(),
+            authorizer: Authorizer::new(permissions, dataplane.clone()),
+            dataplane,
+            spec,
+            mode,
+            bundle,
+            certificate_lifetime: Duration::from_secs(proto.certificate_lifetime_seconds),
+            services,
+            passthrough: proto.passthrough,
+        })
+    }
+
+    /// The Dataplane's spec.
+    pub fn dataplane_spec(&self) -> &Dataplane {
+        &self.spec
+    }
+}
+
+/// The inbounds of `dp`: where callers connect, where the application listens.
+fn inbound_specs(dp: &Dataplane) -> Vec<Arc<InboundSpec>> {
+    let listen_ip: IpAddr = dp.networking.address.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    dp.networking
+        .inbound
+        .iter()
+        .map(|i| {
+            let app_ip = i.service_address.as_deref().and_then(|a| a.parse().ok()).unwrap_or(loopback);
+            Arc::new(InboundSpec {
+                listen: SocketAddr::new(listen_ip, i.port.0),
+                app: SocketAddr::new(app_ip, i.service_port.unwrap_or(i.port).0),
+                protocol: i.tags.get(PROTOCOL_TAG).and_then(|p| Protocol::parse(p)),
+                service: i.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn read_resource(json: &str, label: &str) -> Result<Resource, ConfigError> {
+    let doc = serde_json::from_str(json).map_err(|e| ConfigError::Resource(format!("{label}: not JSON: {e}")))?;
+    parse::resource(doc, label).map_err(|e| ConfigError::Resource(e.to_string()))
+}
+
+/// The permissions of this dataplane, and the decisions already made with them.
+#[derive(Debug, serde::Serialize)]
+pub struct Authorizer {
+    #[serde(serialize_with = "resources_json")]
+    permissions: Vec<Resource>,
+    #[serde(skip)]
+    destination: Resource,
+    #[serde(skip)]
+    decided: Mutex<HashMap<Option<String>, Decision>>,
+}
+
+impl Authorizer {
+    /// An authorizer for callers of `destination`.
+    pub fn new(permissions: Vec<Resource>, destination: Resource) -> Self {
+        Authorizer { permissions, destination, decided: Mutex::default() }
+    }
+
+    /// The decision for a caller known by its SPIFFE ID, or anonymous (`None`); each caller is
+    /// decided once per configuration.
+    pub fn decide(&self, spiffe_id: Option<&str>) -> Decision {
+        let key = spiffe_id.map(String::from);
+        let mut decided = self.decided.lock().expect("decision cache lock");
+        if let Some(d) = decided.get(&key) {
+            return d.clone();
+        }
+        let caller = spiffe_id.map_or(Caller::Anonymous, |id| Caller::Spiffe(id.to_string()));
+        let decision = policy::decide(&self.permissions, &caller, &self.destination);
+        decided.insert(key, decision.clone());
+        decision
+    }
+}
+
+fn resource_json<S: serde::Serializer>(r: &Resource, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&r.to_json(), s)
+}
+
+fn resources_json<S: serde::Serializer>(r: &[Resource], s: S) -> Result<S::Ok, S::Error> {
+    let list: Vec<_> = r.iter().map(Resource::to_json).collect();
+    serde::Serialize::serialize(&list, s)
+}
+
+fn bundle_pem<S: serde::Serializer>(b: &TrustBundle, s: S) -> Result<S::Ok, S::Error> {
+    let cas: Vec<_> = b.cas().map(|c| serde_json::json!({ "subject": c.subject, "fingerprintSha256": c.fingerprint_sha256, "notAfter": c.not_after })).collect();
+    serde::Serialize::serialize(&cas, s)
+}

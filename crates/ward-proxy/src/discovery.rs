@@ -1,0 +1,230 @@
+//! The proxy's side of the discovery stream: register, receive configurations and
+//! certificates, renew the certificate at half its life, and reconnect with backoff when the
+//! control plane goes away, serving all along with what it last received.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use chrono::{TimeDelta, Utc};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate as CaCertificate, Channel, ClientTlsConfig, Endpoint};
+use ward_api::Resource;
+use ward_pki::{Backoff, SpiffeId};
+use ward_proto::discovery::{
+    CertificateRequest, ControlMessage, ProxyMessage, Register, control_message, discovery_client::DiscoveryClient,
+    proxy_message,
+};
+
+use crate::{
+    config::{Config, Mode},
+    identity::{self, PendingKey},
+    state::State,
+};
+
+/// How long to wait for the answer to a CSR before asking again.
+const CSR_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where the control plane is and how to prove who we are.
+#[derive(Debug, Clone)]
+pub struct DiscoveryOptions {
+    /// `https://host:port` of the discovery server.
+    pub cp_address: String,
+    /// The control plane's CA, PEM.
+    pub ca_cert_pem: String,
+    /// File holding the dataplane token; read at every connection, so it can be replaced.
+    pub token_file: PathBuf,
+    /// The Dataplane to register.
+    pub dataplane: Resource,
+}
+
+/// When the next CSR is due, and the key waiting for its certificate.
+struct Renewal {
+    identity: SpiffeId,
+    pending: Option<(PendingKey, tokio::time::Instant)>,
+    due: tokio::time::Instant,
+    backoff: Backoff,
+}
+
+impl Renewal {
+    fn now(&mut self) {
+        self.due = tokio::time::Instant::now();
+    }
+
+    fn retry_later(&mut self) {
+        self.pending = None;
+        self.due = tokio::time::Instant::now() + self.backoff.next_delay(rand::random());
+    }
+}
+
+/// Runs the stream until `shutdown`, reconnecting whenever it breaks.
+pub async fn run(state: Arc<State>, options: DiscoveryOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let channel = channel(&options)?;
+    let Some(identity) = identity_of(&options.dataplane) else {
+        bail!("dataplane file: the Dataplane has no kuma.io/service to take an identity from");
+    };
+    let mut renewal = Renewal { identity, pending: None, due: tokio::time::Instant::now(), backoff: Backoff::new() };
+    let mut backoff = Backoff::new();
+    loop {
+        let outcome = session(&state, &options, channel.clone(), &mut renewal, &mut backoff, &shutdown).await;
+        state.set_cp_connected(false);
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let delay = backoff.next_delay(rand::random());
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "control plane unreachable; serving with the last configuration");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn channel(options: &DiscoveryOptions) -> anyhow::Result<Channel> {
+    let uri: http::Uri =
+        options.cp_address.parse().with_context(|| format!("--cp-address {:?}: not a URL", options.cp_address))?;
+    if uri.scheme_str() != Some("https") {
+        bail!("--cp-address {:?}: must be https://HOST:PORT (the discovery stream is always TLS)", options.cp_address);
+    }
+    let host = uri.host().context("--cp-address: no host")?.trim_matches(['[', ']']).to_string();
+    let tls = ClientTlsConfig::new().ca_certificate(CaCertificate::from_pem(&options.ca_cert_pem)).domain_name(host);
+    Ok(Endpoint::from(uri)
+        .tls_config(tls)
+        .context("--ca-cert")?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .connect_lazy())
+}
+
+fn identity_of(dataplane: &Resource) -> Option<SpiffeId> {
+    let ward_api::Spec::Dataplane(dp) = &dataplane.spec else { return None };
+    SpiffeId::for_service(&dataplane.meta.mesh, dp.service()).ok()
+}
+
+/// One stream, from connection to its end; `Ok` only on shutdown.
+async fn session(
+    state: &Arc<State>,
+    options: &DiscoveryOptions,
+    channel: Channel,
+    renewal: &mut Renewal,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&options.token_file)
+        .with_context(|| format!("--dataplane-token-file {}", options.token_file.display()))?;
+    let (outbox, outgoing) = mpsc::channel(8);
+    let register = Register {
+        dataplane_json: options.dataplane.to_json().to_string(),
+        proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    outbox.send(ProxyMessage { message: Some(proxy_message::Message::Register(register)) }).await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+    let bearer = format!("Bearer {}", token.trim()).parse().context("the dataplane token is not valid header text")?;
+    request.metadata_mut().insert("authorization", bearer);
+    let mut incoming = DiscoveryClient::new(channel)
+        .stream(request)
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    state.set_cp_connected(true);
+    tracing::info!(cp = %options.cp_address, "connected to the control plane");
+    // A certificate held from an earlier stream is renewed on schedule; a missing one at once.
+    if state.svid().is_none() && renewal.pending.is_none() {
+        renewal.now();
+    }
+    renewal.pending = None;
+    loop {
+        let wants_certificate = state.config().is_some_and(|c| c.mode != Mode::Disabled);
+        let deadline = match &renewal.pending {
+            Some((_, sent)) => *sent + CSR_TIMEOUT,
+            None => renewal.due,
+        };
+        tokio::select! {
+            message = incoming.message() => {
+                let message = message.map_err(|s| anyhow::anyhow!("{}", s.message()))?.context("the control plane closed the stream")?;
+                handle(state, renewal, message);
+                backoff.reset();
+            }
+            _ = tokio::time::sleep_until(deadline), if wants_certificate => {
+                if renewal.pending.is_some() {
+                    tracing::warn!("no answer to the certificate request within 15s; asking again");
+                }
+                let pending = identity::request(&renewal.identity)?;
+                let csr = CertificateRequest { csr_pem: pending.csr_pem.clone() };
+                renewal.pending = Some((pending, tokio::time::Instant::now()));
+                outbox.send(ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(csr)) }).await?;
+            }
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Applies one message of the control plane.
+fn handle(state: &State, renewal: &mut Renewal, message: ControlMessage) {
+    match message.message {
+        Some(control_message::Message::Config(proto)) => match Config::from_proto(&proto) {
+            Ok(config) => {
+                let issuer_changed = state.svid().is_some_and(|s| s.backend != proto.enabled_backend);
+                if config.mode != Mode::Disabled && issuer_changed && renewal.pending.is_none() {
+                    tracing::info!(backend = %proto.enabled_backend, "the mesh's signing CA changed; renewing the certificate now");
+                    renewal.now();
+                }
+                tracing::debug!(version = config.version, "new configuration");
+                state.set_config(config);
+            }
+            Err(e) => tracing::error!(error = %e, "configuration refused; keeping the previous one"),
+        },
+        Some(control_message::Message::Certificate(certificate)) => {
+            let Some((pending, _)) = renewal.pending.take() else {
+                tracing::warn!("a certificate arrived that no request was waiting for; ignored");
+                return;
+            };
+            let Some(config) = state.config() else {
+                tracing::warn!("a certificate arrived before any configuration; asking again");
+                renewal.retry_later();
+                return;
+            };
+            match identity::accept(&pending, &certificate, &renewal.identity, &config.bundle) {
+                Ok(svid) => {
+                    // Half of the life left from now (NotBefore is backdated for clock skew).
+                    let renew_at = ward_pki::renew_at(Utc::now(), svid.not_after, rand::random());
+                    let wait = (renew_at - Utc::now()).max(TimeDelta::zero()).to_std().unwrap_or_default();
+                    tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, not_after = %svid.not_after, renew_in = ?wait, "certificate installed");
+                    state.set_svid(svid);
+                    renewal.backoff.reset();
+                    renewal.due = tokio::time::Instant::now() + wait;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "certificate from the control plane refused");
+                    renewal.retry_later();
+                }
+            }
+        }
+        Some(control_message::Message::CertificateRefused(refused)) => {
+            tracing::error!(reason = %refused.reason, "the control plane refused to sign a certificate");
+            renewal.retry_later();
+        }
+        None => tracing::warn!("empty message from the control plane"),
+    }
+}
+
+/// Logs loudly, every ten seconds, while the certificate is about to expire and the control
+/// plane cannot renew it.
+pub async fn watch_expiry(state: Arc<State>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some((svid, left)) = state.expiring_unrenewed() else { continue };
+        if left <= TimeDelta::zero() {
+            tracing::error!(serial = %svid.serial, expired_at = %svid.not_after, "certificate EXPIRED and the control plane is unreachable: mTLS connections fail until it is back");
+        } else {
+            tracing::error!(serial = %svid.serial, expires_in_seconds = left.num_seconds(), "certificate expires soon and the control plane is unreachable to renew it");
+        }
+    }
+}

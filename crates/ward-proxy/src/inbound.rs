@@ -1,0 +1,250 @@
+//! Inbound: callers from the mesh reach the local application through here. Each connection is
+//! mutual TLS (or, in a PERMISSIVE mesh, plaintext as an anonymous caller); the caller's SPIFFE
+//! ID is decided against the permissions before anything reaches the application, and again on
+//! every request and every configuration change.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use ward_api::{dataplane::Protocol, permission::Action, policy::Decision};
+
+use crate::{
+    Proxy,
+    config::{Config, Mode},
+    forward::{self, OpenConnection},
+    http::{Body, PEER_IDENTITY, boxed, is_upgrade, strip_hop_by_hop, text},
+    io::{Activity, Counted, Detected, detect},
+    listener,
+    metrics::{DecisionLabels, INBOUND, ReasonLabels},
+    smuggling::Guarded,
+    tls,
+};
+
+/// Envoy's words for a denied request, which Kuma users script against.
+pub const DENIED_BODY: &str = "RBAC: access denied";
+
+/// One inbound of the Dataplane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundSpec {
+    /// Where callers connect.
+    pub listen: SocketAddr,
+    /// Where the application listens.
+    pub app: SocketAddr,
+    /// Its `kuma.io/protocol`, when declared.
+    pub protocol: Option<Protocol>,
+    /// The service it serves.
+    pub service: String,
+}
+
+/// Who is calling, as far as the connection proves it.
+#[derive(Debug, Clone)]
+enum Caller {
+    /// A mesh workload with a verified certificate.
+    Mesh(String),
+    /// Plaintext in a PERMISSIVE mesh.
+    Anonymous,
+    /// mTLS is off in this mesh: nothing is checked.
+    Unchecked,
+}
+
+impl Caller {
+    fn decide(&self, config: &Config) -> Decision {
+        match self {
+            Caller::Mesh(id) => config.authorizer.decide(Some(id)),
+            Caller::Anonymous => config.authorizer.decide(None),
+            Caller::Unchecked => Decision { action: Action::Allow, policy: None },
+        }
+    }
+
+    fn label(&self) -> &str {
+        match self {
+            Caller::Mesh(id) => id,
+            Caller::Anonymous | Caller::Unchecked => "anonymous",
+        }
+    }
+}
+
+/// Accepts callers on `listener` until `stop`.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, spec: Arc<InboundSpec>, stop: CancellationToken) {
+    listener::accept_loop(&proxy.clone(), listener, stop, move |tcp, _peer| handle(proxy.clone(), spec.clone(), tcp))
+        .await
+}
+
+/// Serves one caller's connection to the inbound `spec`.
+pub async fn handle(proxy: Arc<Proxy>, spec: Arc<InboundSpec>, tcp: TcpStream) {
+    let _open = OpenConnection::new(&proxy, INBOUND);
+    let Some(config) = proxy.state().config() else { return };
+    let plaintext = match config.mode {
+        Mode::Disabled => Some(Caller::Unchecked),
+        Mode::Strict => None,
+        Mode::Permissive => {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(proxy.limits.header_read_timeout, tcp.peek(&mut first)).await {
+                Ok(Ok(1)) if first[0] == 0x16 => None,
+                Ok(Ok(1)) => Some(Caller::Anonymous),
+                _ => return,
+            }
+        }
+    };
+    if let Some(caller) = plaintext {
+        return serve_caller(proxy, spec, tcp, caller).await;
+    }
+    let acceptor = TlsAcceptor::from(proxy.server_tls.clone());
+    let tls = match tokio::time::timeout(proxy.limits.header_read_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = tls::failure_reason(&e);
+            proxy
+                .state()
+                .metrics
+                .tls_handshake_failures
+                .get_or_create(&ReasonLabels { direction: INBOUND, reason })
+                .inc();
+            tracing::debug!(error = %e, reason, "inbound TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            let labels = ReasonLabels { direction: INBOUND, reason: "timeout" };
+            proxy.state().metrics.tls_handshake_failures.get_or_create(&labels).inc();
+            return;
+        }
+    };
+    let Some(id) = tls::peer_id(proxy.state(), tls.get_ref().1) else { return };
+    serve_caller(proxy, spec, tls, Caller::Mesh(id.to_string())).await
+}
+
+async fn serve_caller<IO>(proxy: Arc<Proxy>, spec: Arc<InboundSpec>, io: IO, caller: Caller)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let io = Counted::new(io, activity.clone());
+    let (protocol, io) = match spec.protocol {
+        Some(Protocol::Tcp) => (Detected::Tcp, crate::io::Prefixed::new(Default::default(), io)),
+        Some(_) => (Detected::Http, crate::io::Prefixed::new(Default::default(), io)),
+        None => match detect(io).await {
+            Ok(found) => found,
+            Err(_) => return,
+        },
+    };
+    let still_allowed = {
+        let (proxy, caller) = (proxy.clone(), caller.clone());
+        move || proxy.state().config().is_some_and(|c| caller.decide(&c).allows())
+    };
+    if protocol == Detected::Tcp {
+        let Some(config) = proxy.state().config() else { return };
+        if !authorize(&proxy, &caller, &config).allows() {
+            return;
+        }
+        let app = match crate::app_client::connect(spec.app).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::warn!(app = %spec.app, error = %e, "cannot reach the application");
+                return;
+            }
+        };
+        let _ = app.set_nodelay(true);
+        tokio::select! {
+            _ = forward::copy_tcp(&proxy, INBOUND, io, app) => {}
+            _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
+            _ = lost_permission(&proxy, &still_allowed) => tracing::info!(caller = caller.label(), "the caller lost its permission: closing its connection"),
+        }
+        return;
+    }
+    let guarded =
+        Guarded::new(io, proxy.limits.max_header_bytes, proxy.limits.max_headers, proxy.limits.header_read_timeout);
+    let service = {
+        let (proxy, spec, caller) = (proxy.clone(), spec.clone(), caller.clone());
+        service_fn(move |request| {
+            let (proxy, spec, caller) = (proxy.clone(), spec.clone(), caller.clone());
+            async move { Ok::<_, std::convert::Infallible>(handle_request(&proxy, &spec, &caller, request).await) }
+        })
+    };
+    let connection = proxy.http_server.serve_connection_with_upgrades(TokioIo::new(guarded), service);
+    forward::drive(&proxy, connection, &activity, still_allowed).await;
+}
+
+/// Completes when a configuration change takes the caller's permission away.
+async fn lost_permission(proxy: &Proxy, still_allowed: &impl Fn() -> bool) {
+    let mut changes = proxy.state().changes();
+    while changes.changed().await.is_ok() {
+        if !still_allowed() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
+/// Decides a caller with the configuration in force, counting the decision.
+fn authorize(proxy: &Proxy, caller: &Caller, config: &Config) -> Decision {
+    let decision = caller.decide(config);
+    if !matches!(caller, Caller::Unchecked) {
+        let policy = decision.policy.as_ref().map_or_else(|| "default-deny".to_string(), ToString::to_string);
+        let labels = DecisionLabels { action: decision.action.as_str().to_string(), policy };
+        proxy.state().metrics.authorization.get_or_create(&labels).inc();
+    }
+    if decision.action == Action::AllowWithShadowDeny {
+        tracing::info!(caller = caller.label(), decision = %decision, "shadow deny: let through, would have been denied");
+    }
+    decision
+}
+
+async fn handle_request(
+    proxy: &Proxy,
+    spec: &InboundSpec,
+    caller: &Caller,
+    mut request: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let Some(config) = proxy.state().config() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "proxy has no configuration\n");
+    };
+    let decision = authorize(proxy, caller, &config);
+    let response = if decision.allows() {
+        let upgrading = is_upgrade(&request);
+        let headers = request.headers_mut();
+        strip_hop_by_hop(headers, upgrading);
+        headers.remove(PEER_IDENTITY);
+        if let Caller::Mesh(id) = caller
+            && let Ok(value) = HeaderValue::from_str(id)
+        {
+            headers.insert(PEER_IDENTITY, value);
+        }
+        if !request.headers().contains_key(header::HOST)
+            && let Some(authority) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(header::HOST, authority);
+        }
+        let h2c = matches!(spec.protocol, Some(Protocol::Http2 | Protocol::Grpc));
+        let result = if upgrading {
+            forward::upgrade(request, |r| proxy.app.send_upgrade(spec.app, r)).await
+        } else {
+            proxy.app.send(spec.app, h2c, request.map(boxed)).await.map(|r| r.map(boxed))
+        };
+        match result {
+            Ok(mut response) => {
+                if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    strip_hop_by_hop(response.headers_mut(), false);
+                }
+                response
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the application");
+                forward::unavailable(StatusCode::BAD_GATEWAY, format!("upstream connect error: {e}"))
+            }
+        }
+    } else {
+        tracing::debug!(caller = caller.label(), decision = %decision, "request denied");
+        text(StatusCode::FORBIDDEN, DENIED_BODY)
+    };
+    forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
+    response
+}

@@ -1,0 +1,154 @@
+//! Ward's data-plane proxy (`ward dp run`): it registers its Dataplane with the control plane,
+//! gets a certificate for its service's SPIFFE ID, and carries the application's traffic over
+//! mutual TLS, letting in only the callers a permission allows.
+
+pub mod admin;
+pub mod app_client;
+pub mod balancer;
+pub mod config;
+pub mod dataplane_file;
+pub mod discovery;
+pub mod dns;
+pub mod forward;
+pub mod http;
+pub mod identity;
+pub mod inbound;
+pub mod io;
+pub mod listener;
+pub mod member;
+pub mod mesh_client;
+pub mod metrics;
+pub mod outbound;
+pub mod smuggling;
+pub mod state;
+pub mod tls;
+pub mod transparent;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::Context;
+use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    app_client::AppClient, balancer::Strategy, discovery::DiscoveryOptions, http::Limits, member::Member, state::State,
+};
+
+/// Everything `ward dp run` is told.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// `https://host:port` of the control plane's discovery server.
+    pub cp_address: String,
+    /// The control plane's CA (PEM file).
+    pub ca_cert: PathBuf,
+    /// The Dataplane, with `{{ var }}` templates.
+    pub dataplane_file: PathBuf,
+    /// `name=value` for the templates.
+    pub dataplane_vars: Vec<String>,
+    /// File holding the dataplane token.
+    pub token_file: PathBuf,
+    /// Address of `/ready`, `/metrics` and `/config`.
+    pub admin_address: SocketAddr,
+    /// How long in-flight requests may take to finish on SIGTERM.
+    pub drain_timeout: Duration,
+    /// Limits of every connection.
+    pub limits: Limits,
+    /// How outbound traffic picks an endpoint.
+    pub strategy: Strategy,
+}
+
+/// What every listener and connection of a running proxy shares.
+pub struct Proxy {
+    /// The proxy's membership of its mesh: configuration, certificate, connections to peers.
+    pub member: Member,
+    /// Connection limits.
+    pub limits: Limits,
+    /// Inbound mTLS.
+    pub server_tls: Arc<rustls::ServerConfig>,
+    /// The HTTP server every connection uses.
+    pub http_server: auto::Builder<TokioExecutor>,
+    /// Clients for the local application.
+    pub app: AppClient,
+    /// Every connection, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    /// Cancelled when the proxy starts draining.
+    pub draining: CancellationToken,
+    /// Listeners that could not be opened, by address.
+    pub listener_errors: Mutex<BTreeMap<SocketAddr, String>>,
+    /// Whether the listeners of a configuration have been opened (the first one's, at least).
+    pub listening: AtomicBool,
+}
+
+impl Proxy {
+    /// Configuration, certificate, metrics.
+    pub fn state(&self) -> &Arc<State> {
+        &self.member.state
+    }
+}
+
+/// Runs the proxy until `shutdown` completes, then drains.
+pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let vars = dataplane_file::parse_vars(&options.dataplane_vars)?;
+    let text = std::fs::read_to_string(&options.dataplane_file)
+        .with_context(|| format!("--dataplane-file {}", options.dataplane_file.display()))?;
+    let dataplane = dataplane_file::read(&text, &vars)?;
+    let ca_cert_pem = member::read_ca_cert(&options.ca_cert)?;
+    member::check_token_file(&options.token_file)?;
+
+    let state = State::new();
+    let proxy = Arc::new(Proxy {
+        server_tls: tls::server_config(state.clone(), options.limits.allow_tls12),
+        http_server: http::server(&options.limits),
+        app: AppClient::new(),
+        member: Member::new(state.clone(), options.limits.allow_tls12, options.strategy),
+        connections: TaskTracker::new(),
+        draining: CancellationToken::new(),
+        listener_errors: Mutex::default(),
+        listening: AtomicBool::new(false),
+        limits: options.limits.clone(),
+    });
+    let admin = tokio::net::TcpListener::bind(options.admin_address)
+        .await
+        .with_context(|| format!("--admin-address {}: cannot listen", options.admin_address))?;
+    tracing::info!(address = %options.admin_address, "admin listener (/ready, /metrics, /config)");
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        let router = admin::router(proxy.clone());
+        async move {
+            let _ = axum::serve(admin, router).with_graceful_shutdown(stop.cancelled_owned()).await;
+        }
+    });
+    let discovery_options = DiscoveryOptions {
+        cp_address: options.cp_address.clone(),
+        ca_cert_pem,
+        token_file: options.token_file.clone(),
+        dataplane,
+    };
+    let discovery = tokio::spawn(discovery::run(state.clone(), discovery_options, stop.clone()));
+    tokio::spawn(discovery::watch_expiry(state.clone(), stop.clone()));
+    tokio::spawn(listener::reconcile(proxy.clone(), stop.clone()));
+
+    tokio::select! {
+        _ = shutdown => {}
+        result = discovery => {
+            // The stream only ends by itself on a setting that can never work.
+            result.context("discovery task")??;
+        }
+    }
+    tracing::info!(timeout = ?options.drain_timeout, "draining: no new connections; waiting for in-flight requests");
+    stop.cancel();
+    proxy.draining.cancel();
+    proxy.connections.close();
+    if tokio::time::timeout(options.drain_timeout, proxy.connections.wait()).await.is_err() {
+        tracing::warn!(open = proxy.connections.len(), "drain timeout reached; closing what is left");
+    }
+    tracing::info!("proxy stopped");
+    Ok(())
+}

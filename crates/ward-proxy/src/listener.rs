@@ -1,0 +1,181 @@
+//! Accept loops: a connection limit per listener, and every connection tracked so the proxy
+//! can drain them on shutdown.
+
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::Proxy;
+
+/// Accepts connections until `stop`, handing each to `handle` while fewer than the limit are open;
+/// beyond it, a new connection is closed at once.
+pub async fn accept_loop<F, Fut>(proxy: &Arc<Proxy>, listener: TcpListener, stop: CancellationToken, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(proxy.limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = proxy.limits.max_connections, "connection limit reached: connection refused");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let connection = handle(tcp, peer);
+        proxy.connections.spawn(async move {
+            connection.await;
+            drop(permit);
+        });
+    }
+}
+
+/// A listener the Dataplane asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wanted {
+    /// An inbound.
+    Inbound(Arc<crate::inbound::InboundSpec>),
+    /// An outbound.
+    Outbound(Arc<crate::outbound::OutboundSpec>),
+    /// The transparent proxy's inbound redirect port, serving every inbound.
+    RedirectInbound(SocketAddr),
+    /// The transparent proxy's outbound redirect port.
+    RedirectOutbound(SocketAddr),
+    /// The DNS server for `<service>.mesh` (UDP and TCP).
+    Dns(SocketAddr),
+}
+
+impl Wanted {
+    fn address(&self) -> SocketAddr {
+        match self {
+            Wanted::Inbound(spec) => spec.listen,
+            Wanted::Outbound(spec) => spec.listen,
+            Wanted::RedirectInbound(a) | Wanted::RedirectOutbound(a) | Wanted::Dns(a) => *a,
+        }
+    }
+}
+
+/// The listeners the configuration in force asks for. With transparent proxying the inbounds
+/// are reached through the inbound redirect port only (their ports belong to the application),
+/// and the proxy answers DNS on loopback.
+pub fn wanted(config: &crate::config::Config) -> Vec<Wanted> {
+    use ward_api::dataplane::SERVICE_TAG;
+    let dp = config.dataplane_spec();
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut wanted = match &dp.networking.transparent_proxying {
+        Some(tp) => vec![
+            Wanted::RedirectInbound(SocketAddr::new(ANY_V6, tp.redirect_port_inbound.0)),
+            Wanted::RedirectOutbound(SocketAddr::new(ANY_V6, tp.redirect_port_outbound.0)),
+            Wanted::Dns(SocketAddr::new(loopback, ward_net::redirect::DNS_PORT)),
+        ],
+        None => config.inbounds.iter().cloned().map(Wanted::Inbound).collect(),
+    };
+    wanted.extend(dp.networking.outbound.iter().map(|o| {
+        let ip = o.address.as_deref().and_then(|a| a.parse().ok()).unwrap_or(loopback);
+        Wanted::Outbound(Arc::new(crate::outbound::OutboundSpec {
+            listen: SocketAddr::new(ip, o.port.0),
+            service: o.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
+        }))
+    }));
+    wanted
+}
+
+/// Every address, IPv6 and (as mapped addresses) IPv4.
+const ANY_V6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// A listening TCP socket; `[::]` falls back to `0.0.0.0` on a host without IPv6.
+fn bind_tcp(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let bound = std::net::TcpListener::bind(address).or_else(|e| match address.ip() {
+        ANY_V6 => std::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), address.port())),
+        _ => Err(e),
+    })?;
+    bound.set_nonblocking(true)?;
+    TcpListener::from_std(bound)
+}
+
+/// Opens the sockets of `w` and serves them until `token` is cancelled.
+async fn start(proxy: &Arc<Proxy>, w: &Wanted, token: CancellationToken) -> std::io::Result<()> {
+    let proxy = proxy.clone();
+    match w {
+        Wanted::Inbound(spec) => {
+            tokio::spawn(crate::inbound::serve(proxy, bind_tcp(spec.listen)?, spec.clone(), token));
+        }
+        Wanted::Outbound(spec) => {
+            tokio::spawn(crate::outbound::serve(proxy, bind_tcp(spec.listen)?, spec.clone(), token));
+        }
+        Wanted::RedirectInbound(address) => {
+            tokio::spawn(crate::transparent::serve_inbound(proxy, bind_tcp(*address)?, token));
+        }
+        Wanted::RedirectOutbound(address) => {
+            tokio::spawn(crate::transparent::serve_outbound(proxy, bind_tcp(*address)?, token));
+        }
+        Wanted::Dns(address) => {
+            let udp = tokio::net::UdpSocket::bind(address).await?;
+            tokio::spawn(crate::dns::serve(proxy, udp, bind_tcp(*address)?, token));
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the running listeners equal to those the configuration in force asks for.
+pub async fn reconcile(proxy: Arc<Proxy>, stop: CancellationToken) {
+    let mut running: Vec<(Wanted, CancellationToken)> = Vec::new();
+    let mut changes = proxy.state().changes();
+    loop {
+        // Listen only once the proxy can serve: with a configuration and, under mTLS, a certificate.
+        if let Some(config) = proxy.state().config().filter(|_| proxy.state().not_ready().is_none()) {
+            let wanted = wanted(&config);
+            running.retain(|(w, token)| {
+                let keep = wanted.contains(w);
+                if !keep {
+                    tracing::info!(address = %w.address(), "listener removed");
+                    token.cancel();
+                }
+                keep
+            });
+            for w in wanted {
+                if running.iter().any(|(r, _)| *r == w) {
+                    continue;
+                }
+                let token = stop.child_token();
+                match start(&proxy, &w, token.clone()).await {
+                    Ok(()) => {
+                        proxy.listener_errors.lock().expect("listener errors lock").remove(&w.address());
+                        tracing::info!(address = %w.address(), "listening");
+                        running.push((w, token));
+                    }
+                    Err(e) => {
+                        tracing::error!(address = %w.address(), error = %e, "cannot listen");
+                        proxy.listener_errors.lock().expect("listener errors lock").insert(w.address(), e.to_string());
+                    }
+                }
+            }
+            proxy.listening.store(true, std::sync::atomic::Ordering::Release);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! A mesh member: the state kept from the discovery stream and the way to call the mesh's
+//! services over mutual TLS. Every proxy is one; the edge gateway joins a mesh as one too,
+//! without listeners of its own.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, bail};
+use http::{Request, Response, Uri, header};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use ward_api::Resource;
+
+use crate::{
+    balancer::{Balancer, Strategy},
+    discovery::{self, DiscoveryOptions},
+    http::Body,
+    mesh_client::{MeshClient, MeshError},
+    state::State,
+};
+
+/// Why a call to a mesh service was not carried.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The service has no connected instance.
+    #[error("no healthy upstream: service {0} has no connected instance")]
+    NoEndpoint(String),
+    /// The chosen instance could not be reached, or proved another identity.
+    #[error("upstream connect error: {0}")]
+    Mesh(#[from] MeshError),
+}
+
+/// A member of a mesh.
+pub struct Member {
+    /// Configuration, certificate, metrics.
+    pub state: Arc<State>,
+    /// Connections to other members.
+    pub mesh: MeshClient,
+    strategy: Strategy,
+    balancers: Mutex<HashMap<String, Arc<Balancer>>>,
+}
+
+impl Member {
+    /// A member over `state`, balancing with `strategy`.
+    pub fn new(state: Arc<State>, allow_tls12: bool, strategy: Strategy) -> Self {
+        Member { mesh: MeshClient::new(state.clone(), allow_tls12), state, strategy, balancers: Mutex::default() }
+    }
+
+    /// The balancer of `service`'s endpoints.
+    pub fn balancer(&self, service: &str) -> Arc<Balancer> {
+        let mut balancers = self.balancers.lock().expect("balancers lock");
+        balancers.entry(service.to_string()).or_insert_with(|| Arc::new(Balancer::new(self.strategy))).clone()
+    }
+
+    /// Sends an HTTP request to one instance of `service` over the shared HTTP/2 connection.
+    pub async fn send<B>(&self, service: &str, request: Request<B>) -> Result<Response<Incoming>, SendError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<crate::http::BoxError>,
+    {
+        let endpoints = self.endpoints(service);
+        let (endpoint, _in_flight) =
+            self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
+        let request = as_h2(request, service).map(crate::http::boxed);
+        Ok(self.mesh.send(service, endpoint.address, request).await?)
+    }
+
+    /// Sends an upgrade request to one instance of `service`, on a connection of its own.
+    pub async fn send_upgrade(&self, service: &str, request: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        let endpoints = self.endpoints(service);
+        let (endpoint, _in_flight) =
+            self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
+        Ok(self.mesh.send_upgrade(service, endpoint.address, request).await?)
+    }
+
+    fn endpoints(&self, service: &str) -> Vec<crate::config::Endpoint> {
+        self.state.config().and_then(|c| c.services.get(service).map(|s| s.endpoints.clone())).unwrap_or_default()
+    }
+}
+
+/// The request as HTTP/2 carries it: the Host header becomes the URI's authority.
+fn as_h2<B>(mut request: Request<B>, service: &str) -> Request<B> {
+    let host = request.headers_mut().remove(header::HOST);
+    let authority = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or(service)
+        .to_string();
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    match format!("http://{authority}{path}").parse::<Uri>() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => {
+            // A Host that is no authority: keep it as a header, address the service.
+            if let Some(host) = host {
+                request.headers_mut().insert(header::HOST, host);
+            }
+            *request.uri_mut() = format!("http://{service}{path}").parse().unwrap_or_default();
+        }
+    }
+    *request.version_mut() = http::Version::HTTP_2;
+    request
+}
+
+/// How a member without listeners (the edge gateway) joins a mesh.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// `https://host:port` of the control plane's discovery server.
+    pub cp_address: String,
+    /// The control plane's CA (PEM file).
+    pub ca_cert: PathBuf,
+    /// File holding the dataplane token.
+    pub token_file: PathBuf,
+    /// The Dataplane to register.
+    pub dataplane: Resource,
+}
+
+/// Joins a mesh: keeps the discovery stream and the certificate up until `stop`.
+pub fn join(options: JoinOptions, stop: CancellationToken) -> anyhow::Result<Arc<Member>> {
+    let ca_cert_pem = read_ca_cert(&options.ca_cert)?;
+    check_token_file(&options.token_file)?;
+    let state = State::new();
+    let member = Arc::new(Member::new(state.clone(), false, Strategy::RoundRobin));
+    let discovery_options = DiscoveryOptions {
+        cp_address: options.cp_address,
+        ca_cert_pem,
+        token_file: options.token_file,
+        dataplane: options.dataplane,
+    };
+    tokio::spawn({
+        let (state, stop) = (state.clone(), stop.clone());
+        async move {
+            if let Err(e) = discovery::run(state, discovery_options, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "cannot join the mesh");
+            }
+        }
+    });
+    tokio::spawn(discovery::watch_expiry(state, stop));
+    Ok(member)
+}
+
+/// The control plane's CA certificate from `path`, checked to be one.
+pub fn read_ca_cert(path: &PathBuf) -> anyhow::Result<String> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("--ca-cert {}", path.display()))?;
+    ward_pki::CaInfo::from_pem(&pem).with_context(|| format!("--ca-cert {}", path.display()))?;
+    Ok(pem)
+}
+
+/// Fails unless `path` holds a token.
+pub fn check_token_file(path: &PathBuf) -> anyhow::Result<()> {
+    match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => Ok(()),
+        Ok(_) => bail!("--dataplane-token-file {}: is empty", path.display()),
+        Err(e) => bail!("--dataplane-token-file {}: {e}", path.display()),
+    }
+}

@@ -1,0 +1,168 @@
+//! Connections to other proxies: mutual TLS that insists on the destination service's exact
+//! identity; one multiplexed HTTP/2 connection per endpoint, shared by every request to it;
+//! a fresh HTTP/1.1 connection for each protocol upgrade; raw TLS for TCP.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::{Request, Response};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+use ward_pki::SpiffeId;
+
+use crate::{
+    http::Body,
+    state::State,
+    tls::{self, ALPN_H2, ALPN_HTTP1},
+};
+
+/// How long connecting to another proxy may take, TLS included.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a request could not be carried to an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// TCP or TLS failed (including an endpoint proving the wrong identity).
+    #[error("cannot connect to {endpoint}: {}", tls::describe(source))]
+    Connect {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("request to {endpoint} failed: {source}")]
+    Http {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// Why.
+        source: hyper::Error,
+    },
+}
+
+type SharedSender = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+
+/// Client TLS configurations by destination service and ALPN protocol.
+type TlsConfigs = HashMap<(String, &'static [u8]), Arc<ClientConfig>>;
+
+/// Carries traffic to other proxies of the mesh.
+pub struct MeshClient {
+    state: Arc<State>,
+    allow_tls12: bool,
+    tls: Mutex<TlsConfigs>,
+    h2: Mutex<HashMap<(String, SocketAddr), SharedSender>>,
+}
+
+impl MeshClient {
+    /// A client presenting the proxy's current certificate.
+    pub fn new(state: Arc<State>, allow_tls12: bool) -> Self {
+        MeshClient { state, allow_tls12, tls: Mutex::default(), h2: Mutex::default() }
+    }
+
+    /// A TLS connection to `endpoint` of `service`, offering `alpn`.
+    pub async fn connect(
+        &self,
+        service: &str,
+        endpoint: SocketAddr,
+        alpn: &'static [u8],
+    ) -> Result<TlsStream<TcpStream>, MeshError> {
+        let fail = |source: io::Error| MeshError::Connect { endpoint, source };
+        let config = self.client_config(service, alpn).map_err(fail)?;
+        let connect = async {
+            let tcp = TcpStream::connect(endpoint).await?;
+            tcp.set_nodelay(true)?;
+            TlsConnector::from(config).connect(ServerName::IpAddress(endpoint.ip().into()), tcp).await
+        };
+        let result = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
+        if let Err(e) = &result {
+            let reason = tls::failure_reason(e);
+            self.state
+                .metrics
+                .tls_handshake_failures
+                .get_or_create(&crate::metrics::ReasonLabels { direction: crate::metrics::OUTBOUND, reason })
+                .inc();
+        }
+        result.map_err(fail)
+    }
+
+    /// Sends `request` over the shared HTTP/2 connection to `endpoint`, opening it when needed.
+    pub async fn send(
+        &self,
+        service: &str,
+        endpoint: SocketAddr,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, MeshError> {
+        let slot = self.h2.lock().expect("h2 pool lock").entry((service.to_string(), endpoint)).or_default().clone();
+        let mut sender = {
+            let mut slot = slot.lock().await;
+            match slot.as_ref().filter(|s| !s.is_closed()) {
+                Some(sender) => sender.clone(),
+                None => {
+                    let io = TokioIo::new(self.connect(service, endpoint, ALPN_H2).await?);
+                    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .keep_alive_interval(Duration::from_secs(30))
+                        .handshake(io)
+                        .await
+                        .map_err(|source| MeshError::Http { endpoint, source })?;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(%endpoint, error = %e, "HTTP/2 connection to a peer ended");
+                        }
+                    });
+                    *slot = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender.ready().await.map_err(|source| MeshError::Http { endpoint, source })?;
+        sender.send_request(request).await.map_err(|source| MeshError::Http { endpoint, source })
+    }
+
+    /// Sends an upgrade request over a new HTTP/1.1 connection, which the upgrade then takes over.
+    pub async fn send_upgrade(
+        &self,
+        service: &str,
+        endpoint: SocketAddr,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, MeshError> {
+        let io = TokioIo::new(self.connect(service, endpoint, ALPN_HTTP1).await?);
+        let (mut sender, connection) =
+            http1::handshake(io).await.map_err(|source| MeshError::Http { endpoint, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upgraded connection to a peer ended");
+            }
+        });
+        sender.send_request(request).await.map_err(|source| MeshError::Http { endpoint, source })
+    }
+
+    fn client_config(&self, service: &str, alpn: &'static [u8]) -> io::Result<Arc<ClientConfig>> {
+        let mesh =
+            self.state.config().map(|c| c.mesh.clone()).ok_or_else(|| io::Error::other("no configuration yet"))?;
+        let key = (format!("{mesh}/{service}"), alpn);
+        let mut configs = self.tls.lock().expect("client TLS configs lock");
+        if let Some(config) = configs.get(&key) {
+            return Ok(config.clone());
+        }
+        let expected = SpiffeId::for_service(&mesh, service).map_err(io::Error::other)?;
+        let alpns: &[&[u8]] = if alpn.is_empty() { &[] } else { std::slice::from_ref(&alpn) };
+        let config = tls::client_config(self.state.clone(), expected, self.allow_tls12, alpns);
+        configs.insert(key, config.clone());
+        Ok(config)
+    }
+}

@@ -1,0 +1,119 @@
+//! Outbound: the local application calls a service through a local listener; the proxy picks
+//! one of the service's connected instances and carries the call to its proxy over mutual TLS,
+//! HTTP over a shared HTTP/2 connection, TCP over a connection of its own.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use http::{Request, Response, StatusCode};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use ward_api::dataplane::Protocol;
+
+use crate::{
+    Proxy,
+    forward::{self, OpenConnection},
+    http::{Body, PEER_IDENTITY, boxed, is_upgrade, strip_hop_by_hop},
+    io::{Activity, Counted, Detected, Prefixed, detect},
+    listener,
+    metrics::OUTBOUND,
+    smuggling::Guarded,
+};
+
+/// One outbound of the Dataplane: a local listener for one destination service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundSpec {
+    /// Where the application connects.
+    pub listen: SocketAddr,
+    /// The destination service.
+    pub service: String,
+}
+
+/// Accepts the application's connections on `listener` until `stop`.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, spec: Arc<OutboundSpec>, stop: CancellationToken) {
+    listener::accept_loop(&proxy.clone(), listener, stop, move |tcp, _peer| {
+        handle(proxy.clone(), spec.service.clone(), tcp)
+    })
+    .await
+}
+
+/// Carries one connection of the application to `service`.
+pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
+    let _open = OpenConnection::new(&proxy, OUTBOUND);
+    let Some(config) = proxy.state().config() else { return };
+    let protocol = config.services.get(&service).and_then(|s| s.protocol);
+    let activity = Activity::new();
+    let io = Counted::new(tcp, activity.clone());
+    let (detected, io) = match protocol {
+        Some(Protocol::Tcp) => (Detected::Tcp, Prefixed::new(Default::default(), io)),
+        Some(_) => (Detected::Http, Prefixed::new(Default::default(), io)),
+        None => match detect(io).await {
+            Ok(found) => found,
+            Err(_) => return,
+        },
+    };
+    if detected == Detected::Tcp {
+        let Some(endpoint) = config
+            .services
+            .get(&service)
+            .and_then(|s| proxy.member.balancer(&service).pick(&s.endpoints))
+            .map(|(e, _)| e.address)
+        else {
+            tracing::debug!(%service, "no endpoint: closing the TCP connection");
+            return;
+        };
+        let upstream = match proxy.member.mesh.connect(&service, endpoint, b"").await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::warn!(%service, error = %e, "cannot reach an instance");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = forward::copy_tcp(&proxy, OUTBOUND, io, upstream) => {}
+            _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
+        }
+        return;
+    }
+    let guarded =
+        Guarded::new(io, proxy.limits.max_header_bytes, proxy.limits.max_headers, proxy.limits.header_read_timeout);
+    let service_fn = {
+        let proxy = proxy.clone();
+        let service: Arc<str> = service.into();
+        service_fn(move |request| {
+            let (proxy, service) = (proxy.clone(), service.clone());
+            async move { Ok::<_, std::convert::Infallible>(handle_request(&proxy, &service, request).await) }
+        })
+    };
+    let connection = proxy.http_server.serve_connection_with_upgrades(TokioIo::new(guarded), service_fn);
+    forward::drive(&proxy, connection, &activity, || true).await;
+}
+
+async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let source = proxy.state().svid().map_or_else(|| "unknown".to_string(), |s| s.spiffe_id.to_string());
+    let upgrading = is_upgrade(&request);
+    strip_hop_by_hop(request.headers_mut(), upgrading);
+    request.headers_mut().remove(PEER_IDENTITY);
+    let member = &proxy.member;
+    let result = if upgrading {
+        forward::upgrade(request, |r| member.send_upgrade(service, r)).await
+    } else {
+        member.send(service, request).await.map(|r| r.map(boxed))
+    };
+    let response = match result {
+        Ok(mut response) => {
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                strip_hop_by_hop(response.headers_mut(), false);
+            }
+            response
+        }
+        Err(e) => {
+            tracing::warn!(%service, error = %e, "request not carried");
+            forward::unavailable(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
+    };
+    forward::record(proxy, OUTBOUND, &source, service, response.status(), started);
+    response
+}

@@ -1,0 +1,107 @@
+//! What the proxy runs on: the latest configuration and certificate, each replaced whole and
+//! atomically, so a connection sees either the old one or the new one, never a mix.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use arc_swap::ArcSwapOption;
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::{config::Config, identity::Svid, metrics::Metrics};
+
+/// The proxy's shared state.
+pub struct State {
+    config: ArcSwapOption<Config>,
+    svid: ArcSwapOption<Svid>,
+    changes: watch::Sender<u64>,
+    cp_connected: AtomicBool,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+impl State {
+    /// A state with nothing yet.
+    pub fn new() -> Arc<State> {
+        let (changes, _) = watch::channel(0);
+        Arc::new(State {
+            config: ArcSwapOption::empty(),
+            svid: ArcSwapOption::empty(),
+            changes,
+            cp_connected: AtomicBool::new(false),
+            metrics: Metrics::new(),
+        })
+    }
+
+    /// The configuration in force, if any.
+    pub fn config(&self) -> Option<Arc<Config>> {
+        self.config.load_full()
+    }
+
+    /// The certificate in use, if any.
+    pub fn svid(&self) -> Option<Arc<Svid>> {
+        self.svid.load_full()
+    }
+
+    /// Puts a new configuration in force for every new connection and request.
+    pub fn set_config(&self, config: Config) {
+        self.config.store(Some(Arc::new(config)));
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Puts a new certificate in use for every new handshake.
+    pub fn set_svid(&self, svid: Svid) {
+        self.metrics.certificate_expiry.set(svid.not_after.timestamp());
+        self.svid.store(Some(Arc::new(svid)));
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Wakes on every new configuration or certificate.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Records whether the discovery stream is up.
+    pub fn set_cp_connected(&self, connected: bool) {
+        self.cp_connected.store(connected, Ordering::Relaxed);
+        self.metrics.control_plane_connected.set(i64::from(connected));
+    }
+
+    /// Whether the discovery stream is up.
+    pub fn cp_connected(&self) -> bool {
+        self.cp_connected.load(Ordering::Relaxed)
+    }
+
+    /// The certificate and its time left, when less than a quarter of its lifetime is left and
+    /// the control plane is unreachable to renew it.
+    pub fn expiring_unrenewed(&self) -> Option<(Arc<Svid>, chrono::TimeDelta)> {
+        if self.cp_connected() {
+            return None;
+        }
+        let (svid, config) = (self.svid()?, self.config()?);
+        let lifetime = chrono::TimeDelta::from_std(config.certificate_lifetime).ok()?;
+        let left = svid.not_after - Utc::now();
+        (left < lifetime / 4).then_some((svid, left))
+    }
+
+    /// Why the proxy is not ready, or `None` when it is: it needs a configuration and, when
+    /// the mesh has mTLS, a certificate valid now.
+    pub fn not_ready(&self) -> Option<String> {
+        let Some(config) = self.config() else { return Some("no configuration from the control plane yet".into()) };
+        if config.mode == crate::config::Mode::Disabled {
+            return None;
+        }
+        match self.svid() {
+            None => Some("no certificate yet".into()),
+            Some(svid) if !svid.valid_at(Utc::now()) => Some(format!(
+                "certificate {} expired at {}{}",
+                svid.serial,
+                svid.not_after.to_rfc3339(),
+                if self.cp_connected() { "" } else { " and the control plane is unreachable" }
+            )),
+            Some(_) => None,
+        }
+    }
+}
