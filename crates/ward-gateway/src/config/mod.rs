@@ -1,0 +1,644 @@
+//! Kong's declarative configuration (`_format_version: "3.0"`): reading YAML or JSON,
+//! turning nested entities into flat lists, and resolving references between them.
+//!
+//! Every entity keeps the path it was written at (`services[0].routes[1]`), so that each
+//! error names it. Field meanings are checked where the entity is compiled (router,
+//! plugins, upstreams, TLS); all errors of a file are collected before it is refused.
+
+pub(crate) mod schema;
+
+use std::collections::HashMap;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::ConfigErrors;
+use schema::Reference;
+
+/// Top-level keys of a declarative file.
+const TOP_LEVEL: [&str; 16] = [
+    "_format_version",
+    "_transform",
+    "_comment",
+    "services",
+    "routes",
+    "consumers",
+    "plugins",
+    "upstreams",
+    "targets",
+    "certificates",
+    "snis",
+    "ca_certificates",
+    "keyauth_credentials",
+    "basicauth_credentials",
+    "jwt_secrets",
+    "acls",
+];
+
+/// Namespace of the ids Ward derives for entities written without one.
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d1f_4a3e_9c2b_4f7a_8e55_0b1c_2d3e_4f50);
+
+/// One entity with where it was written, its id, and the entities it refers to.
+#[derive(Debug)]
+pub(crate) struct Entity<T> {
+    /// Where the entity was written, e.g. `services[0].routes[1]`.
+    pub path: String,
+    /// Its id: as written, or derived from its name (or path) when absent.
+    pub id: String,
+    /// Its fields.
+    pub item: T,
+    /// The entities it refers to, as indices into the declaration's lists.
+    pub links: Links,
+}
+
+/// Resolved references of an entity.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Links {
+    pub service: Option<usize>,
+    pub route: Option<usize>,
+    pub consumer: Option<usize>,
+    pub certificate: Option<usize>,
+    pub upstream: Option<usize>,
+}
+
+/// A whole configuration with references resolved, ready to compile.
+#[derive(Debug, Default)]
+pub(crate) struct Declaration {
+    /// `_transform`: basic-auth passwords are plain text (true, Kong's default) or already hashed.
+    pub transform: bool,
+    pub services: Vec<Entity<schema::Service>>,
+    pub routes: Vec<Entity<schema::Route>>,
+    pub consumers: Vec<Entity<schema::Consumer>>,
+    pub keyauth_credentials: Vec<Entity<schema::KeyAuthCredential>>,
+    pub basicauth_credentials: Vec<Entity<schema::BasicAuthCredential>>,
+    pub jwt_secrets: Vec<Entity<schema::JwtSecret>>,
+    pub acls: Vec<Entity<schema::Acl>>,
+    pub plugins: Vec<Entity<schema::Plugin>>,
+    pub certificates: Vec<Entity<schema::Certificate>>,
+    pub snis: Vec<Entity<schema::Sni>>,
+    pub ca_certificates: Vec<Entity<schema::CaCertificate>>,
+    pub upstreams: Vec<Entity<schema::Upstream>>,
+    pub targets: Vec<Entity<schema::Target>>,
+}
+
+/// Reads a declarative file (YAML or JSON) into a declaration of every entity that could be
+/// read, with every error found; only text that is not a YAML mapping at all is an `Err`.
+pub(crate) fn parse(text: &str) -> Result<(Declaration, ConfigErrors), ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let doc: Value = match serde_saphyr::from_str_with_options(text, options) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let first = e.to_string();
+            errors.add("", format!("is not valid YAML or JSON: {}", first.lines().next().unwrap_or_default()));
+            return Err(errors);
+        }
+    };
+    let Value::Object(mut top) = strip_nulls(doc) else {
+        errors.add("", "must be a mapping with _format_version and entity lists");
+        return Err(errors);
+    };
+    match top.get("_format_version") {
+        Some(Value::String(v)) if v == "3.0" => {}
+        Some(Value::String(v)) => errors.add(
+            "_format_version",
+            format!("\"{v}\" is not supported: Ward reads \"3.0\" (older formats treat regex paths differently)"),
+        ),
+        Some(_) => errors.add("_format_version", "must be the string \"3.0\""),
+        None => errors.add("_format_version", "is required (\"3.0\")"),
+    }
+    let mut collector = Collector { decl: Declaration::default(), errors, pending: Vec::new() };
+    collector.decl.transform = match top.get("_transform") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            collector.errors.add("_transform", "must be true or false");
+            true
+        }
+    };
+    for key in top.keys() {
+        if !TOP_LEVEL.contains(&key.as_str()) {
+            collector.errors.add(key.clone(), "unknown field");
+        }
+    }
+    let items = take_list(&mut top, "services", "", &mut collector.errors);
+    collector.services(items);
+    let items = take_list(&mut top, "routes", "", &mut collector.errors);
+    collector.routes(items, None, false);
+    let items = take_list(&mut top, "consumers", "", &mut collector.errors);
+    collector.consumers(items);
+    let items = take_list(&mut top, "plugins", "", &mut collector.errors);
+    collector.plugins(items, Links::default());
+    collector.credentials(&mut top, "", None);
+    let items = take_list(&mut top, "certificates", "", &mut collector.errors);
+    collector.certificates(items);
+    let items = take_list(&mut top, "snis", "", &mut collector.errors);
+    collector.snis(items, None);
+    let items = take_list(&mut top, "ca_certificates", "", &mut collector.errors);
+    collector.ca_certificates(items);
+    let items = take_list(&mut top, "upstreams", "", &mut collector.errors);
+    collector.upstreams(items);
+    let items = take_list(&mut top, "targets", "", &mut collector.errors);
+    collector.targets(items, None);
+    collector.resolve();
+    Ok((collector.decl, collector.errors))
+}
+
+/// `null` means "not set" everywhere, so that exported files with explicit nulls load.
+fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}
+
+/// Removes `key` (a list) from `obj`, with each element's path.
+fn take_list(obj: &mut Map<String, Value>, key: &str, prefix: &str, errors: &mut ConfigErrors) -> Vec<(String, Value)> {
+    let path = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+    match obj.remove(key) {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items.into_iter().enumerate().map(|(i, v)| (format!("{path}[{i}]"), v)).collect(),
+        Some(_) => {
+            errors.add(path, "must be a list");
+            Vec::new()
+        }
+    }
+}
+
+/// Deserializes `value` as `T`, recording the first problem under `path`.
+pub(crate) fn typed<T: DeserializeOwned>(value: Value, path: &str, errors: &mut ConfigErrors) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let at = if inner == "." { path.to_string() } else { format!("{path}.{inner}") };
+            let message = e.inner().to_string();
+            let message = if message.starts_with("unknown field `") { "unknown field".to_string() } else { message };
+            errors.add(at, message);
+            None
+        }
+    }
+}
+
+/// The object of an entity, or an error if it is not one.
+fn object(value: Value, path: &str, errors: &mut ConfigErrors) -> Option<Map<String, Value>> {
+    match value {
+        Value::Object(map) => Some(map),
+        _ => {
+            errors.add(path, "must be a mapping");
+            None
+        }
+    }
+}
+
+/// Which list a reference points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Service,
+    Route,
+    Consumer,
+    Certificate,
+    Upstream,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Service => "service",
+            Kind::Route => "route",
+            Kind::Consumer => "consumer",
+            Kind::Certificate => "certificate",
+            Kind::Upstream => "upstream",
+        }
+    }
+}
+
+/// A flat reference waiting for every entity to be known.
+struct Pending {
+    /// Path of the referring field, e.g. `routes[2].service`.
+    path: String,
+    kind: Kind,
+    key: String,
+    /// Where to write the index: (list, entity index).
+    target: (Owner, usize),
+}
+
+/// The list holding the entity that refers.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Route,
+    Plugin,
+    KeyAuth,
+    BasicAuth,
+    Jwt,
+    Acl,
+    Sni,
+    Target,
+}
+
+struct Collector {
+    decl: Declaration,
+    errors: ConfigErrors,
+    pending: Vec<Pending>,
+}
+
+impl Collector {
+    /// The entity's id: as written (it must be a UUID) or derived from `natural` (a name) or its path.
+    fn id(&mut self, kind: &str, given: Option<&str>, natural: Option<&str>, path: &str) -> String {
+        match given {
+            Some(id) => {
+                if uuid::Uuid::parse_str(id).is_err() {
+                    self.errors.add(format!("{path}.id"), "must be a UUID");
+                }
+                id.to_string()
+            }
+            None => {
+                let seed = format!("{kind}:{}", natural.unwrap_or(path));
+                uuid::Uuid::new_v5(&ID_NAMESPACE, seed.as_bytes()).to_string()
+            }
+        }
+    }
+
+    /// Records a flat reference (or checks that a nested entity has none).
+    fn link(
+        &mut self,
+        field: &str,
+        reference: Option<&Reference>,
+        nested: bool,
+        kind: Kind,
+        target: (Owner, usize),
+        path: &str,
+    ) {
+        match (reference, nested) {
+            (Some(_), true) => self
+                .errors
+                .add(format!("{path}.{field}"), format!("must not be set on an entity nested in its {}", kind.noun())),
+            (Some(r), false) => match r.key() {
+                Some(key) => {
+                    self.pending.push(Pending { path: format!("{path}.{field}"), kind, key: key.to_string(), target })
+                }
+                None => self.errors.add(format!("{path}.{field}"), "must give an id or a name"),
+            },
+            (None, _) => {}
+        }
+    }
+
+    fn services(&mut self, items: Vec<(String, Value)>) {
+        for (path, value) in items {
+            let Some(mut obj) = object(value, &path, &mut self.errors) else { continue };
+            let routes = take_list(&mut obj, "routes", &path, &mut self.errors);
+            let plugins = take_list(&mut obj, "plugins", &path, &mut self.errors);
+            let Some(item) = typed::<schema::Service>(Value::Object(obj), &path, &mut self.errors) else {
+                // Still read what is nested, so that their errors are listed too.
+                self.routes(routes, None, true);
+                self.plugins(plugins, Links::default());
+                continue;
+            };
+            let id = self.id("services", item.id.as_deref(), item.name.as_deref(), &path);
+            let index = self.decl.services.len();
+            self.decl.services.push(Entity { path, id, item, links: Links::default() });
+            self.routes(routes, Some(index), true);
+            self.plugins(plugins, Links { service: Some(index), ..Links::default() });
+        }
+    }
+
+    /// Routes at the top level, or `nested` in a service (at index `service` if it could be read).
+    fn routes(&mut self, items: Vec<(String, Value)>, service: Option<usize>, nested: bool) {
+        for (path, value) in items {
+            let Some(mut obj) = object(value, &path, &mut self.errors) else { continue };
+            let plugins = take_list(&mut obj, "plugins", &path, &mut self.errors);
+            let Some(item) = typed::<schema::Route>(Value::Object(obj), &path, &mut self.errors) else {
+                self.plugins(plugins, Links::default());
+                continue;
+            };
+            let id = self.id("routes", item.id.as_deref(), item.name.as_deref(), &path);
+            let index = self.decl.routes.len();
+            self.link("service", item.service.as_ref(), nested, Kind::Service, (Owner::Route, index), &path);
+            self.decl.routes.push(Entity { path, id, item, links: Links { service, ..Links::default() } });
+            self.plugins(plugins, Links { route: Some(index), ..Links::default() });
+        }
+    }
+
+    fn consumers(&mut self, items: Vec<(String, Value)>) {
+        for (path, value) in items {
+            let Some(mut obj) = object(value, &path, &mut self.errors) else { continue };
+            let plugins = take_list(&mut obj, "plugins", &path, &mut self.errors);
+            let index = self.decl.consumers.len();
+            self.credentials(&mut obj, &path, Some(index));
+            let Some(item) = typed::<schema::Consumer>(Value::Object(obj), &path, &mut self.errors) else { continue };
+            if item.username.is_none() && item.custom_id.is_none() {
+                self.errors.add(&path, "at least one of username or custom_id is required");
+            }
+            let natural = item.username.as_deref().or(item.custom_id.as_deref());
+            let id = self.id("consumers", item.id.as_deref(), natural, &path);
+            self.decl.consumers.push(Entity { path, id, item, links: Links::default() });
+            self.plugins(plugins, Links { consumer: Some(index), ..Links::default() });
+        }
+    }
+
+    /// Credentials at the top level (`consumer` set) or nested in a consumer.
+    fn credentials(&mut self, obj: &mut Map<String, Value>, prefix: &str, consumer: Option<usize>) {
+        let nested = consumer.is_some();
+        let links = Links { consumer, ..Links::default() };
+        for (path, value) in take_list(obj, "keyauth_credentials", prefix, &mut self.errors) {
+            let Some(item) = typed::<schema::KeyAuthCredential>(value, &path, &mut self.errors) else { continue };
+            let id = self.id("keyauth_credentials", item.id.as_deref(), None, &path);
+            let index = self.decl.keyauth_credentials.len();
+            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::KeyAuth, index), &path);
+            self.decl.keyauth_credentials.push(Entity { path, id, item, links });
+        }
+        for (path, value) in take_list(obj, "basicauth_credentials", prefix, &mut self.errors) {
+            let Some(item) = typed::<schema::BasicAuthCredential>(value, &path, &mut self.errors) else { continue };
+            let id = self.id("basicauth_credentials", item.id.as_deref(), Some(&item.username.clone()), &path);
+            let index = self.decl.basicauth_credentials.len();
+            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::BasicAuth, index), &path);
+            self.decl.basicauth_credentials.push(Entity { path, id, item, links });
+        }
+        for (path, value) in take_list(obj, "jwt_secrets", prefix, &mut self.errors) {
+            let Some(item) = typed::<schema::JwtSecret>(value, &path, &mut self.errors) else { continue };
+            let id = self.id("jwt_secrets", item.id.as_deref(), item.key.as_deref(), &path);
+            let index = self.decl.jwt_secrets.len();
+            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::Jwt, index), &path);
+            self.decl.jwt_secrets.push(Entity { path, id, item, links });
+        }
+        for (path, value) in take_list(obj, "acls", prefix, &mut self.errors) {
+            let Some(item) = typed::<schema::Acl>(value, &path, &mut self.errors) else { continue };
+            let id = self.id("acls", item.id.as_deref(), None, &path);
+            let index = self.decl.acls.len();
+            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::Acl, index), &path);
+            self.decl.acls.push(Entity { path, id, item, links });
+        }
+    }
+
+    fn plugins(&mut self, items: Vec<(String, Value)>, parent: Links) {
+        for (path, value) in items {
+            let Some(item) = typed::<schema::Plugin>(value, &path, &mut self.errors) else { continue };
+            let id = self.id("plugins", item.id.as_deref(), None, &path);
+            let index = self.decl.plugins.len();
+            let target = (Owner::Plugin, index);
+            self.link("service", item.service.as_ref(), parent.service.is_some(), Kind::Service, target, &path);
+            self.link("route", item.route.as_ref(), parent.route.is_some(), Kind::Route, target, &path);
+            self.link("consumer", item.consumer.as_ref(), parent.consumer.is_some(), Kind::Consumer, target, &path);
+            self.decl.plugins.push(Entity { path, id, item, links: parent });
+        }
+    }
+
+    fn certificates(&mut self, items: Vec<(String, Value)>) {
+        for (path, value) in items {
+            let Some(mut obj) = object(value, &path, &mut self.errors) else { continue };
+            let snis = take_list(&mut obj, "snis", &path, &mut self.errors);
+            let Some(item) = typed::<schema::Certificate>(Value::Object(obj), &path, &mut self.errors) else {
+                continue;
+            };
+            let id = self.id("certificates", item.id.as_deref(), None, &path);
+            let index = self.decl.certificates.len();
+            self.decl.certificates.push(Entity { path, id, item, links: Links::default() });
+            // Nested SNIs may be bare names.
+            let snis = snis
+                .into_iter()
+                .map(|(p, v)| match v {
+                    Value::String(name) => (p, serde_json::json!({ "name": name })),
+                    other => (p, other),
+                })
+                .collect();
+            self.snis(snis, Some(index));
+        }
+    }
+
+    fn snis(&mut self, items: Vec<(String, Value)>, certificate: Option<usize>) {
+        for (path, value) in items {
+            let Some(item) = typed::<schema::Sni>(value, &path, &mut self.errors) else { continue };
+            let id = self.id("snis", item.id.as_deref(), Some(&item.name.clone()), &path);
+            let index = self.decl.snis.len();
+            let nested = certificate.is_some();
+            self.link("certificate", item.certificate.as_ref(), nested, Kind::Certificate, (Owner::Sni, index), &path);
+            if !nested && item.certificate.is_none() {
+                self.errors.add(format!("{path}.certificate"), "is required");
+            }
+            self.decl.snis.push(Entity { path, id, item, links: Links { certificate, ..Links::default() } });
+        }
+    }
+
+    fn ca_certificates(&mut self, items: Vec<(String, Value)>) {
+        for (path, value) in items {
+            let Some(item) = typed::<schema::CaCertificate>(value, &path, &mut self.errors) else { continue };
+            let id = self.id("ca_certificates", item.id.as_deref(), None, &path);
+            self.decl.ca_certificates.push(Entity { path, id, item, links: Links::default() });
+        }
+    }
+
+    fn upstreams(&mut self, items: Vec<(String, Value)>) {
+        for (path, value) in items {
+            let Some(mut obj) = object(value, &path, &mut self.errors) else { continue };
+            let targets = take_list(&mut obj, "targets", &path, &mut self.errors);
+            let Some(item) = typed::<schema::Upstream>(Value::Object(obj), &path, &mut self.errors) else { continue };
+            let id = self.id("upstreams", item.id.as_deref(), Some(&item.name.clone()), &path);
+            let index = self.decl.upstreams.len();
+            self.decl.upstreams.push(Entity { path, id, item, links: Links::default() });
+            self.targets(targets, Some(index));
+        }
+    }
+
+    fn targets(&mut self, items: Vec<(String, Value)>, upstream: Option<usize>) {
+        for (path, value) in items {
+            let Some(item) = typed::<schema::Target>(value, &path, &mut self.errors) else { continue };
+            let id = self.id("targets", item.id.as_deref(), None, &path);
+            let index = self.decl.targets.len();
+            let nested = upstream.is_some();
+            self.link("upstream", item.upstream.as_ref(), nested, Kind::Upstream, (Owner::Target, index), &path);
+            if !nested && item.upstream.is_none() {
+                self.errors.add(format!("{path}.upstream"), "is required");
+            }
+            self.decl.targets.push(Entity { path, id, item, links: Links { upstream, ..Links::default() } });
+        }
+    }
+
+    /// Resolves flat references by id or name, and refuses duplicate ids and names.
+    fn resolve(&mut self) {
+        let d = &self.decl;
+        let mut keys: HashMap<(Kind, String), usize> = HashMap::new();
+        let mut errors = ConfigErrors::default();
+        let mut index = |kind: Kind, key: Option<&str>, what: &str, i: usize, path: &str| {
+            if let Some(key) = key
+                && keys.insert((kind, key.to_string()), i).is_some_and(|prev| prev != i)
+            {
+                errors.add(path, format!("{what} '{key}' is used by another {}", kind.noun()));
+            }
+        };
+        for (i, e) in d.services.iter().enumerate() {
+            index(Kind::Service, Some(&e.id), "id", i, &e.path);
+            index(Kind::Service, e.item.name.as_deref(), "name", i, &e.path);
+        }
+        for (i, e) in d.routes.iter().enumerate() {
+            index(Kind::Route, Some(&e.id), "id", i, &e.path);
+            index(Kind::Route, e.item.name.as_deref(), "name", i, &e.path);
+        }
+        for (i, e) in d.consumers.iter().enumerate() {
+            index(Kind::Consumer, Some(&e.id), "id", i, &e.path);
+            index(Kind::Consumer, e.item.username.as_deref(), "username", i, &e.path);
+        }
+        for (i, e) in d.certificates.iter().enumerate() {
+            index(Kind::Certificate, Some(&e.id), "id", i, &e.path);
+        }
+        for (i, e) in d.upstreams.iter().enumerate() {
+            index(Kind::Upstream, Some(&e.id), "id", i, &e.path);
+            index(Kind::Upstream, Some(&e.item.name), "name", i, &e.path);
+        }
+        self.errors.0.extend(errors.0);
+        for p in std::mem::take(&mut self.pending) {
+            let Some(&found) = keys.get(&(p.kind, p.key.clone())) else {
+                self.errors.add(p.path, format!("no {} has the id or name '{}'", p.kind.noun(), p.key));
+                continue;
+            };
+            let d = &mut self.decl;
+            let links = match p.target.0 {
+                Owner::Route => &mut d.routes[p.target.1].links,
+                Owner::Plugin => &mut d.plugins[p.target.1].links,
+                Owner::KeyAuth => &mut d.keyauth_credentials[p.target.1].links,
+                Owner::BasicAuth => &mut d.basicauth_credentials[p.target.1].links,
+                Owner::Jwt => &mut d.jwt_secrets[p.target.1].links,
+                Owner::Acl => &mut d.acls[p.target.1].links,
+                Owner::Sni => &mut d.snis[p.target.1].links,
+                Owner::Target => &mut d.targets[p.target.1].links,
+            };
+            let slot = match p.kind {
+                Kind::Service => &mut links.service,
+                Kind::Route => &mut links.route,
+                Kind::Consumer => &mut links.consumer,
+                Kind::Certificate => &mut links.certificate,
+                Kind::Upstream => &mut links.upstream,
+            };
+            *slot = Some(found);
+        }
+        let d = &self.decl;
+        let orphans = d
+            .keyauth_credentials
+            .iter()
+            .map(|e| (&e.path, e.links.consumer))
+            .chain(d.basicauth_credentials.iter().map(|e| (&e.path, e.links.consumer)))
+            .chain(d.jwt_secrets.iter().map(|e| (&e.path, e.links.consumer)))
+            .chain(d.acls.iter().map(|e| (&e.path, e.links.consumer)));
+        let mut missing = Vec::new();
+        for (path, consumer) in orphans {
+            if consumer.is_none() && !self.errors.0.iter().any(|e| e.path.starts_with(path.as_str())) {
+                missing.push(format!("{path}.consumer"));
+            }
+        }
+        for path in missing {
+            self.errors.add(path, "is required");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        let errors = match parse(text) {
+            Ok((_, errors)) => errors,
+            Err(errors) => errors,
+        };
+        errors.0.into_iter().map(|e| e.to_string()).collect()
+    }
+
+    fn valid(text: &str) -> Declaration {
+        let (decl, errors) = parse(text).unwrap();
+        assert!(errors.is_empty(), "{errors}");
+        decl
+    }
+
+    #[test]
+    fn nested_and_flat_forms_give_the_same_links() {
+        let nested = valid(
+            r#"
+_format_version: "3.0"
+services:
+- name: items
+  url: http://127.0.0.1:9000
+  routes:
+  - name: r1
+    paths: [/items]
+    plugins:
+    - name: key-auth
+consumers:
+- username: alice
+  keyauth_credentials:
+  - key: k1
+"#,
+        );
+        let flat = valid(
+            r#"
+_format_version: "3.0"
+services:
+- name: items
+  url: http://127.0.0.1:9000
+routes:
+- name: r1
+  paths: [/items]
+  service: items
+plugins:
+- name: key-auth
+  route: r1
+consumers:
+- username: alice
+keyauth_credentials:
+- key: k1
+  consumer: alice
+"#,
+        );
+        for d in [&nested, &flat] {
+            assert_eq!(d.routes[0].links.service, Some(0));
+            assert_eq!(d.plugins[0].links.route, Some(0));
+            assert_eq!(d.keyauth_credentials[0].links.consumer, Some(0));
+        }
+        assert_eq!(nested.services[0].id, flat.services[0].id, "derived ids depend on names, not on the form");
+    }
+
+    #[test]
+    fn every_error_is_listed_with_its_path() {
+        let table: &[(&str, &[&str])] = &[
+            ("services: []", &["_format_version: is required (\"3.0\")"]),
+            ("_format_version: \"2.1\"", &["_format_version: \"2.1\" is not supported"]),
+            (
+                "_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  colour: red\n  routes:\n  - paths: [/a]\n    weight: 3\n",
+                &["services[0].colour: unknown field", "services[0].routes[0].weight: unknown field"],
+            ),
+            (
+                "_format_version: \"3.0\"\nroutes:\n- paths: [/a]\n  service: nope\n",
+                &["routes[0].service: no service has the id or name 'nope'"],
+            ),
+            (
+                "_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  routes:\n  - paths: [/a]\n    service: a\n",
+                &["services[0].routes[0].service: must not be set on an entity nested in its service"],
+            ),
+            (
+                "_format_version: \"3.0\"\nkeyauth_credentials:\n- key: k\n",
+                &["keyauth_credentials[0].consumer: is required"],
+            ),
+            (
+                "_format_version: \"3.0\"\nconsumers:\n- username: a\n- username: a\n",
+                &["consumers[1]: username 'a' is used by another consumer"],
+            ),
+            ("_format_version: \"3.0\"\nservices:\n- id: 12\n  host: x\n", &["services[0].id: invalid type"]),
+            ("_format_version: \"3.0\"\nservices:\n- id: not-a-uuid\n  host: x\n", &["services[0].id: must be a UUID"]),
+            ("_format_version: \"3.0\"\nvaults: []\n", &["vaults: unknown field"]),
+        ];
+        for (text, expected) in table {
+            let got = errors(text);
+            for want in *expected {
+                assert!(got.iter().any(|g| g.starts_with(want)), "{text}\nwanted {want}\ngot {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn nulls_mean_defaults() {
+        let d = valid("_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  retries: null\n  path: null\n");
+        assert_eq!(d.services[0].item.retries, 5);
+        assert!(d.services[0].item.path.is_none());
+    }
+}

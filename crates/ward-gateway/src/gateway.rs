@@ -1,0 +1,204 @@
+//! A compiled configuration, and the runtime that swaps one for the next atomically.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use arc_swap::ArcSwap;
+use http::StatusCode;
+use ipnet::IpNet;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config;
+use crate::consumers::Consumers;
+use crate::error::ConfigErrors;
+use crate::plugins::{self, Chain, rate_limiting};
+use crate::router::{Protocols, RouteFields, Router};
+use crate::tls::{self, CaStore};
+use crate::upstream::Service;
+use crate::upstream::balancer::Balancer;
+
+/// State that outlives configurations: rate-limiting counters, Redis connections, and the
+/// gateway's membership of a mesh.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub local_counters: Arc<rate_limiting::LocalCounters>,
+    pub redis: rate_limiting::RedisClients,
+    /// Set when the gateway joined a mesh: services with `host: <service>.mesh` go through it.
+    pub mesh: Option<Arc<ward_proxy::member::Member>>,
+}
+
+/// A compiled route.
+pub(crate) struct Route {
+    pub id: String,
+    pub name: Option<String>,
+    pub service: Option<usize>,
+    pub strip_path: bool,
+    pub preserve_host: bool,
+    pub protocols: Protocols,
+    pub https_redirect_status_code: StatusCode,
+    pub chain: Chain,
+}
+
+/// One configuration, compiled: router, plugin chains, credentials, upstreams, TLS.
+pub(crate) struct Gateway {
+    /// The text it was compiled from.
+    pub source: String,
+    /// SHA-256 (hex, first 32 digits) of the text.
+    pub hash: String,
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub services: Vec<Service>,
+    pub consumers: Consumers,
+    pub tls: Arc<rustls::ServerConfig>,
+    balancers: Vec<Arc<Balancer>>,
+    /// Stops this configuration's active health checks when it is dropped.
+    _probes: DropGuard,
+    probes: CancellationToken,
+}
+
+impl Gateway {
+    /// Starts the active health checks of this configuration's upstreams; they stop when
+    /// it is dropped (replaced, and no request uses it any more).
+    fn start_health_checks(&self) {
+        for b in &self.balancers {
+            b.start_probes(&self.probes);
+        }
+    }
+}
+
+const REDIRECT_CODES: [u16; 5] = [426, 301, 302, 307, 308];
+
+/// Compiles a declarative configuration, or returns every error in it.
+pub(crate) fn compile(text: &str, shared: &Shared) -> Result<Gateway, ConfigErrors> {
+    let (decl, mut errors) = config::parse(text)?;
+    let ca = CaStore::compile(&decl, &mut errors);
+    let consumers = Consumers::compile(&decl, &mut errors);
+    let mut balancers = HashMap::new();
+    for (i, u) in decl.upstreams.iter().enumerate() {
+        let targets: Vec<_> = decl.targets.iter().filter(|t| t.links.upstream == Some(i)).collect();
+        balancers.insert(u.item.name.clone(), Arc::new(Balancer::compile(u, &targets, &mut errors)));
+    }
+    let services: Vec<Option<Service>> =
+        decl.services.iter().map(|s| Service::compile(s, &balancers, &ca, shared.mesh.as_ref(), &mut errors)).collect();
+    let plugins = plugins::compile_all(&decl, &consumers, &ca, shared, &mut errors);
+    let mut router = Router::default();
+    let mut routes = Vec::new();
+    for (i, e) in decl.routes.iter().enumerate() {
+        let r = &e.item;
+        if r.path_handling.as_deref().is_some_and(|p| p != "v0") {
+            errors.add(
+                format!("{}.path_handling", e.path),
+                "only v0 is supported (v1 does not work with Kong's default router either)",
+            );
+        }
+        if !REDIRECT_CODES.contains(&r.https_redirect_status_code) {
+            errors.add(format!("{}.https_redirect_status_code", e.path), "must be one of 426, 301, 302, 307, 308");
+        }
+        let fields = RouteFields {
+            protocols: &r.protocols,
+            methods: &r.methods,
+            hosts: &r.hosts,
+            paths: &r.paths,
+            headers: &r.headers,
+            snis: &r.snis,
+            regex_priority: r.regex_priority,
+        };
+        // Routes of a disabled service are not routed, as in Kong.
+        let service_enabled = e.links.service.is_none_or(|s| decl.services[s].item.enabled);
+        let protocols = if service_enabled {
+            router.add(i, &e.path, fields, &mut errors)
+        } else {
+            Router::default().add(i, &e.path, fields, &mut errors)
+        };
+        routes.push(Route {
+            id: e.id.clone(),
+            name: r.name.clone(),
+            service: e.links.service,
+            strip_path: r.strip_path,
+            preserve_host: r.preserve_host,
+            protocols,
+            https_redirect_status_code: StatusCode::from_u16(r.https_redirect_status_code)
+                .unwrap_or(StatusCode::UPGRADE_REQUIRED),
+            chain: plugins.chain(i, e.links.service),
+        });
+    }
+    router.finish();
+    let certificates = tls::sni_certificates(&decl, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let tls = tls::server_config(certificates, plugins.wants_client_certificates);
+    let probes = CancellationToken::new();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    let hash: String = digest.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    Ok(Gateway {
+        source: text.to_string(),
+        hash,
+        router,
+        routes,
+        services: services.into_iter().map(|s| s.expect("no errors, so every service compiled")).collect(),
+        consumers,
+        tls,
+        balancers: balancers.into_values().collect(),
+        _probes: probes.clone().drop_guard(),
+        probes,
+    })
+}
+
+/// Counters the status endpoint reports.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub connections_accepted: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub total_requests: AtomicU64,
+}
+
+/// The running gateway: the configuration in force and what outlives it.
+pub(crate) struct Runtime {
+    current: ArcSwap<Gateway>,
+    shared: Shared,
+    /// Peers whose X-Forwarded-For (and other X-Forwarded-*) headers are believed.
+    pub trusted_ips: Vec<IpNet>,
+    reloading: tokio::sync::Mutex<()>,
+    pub stats: Stats,
+}
+
+impl Runtime {
+    /// Compiles the first configuration; `mesh` is the gateway's membership of a mesh, if any.
+    pub fn new(
+        text: &str,
+        trusted_ips: Vec<IpNet>,
+        mesh: Option<Arc<ward_proxy::member::Member>>,
+    ) -> Result<Runtime, ConfigErrors> {
+        let shared = Shared { mesh, ..Shared::default() };
+        let gateway = compile(text, &shared)?;
+        gateway.start_health_checks();
+        Ok(Runtime {
+            current: ArcSwap::from_pointee(gateway),
+            shared,
+            trusted_ips,
+            reloading: tokio::sync::Mutex::new(()),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The mesh the gateway joined, if any.
+    pub fn mesh(&self) -> Option<&Arc<ward_proxy::member::Member>> {
+        self.shared.mesh.as_ref()
+    }
+
+    /// The configuration in force; a request keeps the one it started with.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Validates `text` whole and, only if it is valid, puts it in force atomically.
+    pub async fn reload(&self, text: &str) -> Result<Arc<Gateway>, ConfigErrors> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let gateway = Arc::new(compile(text, &self.shared)?);
+        gateway.start_health_checks();
+        self.current.store(gateway.clone());
+        Ok(gateway)
+    }
+}

@@ -1,0 +1,153 @@
+//! Ward's edge API gateway: Kong's declarative configuration (format 3.0), router and
+//! security plugins, in front of services reached over HTTP or HTTPS.
+//!
+//! [`run`] serves the proxy (HTTP and HTTPS) and admin listeners until shutdown, and
+//! reloads the configuration file on SIGHUP. A configuration is validated whole before it
+//! replaces the one in force; requests under way finish with the one they started with.
+
+mod admin;
+mod config;
+mod consumers;
+mod error;
+mod exchange;
+mod gateway;
+mod listener;
+mod path;
+mod plugins;
+mod proxy;
+mod reply;
+mod router;
+mod tls;
+mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ConfigError, ConfigErrors};
+
+/// What `ward gateway run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The declarative configuration file (Kong's format 3.0, YAML or JSON).
+    pub config: PathBuf,
+    /// HTTP proxy listener.
+    pub proxy_listen: SocketAddr,
+    /// HTTPS proxy listener.
+    pub proxy_ssl_listen: SocketAddr,
+    /// Admin API listener.
+    pub admin_listen: SocketAddr,
+    /// Peers whose X-Forwarded-For is believed (Kong's `trusted_ips`).
+    pub trusted_ips: Vec<IpNet>,
+    /// How to join a mesh, so that services with `host: <service>.mesh` are reachable.
+    pub mesh: Option<ward_proxy::member::JoinOptions>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration file is invalid.
+    #[error("{path} is invalid ({} error(s)):\n{errors}", errors.0.len())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Everything wrong with it.
+        errors: ConfigErrors,
+    },
+    /// The mesh could not be joined.
+    #[error("joining the mesh: {0:#}")]
+    Mesh(anyhow::Error),
+    /// A listener could not be opened.
+    #[error("listening on {address} ({role}): {source}")]
+    Listen {
+        /// Which listener.
+        role: &'static str,
+        /// Its address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Checks a declarative configuration without serving it; `mesh_member` accepts mesh
+/// services (`host: <service>.mesh`), as a gateway that joins a mesh does.
+pub fn validate(text: &str, mesh_member: bool) -> Result<(), ConfigErrors> {
+    let mesh = mesh_member.then(|| {
+        let detached = ward_proxy::state::State::new();
+        Arc::new(ward_proxy::member::Member::new(detached, false, Default::default()))
+    });
+    gateway::compile(text, &gateway::Shared { mesh, ..Default::default() }).map(|_| ())
+}
+
+fn read(path: &PathBuf) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })
+}
+
+async fn bind(role: &'static str, address: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(address).await.map_err(|source| Error::Listen { role, address, source })
+}
+
+/// Runs the gateway until `shutdown` completes.
+pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let text = read(&options.config)?;
+    let stop = CancellationToken::new();
+    let mesh = match options.mesh.clone() {
+        Some(join) => Some(ward_proxy::member::join(join, stop.clone()).map_err(Error::Mesh)?),
+        None => None,
+    };
+    let runtime = gateway::Runtime::new(&text, options.trusted_ips.clone(), mesh)
+        .map_err(|errors| Error::Config { path: options.config.clone(), errors })?;
+    let runtime = Arc::new(runtime);
+    let proxy = bind("proxy", options.proxy_listen).await?;
+    let proxy_ssl = bind("proxy ssl", options.proxy_ssl_listen).await?;
+    let admin = bind("admin", options.admin_listen).await?;
+    tokio::spawn(listener::serve(proxy, runtime.clone(), false, stop.clone()));
+    tokio::spawn(listener::serve(proxy_ssl, runtime.clone(), true, stop.clone()));
+    tokio::spawn(admin::serve(admin, runtime.clone(), stop.clone()));
+    tokio::spawn(reload_on_hangup(runtime.clone(), options.config.clone(), stop.clone()));
+    tracing::info!(
+        proxy = %options.proxy_listen,
+        proxy_ssl = %options.proxy_ssl_listen,
+        admin = %options.admin_listen,
+        hash = %runtime.current().hash,
+        "gateway started"
+    );
+    shutdown.await;
+    stop.cancel();
+    Ok(())
+}
+
+/// Reloads the configuration file on every SIGHUP; a bad file leaves the old one in force.
+async fn reload_on_hangup(runtime: Arc<gateway::Runtime>, path: PathBuf, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return tracing::error!("cannot listen for SIGHUP: reloads only through the admin API");
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            received = hangups.recv() => if received.is_none() { return },
+        }
+        let result = match read(&path) {
+            Ok(text) => runtime.reload(&text).await.map_err(|errors| Error::Config { path: path.clone(), errors }),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(gw) => tracing::info!(hash = %gw.hash, "configuration reloaded on SIGHUP"),
+            Err(e) => tracing::error!("SIGHUP: kept the configuration in force: {e}"),
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Kong's plugins: configuration, execution order (PRIORITY) and scoping precedence.
+//!
+//! Each plugin entity is compiled once per configuration. For every route a chain is
+//! built with one slot per plugin name, in descending priority; a slot holds the most
+//! specific configuration without consumer and, per consumer, the most specific
+//! consumer-scoped one. Kong's precedence decides between them: consumer+route+service,
+//! consumer+route, consumer+service, route+service, consumer, route, service, global.
+//! Authentication plugins run first, so a consumer-scoped configuration applies as soon as
+//! a consumer is known.
+
+pub(crate) mod acl;
+pub(crate) mod basic_auth;
+pub(crate) mod bot_detection;
+pub(crate) mod cors;
+pub(crate) mod ip_restriction;
+pub(crate) mod jwt;
+pub(crate) mod key_auth;
+pub(crate) mod mtls_auth;
+pub(crate) mod rate_limiting;
+pub(crate) mod request_size_limiting;
+pub(crate) mod request_termination;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::config::Declaration;
+use crate::consumers::Consumers;
+use crate::error::ConfigErrors;
+use crate::exchange::Exchange;
+use crate::gateway::Shared;
+use crate::reply::Reply;
+use crate::tls::CaStore;
+
+/// A compiled plugin configuration.
+pub(crate) enum Plugin {
+    BotDetection(bot_detection::BotDetection),
+    Cors(cors::Cors),
+    MtlsAuth(mtls_auth::MtlsAuth),
+    Jwt(jwt::Jwt),
+    KeyAuth(key_auth::KeyAuth),
+    BasicAuth(basic_auth::BasicAuth),
+    IpRestriction(ip_restriction::IpRestriction),
+    RequestSizeLimiting(request_size_limiting::RequestSizeLimiting),
+    Acl(acl::Acl),
+    RateLimiting(rate_limiting::RateLimiting),
+    RequestTermination(request_termination::RequestTermination),
+}
+
+impl Plugin {
+    async fn access(&self, ex: &mut Exchange<'_>) -> Result<(), Reply> {
+        match self {
+            Plugin::BotDetection(p) => p.access(ex),
+            Plugin::Cors(p) => p.access(ex),
+            Plugin::MtlsAuth(p) => p.access(ex),
+            Plugin::Jwt(p) => p.access(ex),
+            Plugin::KeyAuth(p) => p.access(ex).await,
+            Plugin::BasicAuth(p) => p.access(ex),
+            Plugin::IpRestriction(p) => p.access(ex),
+            Plugin::RequestSizeLimiting(p) => p.access(ex).await,
+            Plugin::Acl(p) => p.access(ex),
+            Plugin::RateLimiting(p) => p.access(ex).await,
+            Plugin::RequestTermination(p) => p.access(ex).await,
+        }
+    }
+}
+
+/// The ids of the route and service a plugin is attached to (Kong keys counters by them).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scope {
+    pub route_id: Option<String>,
+    pub service_id: Option<String>,
+}
+
+/// What compiling one plugin configuration may use.
+pub(crate) struct Compile<'a> {
+    /// Path of the plugin's `config`, e.g. `plugins[2].config`.
+    pub path: String,
+    pub errors: &'a mut ConfigErrors,
+    pub consumers: &'a Consumers,
+    pub ca_certificates: &'a CaStore,
+    pub shared: &'a Shared,
+    pub scope: Scope,
+}
+
+impl Compile<'_> {
+    /// Reads the configuration as `T`, refusing unknown fields.
+    pub fn config<T: DeserializeOwned>(&mut self, value: Value) -> Option<T> {
+        crate::config::typed(value, &self.path, self.errors)
+    }
+
+    /// Records that `field` of the configuration is wrong.
+    pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.add(format!("{}.{field}", self.path), message);
+    }
+
+    /// Resolves `anonymous` (a consumer id or username) to a consumer.
+    pub fn anonymous(&mut self, anonymous: Option<&str>) -> Option<usize> {
+        let name = anonymous.filter(|a| !a.is_empty())?;
+        let found = self.consumers.find(name);
+        if found.is_none() {
+            self.error("anonymous", format!("no consumer has the id or username '{name}'"));
+        }
+        found
+    }
+}
+
+/// One kind of plugin: its name, Kong's PRIORITY, whether it may be scoped to a consumer,
+/// and how to compile its configuration.
+struct Kind {
+    name: &'static str,
+    priority: u32,
+    consumer_scoped: bool,
+    compile: fn(&mut Compile<'_>, Value) -> Option<Plugin>,
+}
+
+/// Every plugin Ward has, as Kong orders them.
+const KINDS: [Kind; 11] = [
+    Kind { name: "bot-detection", priority: 2500, consumer_scoped: false, compile: bot_detection::compile },
+    Kind { name: "cors", priority: 2000, consumer_scoped: false, compile: cors::compile },
+    Kind { name: "mtls-auth", priority: 1600, consumer_scoped: false, compile: mtls_auth::compile },
+    Kind { name: "jwt", priority: 1450, consumer_scoped: false, compile: jwt::compile },
+    Kind { name: "key-auth", priority: 1250, consumer_scoped: false, compile: key_auth::compile },
+    Kind { name: "basic-auth", priority: 1100, consumer_scoped: false, compile: basic_auth::compile },
+    Kind { name: "ip-restriction", priority: 990, consumer_scoped: true, compile: ip_restriction::compile },
+    Kind {
+        name: "request-size-limiting",
+        priority: 951,
+        consumer_scoped: true,
+        compile: request_size_limiting::compile,
+    },
+    Kind { name: "acl", priority: 950, consumer_scoped: false, compile: acl::compile },
+    Kind { name: "rate-limiting", priority: 910, consumer_scoped: true, compile: rate_limiting::compile },
+    Kind { name: "request-termination", priority: 2, consumer_scoped: true, compile: request_termination::compile },
+];
+
+/// A compiled plugin with the protocols it runs on.
+pub(crate) struct Instance {
+    plugin: Plugin,
+    http: bool,
+    https: bool,
+}
+
+/// A plugin entity after compiling: its kind, what it is attached to, and the plugin.
+struct Attached {
+    kind: usize,
+    route: Option<usize>,
+    service: Option<usize>,
+    consumer: Option<usize>,
+    instance: Arc<Instance>,
+}
+
+/// Every enabled plugin of a configuration.
+pub(crate) struct Plugins {
+    attached: Vec<Attached>,
+    /// Whether any mtls-auth plugin is configured (then every TLS handshake asks for a client certificate).
+    pub wants_client_certificates: bool,
+}
+
+/// Compiles every plugin entity; problems go to `errors` under the plugin's path.
+pub(crate) fn compile_all(
+    decl: &Declaration,
+    consumers: &Consumers,
+    ca_certificates: &CaStore,
+    shared: &Shared,
+    errors: &mut ConfigErrors,
+) -> Plugins {
+    let mut attached = Vec::new();
+    // (kind, route, service, consumer) -> where that plugin was written.
+    let mut seen: HashMap<(usize, [Option<usize>; 3]), &str> = HashMap::new();
+    for e in &decl.plugins {
+        let Some(kind) = KINDS.iter().position(|k| k.name == e.item.name) else {
+            let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+            errors.add(
+                format!("{}.name", e.path),
+                format!("plugin '{}' is not supported ({})", e.item.name, names.join(", ")),
+            );
+            continue;
+        };
+        let links = e.links;
+        if links.consumer.is_some() && !KINDS[kind].consumer_scoped {
+            errors.add(
+                format!("{}.consumer", e.path),
+                format!("the {} plugin cannot be scoped to a consumer", e.item.name),
+            );
+        }
+        if let Some(previous) = seen.insert((kind, [links.route, links.service, links.consumer]), &e.path) {
+            errors.add(&e.path, format!("a {} plugin is already configured for this scope at {previous}", e.item.name));
+        }
+        let (mut http, mut https) = (true, true);
+        if let Some(protocols) = &e.item.protocols {
+            http = false;
+            https = false;
+            for (i, p) in protocols.iter().enumerate() {
+                match p.as_str() {
+                    "http" => http = true,
+                    "https" => https = true,
+                    "grpc" | "grpcs" => {}
+                    other => errors
+                        .add(format!("{}.protocols[{i}]", e.path), format!("'{other}' is not supported (http, https)")),
+                }
+            }
+        }
+        if let Some(name) = &e.item.instance_name {
+            errors.add(
+                format!("{}.instance_name", e.path),
+                format!("'{name}': several instances of a plugin per scope are not supported"),
+            );
+        }
+        let scope = Scope {
+            route_id: links.route.map(|r| decl.routes[r].id.clone()),
+            service_id: links.service.map(|s| decl.services[s].id.clone()),
+        };
+        let mut cx = Compile { path: format!("{}.config", e.path), errors, consumers, ca_certificates, shared, scope };
+        let Some(plugin) = (KINDS[kind].compile)(&mut cx, e.item.config.clone()) else { continue };
+        if !e.item.enabled {
+            continue;
+        }
+        attached.push(Attached {
+            kind,
+            route: links.route,
+            service: links.service,
+            consumer: links.consumer,
+            instance: Arc::new(Instance { plugin, http, https }),
+        });
+    }
+    let wants_client_certificates = attached.iter().any(|a| matches!(a.instance.plugin, Plugin::MtlsAuth(_)));
+    Plugins { attached, wants_client_certificates }
+}
+
+/// One plugin name in a route's chain: each configuration with its precedence (lower wins).
+struct Slot {
+    base: Option<(u8, Arc<Instance>)>,
+    by_consumer: HashMap<usize, (u8, Arc<Instance>)>,
+}
+
+/// Kong's precedence of a configuration: `scope` ranks route+service, route, service, global
+/// as 0 to 3; a consumer-scoped configuration beats route+service only when it names the
+/// route or the service too.
+fn precedence(consumer: bool, scope: u8) -> u8 {
+    match (consumer, scope) {
+        (true, 0..=2) => scope,
+        (false, 0) => 3,
+        (true, _) => 4,
+        (false, _) => 4 + scope,
+    }
+}
+
+/// The plugins that run for one route, in execution order.
+#[derive(Default)]
+pub(crate) struct Chain {
+    slots: Vec<Slot>,
+}
+
+impl Plugins {
+    /// The chain of `route` (attached to `service`).
+    pub fn chain(&self, route: usize, service: Option<usize>) -> Chain {
+        // Rank of an attachment for this route: lower is more specific, None if it does not apply.
+        let rank = |a: &Attached| -> Option<u8> {
+            match (a.route, a.service) {
+                (Some(r), Some(s)) if r == route && Some(s) == service => Some(0),
+                (Some(r), None) if r == route => Some(1),
+                (None, Some(s)) if Some(s) == service => Some(2),
+                (None, None) => Some(3),
+                _ => None,
+            }
+        };
+        let mut slots = Vec::new();
+        for kind in 0..KINDS.len() {
+            let mut base: Option<(u8, &Attached)> = None;
+            let mut by_consumer: HashMap<usize, (u8, &Attached)> = HashMap::new();
+            for a in self.attached.iter().filter(|a| a.kind == kind) {
+                let Some(r) = rank(a) else { continue };
+                match a.consumer {
+                    None if base.is_none_or(|(b, _)| r < b) => base = Some((r, a)),
+                    None => {}
+                    Some(c) => {
+                        let best = by_consumer.entry(c).or_insert((r, a));
+                        if r < best.0 {
+                            *best = (r, a);
+                        }
+                    }
+                }
+            }
+            if base.is_none() && by_consumer.is_empty() {
+                continue;
+            }
+            slots.push(Slot {
+                base: base.map(|(r, a)| (precedence(false, r), a.instance.clone())),
+                by_consumer: by_consumer
+                    .into_iter()
+                    .map(|(c, (r, a))| (c, (precedence(true, r), a.instance.clone())))
+                    .collect(),
+            });
+        }
+        // KINDS is in descending priority already.
+        debug_assert!(KINDS.windows(2).all(|w| w[0].priority > w[1].priority));
+        Chain { slots }
+    }
+}
+
+impl Chain {
+    /// Runs the chain's access phase; a plugin that rejects the request ends it.
+    pub async fn run(&self, ex: &mut Exchange<'_>) -> Result<(), Reply> {
+        for slot in &self.slots {
+            let for_consumer = ex.consumer.and_then(|c| slot.by_consumer.get(&c));
+            let chosen = match (for_consumer, &slot.base) {
+                (Some(c), Some(b)) => {
+                    if c.0 < b.0 {
+                        c
+                    } else {
+                        b
+                    }
+                }
+                (Some(c), None) => c,
+                (None, Some(b)) => b,
+                (None, None) => continue,
+            };
+            let instance = &chosen.1;
+            if if ex.conn.https { instance.https } else { instance.http } {
+                instance.plugin.access(ex).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kong's "logical OR" between authentication plugins: with `anonymous` set, a request
+/// already authenticated by a credential skips this plugin.
+pub(crate) fn already_authenticated(ex: &Exchange<'_>, anonymous: Option<usize>) -> bool {
+    anonymous.is_some() && ex.credential.is_some()
+}
+
+/// Ends an authentication attempt: a success authenticates the consumer; a failure falls
+/// back to the anonymous consumer when there is one, and is the response otherwise.
+pub(crate) fn conclude(
+    ex: &mut Exchange<'_>,
+    anonymous: Option<usize>,
+    attempt: Result<(usize, String), Reply>,
+) -> Result<(), Reply> {
+    match (attempt, anonymous) {
+        (Ok((consumer, credential)), _) => {
+            ex.authenticate(consumer, Some(credential));
+            Ok(())
+        }
+        (Err(_), Some(anonymous)) => {
+            ex.authenticate(anonymous, None);
+            Ok(())
+        }
+        (Err(reply), None) => Err(reply),
+    }
+}

@@ -1,0 +1,604 @@
+//! Handling one request: framing checks, path normalisation, routing, the
+//! route's plugins, then forwarding to the service with hop-by-hop headers removed,
+//! X-Forwarded-* set, the service's timeouts enforced and Kong's errors on failure.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use ipnet::IpNet;
+use tokio::time::{Instant, Sleep};
+
+use crate::exchange::{Exchange, RequestBody, consumer_headers};
+use crate::gateway::{Gateway, Route};
+use crate::listener::ConnInfo;
+use crate::reply::{Body, BoxError, Reply};
+use crate::router::{Found, RequestView};
+use crate::upstream::balancer::{HashOn, InFlight, hash_key};
+use crate::upstream::health::Observation;
+use crate::upstream::{Picked, Service, Timeouts, Upstream, UpstreamError};
+
+/// Headers that describe one connection, never forwarded (RFC 9110, 7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the first
+/// untrusted address of X-Forwarded-For counting from the right.
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return client;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all(HeaderName::from_static("x-forwarded-for"))
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for entry in forwarded.iter().rev() {
+        let Ok(ip) = entry.parse::<IpAddr>() else { break };
+        client = ip.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client
+}
+
+/// What the upstream is asked for, by Kong's `path_handling: v0` rules.
+fn upstream_path(base: Option<&str>, path: &str, matched_len: usize, strip: bool) -> String {
+    let base = base.unwrap_or("/");
+    let postfix = if strip { &path[matched_len.min(path.len())..] } else { &path[1..] };
+    let base_ends_slash = base.ends_with('/');
+    match (base_ends_slash, strip) {
+        (true, true) if postfix.is_empty() => {
+            if base == "/" || path.ends_with('/') {
+                base.to_string()
+            } else {
+                base[..base.len() - 1].to_string()
+            }
+        }
+        (true, true) if postfix.starts_with('/') => format!("{}{postfix}", &base[..base.len() - 1]),
+        (true, _) => format!("{base}{postfix}"),
+        (false, true) if postfix.is_empty() => {
+            if path.len() > 1 && path.ends_with('/') {
+                format!("{base}/")
+            } else {
+                base.to_string()
+            }
+        }
+        (false, true) if postfix.starts_with('/') => format!("{base}{postfix}"),
+        (false, true) => format!("{base}/{postfix}"),
+        (false, false) => {
+            if path == "/" {
+                base.to_string()
+            } else {
+                format!("{base}{path}")
+            }
+        }
+    }
+}
+
+/// Host of a Host header (or authority): lower-cased, without the port.
+fn host_only(authority: &str) -> String {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn status_reply(status: StatusCode) -> Response<Body> {
+    Reply::status(status).into_response()
+}
+
+/// Handles one request from a client.
+pub(crate) async fn handle(
+    gw: Arc<Gateway>,
+    trusted: &[IpNet],
+    conn: &ConnInfo,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let h = &parts.headers;
+    // Framing is the HTTP/1 parser's: it refuses differing Content-Lengths and a
+    // Transfer-Encoding not ending in chunked, and beside chunked it drops Content-Length
+    // and closes the connection after the response (RFC 9112, 6.1), so nothing can be
+    // smuggled behind a body. Two Host headers it lets through; they are refused here.
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return status_reply(StatusCode::BAD_REQUEST);
+    }
+    let Ok(path) = crate::path::normalize(parts.uri.path()) else { return status_reply(StatusCode::BAD_REQUEST) };
+    let authority = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let host = host_only(&authority);
+    let view = RequestView {
+        method: &parts.method,
+        host: &host,
+        port: conn.local_port,
+        path: &path,
+        headers: h,
+        sni: conn.sni.as_deref(),
+        https: conn.https,
+    };
+    let Some(found) = gw.router.find(&view) else {
+        return Reply::error(StatusCode::NOT_FOUND, "no Route matched with those values").into_response();
+    };
+    let route = &gw.routes[found.route];
+    if !conn.https && !route.protocols.http {
+        return upgrade_to_https(route, &authority, &parts.uri);
+    }
+    let mut headers = parts.headers;
+    for name in consumer_headers::ALL {
+        headers.remove(name);
+    }
+    let client_ip = client_ip(conn.peer.ip(), &headers, trusted);
+    let service = route.service.map(|s| &gw.services[s]);
+    let mut ex = Exchange {
+        method: parts.method,
+        headers,
+        path,
+        query: parts.uri.query().map(str::to_string),
+        body: RequestBody::Stream(body),
+        client_ip,
+        conn,
+        consumers: &gw.consumers,
+        route,
+        service,
+        consumer: None,
+        credential: None,
+        response_headers: HeaderMap::new(),
+    };
+    if let Err(reply) = route.chain.run(&mut ex).await {
+        return with_headers(reply.into_response(), ex.response_headers);
+    }
+    let Some(service) = service else {
+        return with_headers(
+            Reply::error(StatusCode::SERVICE_UNAVAILABLE, "no Service found with those values").into_response(),
+            ex.response_headers,
+        );
+    };
+    let extra = std::mem::take(&mut ex.response_headers);
+    let response = forward(ex, found, service, &authority, trusted).await;
+    with_headers(response, extra)
+}
+
+/// 426 for an https-only route reached over plain HTTP, or the configured redirect.
+fn upgrade_to_https(route: &Route, authority: &str, uri: &http::Uri) -> Response<Body> {
+    if route.https_redirect_status_code == StatusCode::UPGRADE_REQUIRED {
+        return Reply::error(StatusCode::UPGRADE_REQUIRED, "Please use HTTPS protocol")
+            .header(header::CONNECTION, HeaderValue::from_static("Upgrade"))
+            .header(header::UPGRADE, HeaderValue::from_static("TLS/1.2, HTTP/1.1"))
+            .into_response();
+    }
+    let target = format!("https://{}{}", host_only(authority), uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut reply = Reply::empty(route.https_redirect_status_code);
+    if let Ok(location) = HeaderValue::from_str(&target) {
+        reply = reply.header(header::LOCATION, location);
+    }
+    reply.into_response()
+}
+
+/// Adds the plugins' response headers (Vary is appended, the others replace).
+fn with_headers(mut response: Response<Body>, extra: HeaderMap) -> Response<Body> {
+    let headers = response.headers_mut();
+    let mut last = None;
+    for (name, value) in extra {
+        let name = name.or(last.clone()).expect("the first entry has a name");
+        last = Some(name.clone());
+        if name == header::VARY {
+            let present =
+                headers.get_all(header::VARY).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()));
+            if !present {
+                headers.append(name, value);
+            }
+        } else {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+/// The hash of a request for consistent hashing: `hash_on`, else `hash_fallback`.
+fn request_hash(ex: &Exchange<'_>, service: &Service) -> Option<u64> {
+    let Upstream::Balanced(b) = &service.upstream else { return None };
+    let key = |on: &HashOn| -> Option<String> {
+        match on {
+            HashOn::None => None,
+            HashOn::Consumer => ex.consumer.map(|c| ex.consumers.list[c].id.clone()).or_else(|| ex.credential.clone()),
+            HashOn::Ip => Some(ex.client_ip.to_string()),
+            HashOn::Header(name) => ex.header(name).map(str::to_string),
+            HashOn::Path => Some(ex.path.clone()),
+            HashOn::QueryArg(arg) => ex.query_values(arg).first().map(|v| v.to_string()),
+        }
+    };
+    key(&b.hash_on).or_else(|| key(&b.hash_fallback)).map(|k| hash_key(&k))
+}
+
+/// Sets X-Real-IP and X-Forwarded-*: kept from a trusted peer, Ward's own otherwise.
+fn forwarded_headers(ex: &mut Exchange<'_>, trusted: &[IpNet], host: &str, prefix: Option<&str>) {
+    let peer = ex.conn.peer.ip().to_canonical();
+    let peer_trusted = trusted.iter().any(|n| n.contains(&peer));
+    let headers = &mut ex.headers;
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let previous: Vec<String> =
+        headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
+    let chain = if previous.is_empty() { peer.to_string() } else { format!("{}, {peer}", previous.join(", ")) };
+    let port = ex.conn.local_port.to_string();
+    let scheme = if ex.conn.https { "https" } else { "http" };
+    let values: [(&str, Option<&str>); 6] = [
+        ("x-forwarded-for", Some(&chain)),
+        ("x-forwarded-proto", Some(scheme)),
+        ("x-forwarded-host", Some(host)),
+        ("x-forwarded-port", Some(&port)),
+        ("x-forwarded-path", Some(&ex.path)),
+        ("x-forwarded-prefix", prefix),
+    ];
+    for (name, ours) in values {
+        let name = HeaderName::from_static(name);
+        let keep = peer_trusted && name != xff && headers.contains_key(&name);
+        if keep {
+            continue;
+        }
+        crate::exchange::set_or_clear(headers, name, ours);
+    }
+    crate::exchange::set_or_clear(headers, HeaderName::from_static("x-real-ip"), Some(&ex.client_ip.to_string()));
+}
+
+/// Sends the request to the service, retrying other targets while nothing was sent.
+async fn forward(
+    mut ex: Exchange<'_>,
+    found: Found,
+    service: &Service,
+    authority: &str,
+    trusted: &[IpNet],
+) -> Response<Body> {
+    let route = ex.route;
+    let upstream_path = upstream_path(service.path.as_deref(), &ex.path, found.matched_len, route.strip_path);
+    let path_and_query = match &ex.query {
+        Some(q) => format!("{upstream_path}?{q}"),
+        None => upstream_path,
+    };
+    let prefix = (route.strip_path && found.matched_len > 0).then(|| ex.path[..found.matched_len].to_string());
+    forwarded_headers(&mut ex, trusted, &host_only(authority), prefix.as_deref());
+    let hash = request_hash(&ex, service);
+    remove_hop_by_hop(&mut ex.headers);
+    // A body that can be sent again allows retries on another target.
+    let (replayable, mut stream) = match std::mem::replace(&mut ex.body, RequestBody::Buffered(Bytes::new())) {
+        RequestBody::Buffered(b) => (Some(b), None),
+        RequestBody::Stream(s) if s.is_end_stream() => (Some(Bytes::new()), None),
+        RequestBody::Stream(s) => (None, Some(s)),
+    };
+    let mut tried = Vec::new();
+    let mut attempt = 0;
+    loop {
+        let picked = match service.pick(hash, &tried) {
+            Ok(p) => p,
+            Err(e) => return e.reply().into_response(),
+        };
+        // Only an attempt that may be followed by another needs its own copy.
+        let last_attempt = attempt >= service.retries || replayable.is_none();
+        let mut headers = if last_attempt { std::mem::take(&mut ex.headers) } else { ex.headers.clone() };
+        // preserve_host keeps the client's Host (an HTTP/2 client's :authority).
+        let host = if route.preserve_host { authority.to_string() } else { service.host_header(&picked) };
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            headers.insert(header::HOST, v);
+        }
+        let body: Body = match (&replayable, stream.take()) {
+            (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+            (None, Some(s)) => s.map_err(|e| Box::new(e) as BoxError).boxed(),
+            (None, None) => unreachable!("a streamed body is sent once"),
+        };
+        let progress = Arc::new(Progress::new());
+        let mut request = Request::new(TrackedBody { inner: body, progress: progress.clone() }.boxed());
+        *request.method_mut() = ex.method.clone();
+        *request.uri_mut() = path_and_query.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        match send_timed(service, &picked, request, &progress, service.timeouts).await {
+            Ok(response) => {
+                service.report(&picked, Observation::Status(response.status().as_u16()));
+                return upstream_response(response, service.timeouts.read, picked.in_flight);
+            }
+            Err(e) => {
+                let observation = match e {
+                    UpstreamError::ConnectTimeout | UpstreamError::WriteTimeout | UpstreamError::ReadTimeout => {
+                        Observation::Timeout
+                    }
+                    _ => Observation::TcpFailure,
+                };
+                service.report(&picked, observation);
+                tracing::warn!(
+                    service = service.name.as_deref().unwrap_or(&service.id),
+                    "upstream {}:{}: {e}",
+                    picked.host,
+                    picked.port
+                );
+                if !e.before_sending() || last_attempt {
+                    return e.reply().into_response();
+                }
+                tried.extend(picked.target);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// The upstream's response as the client gets it.
+fn upstream_response(
+    response: Response<Incoming>,
+    read_timeout: Duration,
+    in_flight: Option<InFlight>,
+) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    let body = IdleTimeoutBody {
+        inner: body,
+        timeout: read_timeout,
+        sleep: Box::pin(tokio::time::sleep(read_timeout)),
+        _in_flight: in_flight,
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// When the request last made progress, to enforce the write and read timeouts as nginx
+/// does: between two writes of the request, then from the end of the request to the
+/// response head.
+struct Progress {
+    origin: Instant,
+    /// Wakes the request's watchdog when a phase changes.
+    changed: tokio::sync::Notify,
+    /// Milliseconds after `origin`, plus one; zero: not yet.
+    head_written: AtomicU64,
+    last_write: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            origin: Instant::now(),
+            changed: tokio::sync::Notify::new(),
+            head_written: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        }
+    }
+
+    fn stamp(&self, slot: &AtomicU64) {
+        let ms = self.origin.elapsed().as_millis() as u64 + 1;
+        slot.store(ms, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    fn at(&self, slot: &AtomicU64) -> Option<Instant> {
+        match slot.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.origin + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    /// The deadline of the current phase and the error it ends with.
+    fn deadline(&self, t: Timeouts) -> (Instant, UpstreamError) {
+        if let Some(done) = self.at(&self.done) {
+            (done + t.read, UpstreamError::ReadTimeout)
+        } else if let Some(last) = self.at(&self.last_write).or(self.at(&self.head_written)) {
+            (last + t.write, UpstreamError::WriteTimeout)
+        } else {
+            // Still connecting (the connector's own timeout usually ends this first).
+            (self.origin + t.connect + Duration::from_secs(1), UpstreamError::ConnectTimeout)
+        }
+    }
+}
+
+/// The request body, reporting progress as the upstream connection takes it.
+struct TrackedBody {
+    inner: Body,
+    progress: Arc<Progress>,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => self.progress.stamp(&self.progress.last_write),
+            Poll::Ready(None) => self.progress.stamp(&self.progress.done),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // The connection asks this as it writes the request head.
+        if self.progress.head_written.load(Ordering::Acquire) == 0 {
+            self.progress.stamp(&self.progress.head_written);
+        }
+        let end = self.inner.is_end_stream();
+        if end && self.progress.done.load(Ordering::Acquire) == 0 {
+            self.progress.stamp(&self.progress.done);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Sends a request, ending it with 504 if the upstream stalls past the service's timeouts.
+async fn send_timed(
+    service: &Service,
+    picked: &Picked,
+    request: Request<Body>,
+    progress: &Progress,
+    timeouts: Timeouts,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let send = service.send(picked, request);
+    tokio::pin!(send);
+    loop {
+        // Listen for a phase change before reading the phase, so that none is missed.
+        let changed = progress.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let (deadline, error) = progress.deadline(timeouts);
+        tokio::select! {
+            result = &mut send => return result,
+            _ = &mut changed => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                if progress.deadline(timeouts).0 <= Instant::now() {
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+/// The upstream's response body, ended with an error if it stalls for `timeout`.
+struct IdleTimeoutBody {
+    inner: Incoming,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+    _in_flight: Option<InFlight>,
+}
+
+/// The upstream stopped sending its response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream stalled for {0:?} while sending its response")]
+struct Stalled(Duration);
+
+impl HttpBody for IdleTimeoutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + self.timeout;
+                self.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(self.timeout))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_paths_follow_kong_v0() {
+        // (service path, request path, matched prefix, strip_path, upstream path)
+        let table = [
+            (None, "/items/1", 6, true, "/1"),
+            (None, "/items", 6, true, "/"),
+            (None, "/items/1", 6, false, "/items/1"),
+            (Some("/api"), "/items/1", 6, true, "/api/1"),
+            (Some("/api"), "/items", 6, true, "/api"),
+            (Some("/api"), "/items/", 6, true, "/api/"),
+            (Some("/api/"), "/items/1", 6, true, "/api/1"),
+            (Some("/api/"), "/items", 6, true, "/api"),
+            (Some("/api/"), "/items/", 6, true, "/api/"),
+            (Some("/api"), "/itemsx", 6, true, "/api/x"),
+            (Some("/api/"), "/itemsx", 6, true, "/api/x"),
+            (Some("/api"), "/items/1", 6, false, "/api/items/1"),
+            (Some("/api/"), "/items/1", 6, false, "/api/items/1"),
+            (Some("/api"), "/", 1, false, "/api"),
+            (None, "/", 0, true, "/"),
+        ];
+        for (base, path, matched, strip, want) in table {
+            assert_eq!(upstream_path(base, path, matched, strip), want, "{base:?} {path} {matched} {strip}");
+        }
+    }
+
+    #[test]
+    fn client_address_comes_from_forwarded_for_only_through_trusted_peers() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let table = [
+            ("192.0.2.1", Some("203.0.113.9"), "192.0.2.1"),
+            ("10.0.0.5", Some("203.0.113.9"), "203.0.113.9"),
+            ("10.0.0.5", Some("198.51.100.7, 203.0.113.9, 10.1.1.1"), "203.0.113.9"),
+            ("10.0.0.5", None, "10.0.0.5"),
+            ("10.0.0.5", Some("garbage, 10.2.2.2"), "10.2.2.2"),
+            ("::ffff:10.0.0.5", Some("2001:db8::7"), "2001:db8::7"),
+        ];
+        for (peer, xff, want) in table {
+            let mut headers = HeaderMap::new();
+            if let Some(x) = xff {
+                headers.insert("x-forwarded-for", x.parse().unwrap());
+            }
+            assert_eq!(
+                client_ip(peer.parse().unwrap(), &headers, &trusted),
+                want.parse::<IpAddr>().unwrap(),
+                "{peer} {xff:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_named_ones() {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ] {
+            headers.insert(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+}
