@@ -1,0 +1,49 @@
+//! `ward inspect dataplane NAME -m MESH`.
+
+use clap::Subcommand;
+
+use crate::client::Client;
+
+/// `ward inspect ...`.
+#[derive(Debug, Subcommand)]
+pub enum InspectCommand {
+    /// A dataplane's connection and the certificate it holds.
+    Dataplane {
+        /// The dataplane.
+        name: String,
+        /// Its mesh.
+        #[arg(short, long, default_value = "default")]
+        mesh: String,
+    },
+}
+
+/// Runs `ward inspect ...`.
+pub async fn run(client: &Client, command: InspectCommand) -> anyhow::Result<()> {
+    let InspectCommand::Dataplane { name, mesh } = command;
+    let overview = client.get_json(&format!("/meshes/{mesh}/dataplanes/{name}/_overview")).await?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let session = &overview["session"];
+    let status = if overview["online"] == true {
+        format!(
+            "online since {} (proxy {}, token {})",
+            text(&session["connectedAt"]),
+            text(&session["proxyVersion"]),
+            text(&session["tokenId"])
+        )
+    } else {
+        "offline".into()
+    };
+    println!("dataplane:   {mesh}/{name}");
+    println!("status:      {status}");
+    let cert = &overview["certificate"];
+    if cert.is_null() {
+        println!("certificate: none issued");
+    } else {
+        println!("spiffe id:   {}", text(&cert["spiffeId"]));
+        println!("serial:      {}", text(&cert["serial"]));
+        println!("not before:  {}", text(&cert["notBefore"]));
+        println!("not after:   {}", text(&cert["notAfter"]));
+        println!("issued by:   backend {}", text(&cert["backend"]));
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Unmodified applications for proxies to sit in front of: an HTTP echo server (HTTP/1.1 and
+//! h2c, WebSocket echo on upgrade, slow and streaming endpoints), a TCP echo server, and a gRPC
+//! server (the standard health service, unary and streaming).
+
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::{io::AsyncWriteExt, net::TcpListener, task::JoinHandle};
+
+/// A server task, aborted on drop.
+pub struct App {
+    /// Where it listens.
+    pub address: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn bind(address: SocketAddr) -> TcpListener {
+    TcpListener::bind(address).await.unwrap_or_else(|e| panic!("test app cannot listen on {address}: {e}"))
+}
+
+/// An HTTP server on `address` that answers as `service`:
+/// - any path: JSON with the service, method, path, headers and the number of body bytes read;
+/// - `/slow?ms=N`: the same after N milliseconds;
+/// - an upgrade to `websocket`: a WebSocket that echoes every message.
+pub async fn http_echo(address: SocketAddr, service: &'static str) -> App {
+    let listener = bind(address).await;
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let service = service_fn(move |request| answer(service, request));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    App { address, task }
+}
+
+async fn answer(service: &'static str, mut request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        return Ok(websocket(&mut request));
+    }
+    if let Some(ms) = request.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|ms| ms.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into()))
+        .collect();
+    let (method, path, version) =
+        (request.method().to_string(), request.uri().path().to_string(), format!("{:?}", request.version()));
+    let mut body = request.into_body();
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    let reply = json!({ "service": service, "method": method, "path": path, "version": version, "headers": headers, "bodyBytes": bytes });
+    let mut response = Response::new(Full::new(Bytes::from(reply.to_string())));
+    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    Ok(response)
+}
+
+fn websocket(request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    let key = request.headers().get("sec-websocket-key").map(|k| k.as_bytes().to_vec()).unwrap_or_default();
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
+        let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), role, None).await;
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() || socket.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// A TCP server on `address` that writes back what it reads.
+pub async fn tcp_echo(address: SocketAddr) -> App {
+    let listener = bind(address).await;
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    App { address, task }
+}
+
+/// A gRPC server on `address` with the standard health service; returns the reporter that
+/// changes the status `Watch` streams.
+pub async fn grpc_health(address: SocketAddr) -> (App, tonic_health::server::HealthReporter) {
+    let listener = bind(address).await;
+    let address = listener.local_addr().unwrap();
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("ward.test", tonic_health::ServingStatus::Serving).await;
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    (App { address, task }, reporter)
+}

@@ -1,0 +1,362 @@
+//! The control plane as a user meets it: `ward cp run` as a process, driven by the CLI
+//! and by raw HTTP, restarted, and fed bad input that must change nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ControlPlane, MARKETPLACE};
+use serde_json::{Value, json};
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Every stored resource and the audit log's length, as the API shows them.
+async fn snapshot(cp: &ControlPlane) -> Value {
+    let get = |path: String| {
+        let token = cp.admin_token.clone();
+        async move {
+            let r = http().get(format!("{}{path}", cp.address)).bearer_auth(token).send().await.unwrap();
+            assert!(r.status().is_success(), "GET {path}: {}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let meshes = get("/meshes".into()).await;
+    let mut all = vec![meshes.clone()];
+    for mesh in meshes["items"].as_array().unwrap() {
+        let name = mesh["name"].as_str().unwrap();
+        for plural in ["dataplanes", "meshtrafficpermissions", "traffic-permissions"] {
+            all.push(get(format!("/meshes/{name}/{plural}")).await);
+        }
+    }
+    all.push(get("/audit".into()).await["total"].clone());
+    Value::Array(all)
+}
+
+#[tokio::test]
+async fn marketplace_survives_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlane::start(root.path());
+    let out = cp.ward_stdin(&["apply", "-f", "-"], MARKETPLACE).ok();
+    assert_eq!(
+        out,
+        "Mesh marketplace created\n\
+         Dataplane users-1 in mesh marketplace created\n\
+         Dataplane items-1 in mesh marketplace created\n\
+         Dataplane invoices-1 in mesh marketplace created\n\
+         MeshTrafficPermission users-callers in mesh marketplace created\n\
+         MeshTrafficPermission items-callers in mesh marketplace created\n\
+         MeshTrafficPermission invoices-callers in mesh marketplace created\n"
+    );
+    // Applying again updates in place.
+    assert!(
+        cp.ward_stdin(&["apply", "-f", "-"], MARKETPLACE)
+            .ok()
+            .contains("Dataplane items-1 in mesh marketplace updated")
+    );
+    let before = snapshot(&cp).await;
+
+    let token = cp.admin_token.clone();
+    cp.kill();
+    let cp = ControlPlane::start_with(cp.data_dir.clone(), root.path());
+    assert_eq!(cp.admin_token, token, "the admin token is kept across restarts");
+    assert_eq!(snapshot(&cp).await, before, "everything is found again after a restart");
+
+    let table = cp.ward(&["get", "dataplanes", "-m", "marketplace"]).ok();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("MESH") && lines[0].contains("SERVICE"), "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(table.contains("invoices-1") && table.contains("8203"), "{table}");
+
+    let one: Value =
+        serde_json::from_str(&cp.ward(&["get", "mtp", "items-callers", "-m", "marketplace", "-o", "json"]).ok())
+            .unwrap();
+    assert_eq!(one["spec"]["from"][0]["targetRef"]["name"], "invoices");
+    assert_eq!(one["version"], 2);
+
+    // YAML output applies again unchanged (with its version: optimistic concurrency).
+    let yaml = cp.ward(&["get", "meshtrafficpermissions", "-m", "marketplace", "-o", "yaml"]).ok();
+    assert!(yaml.contains("type: MeshTrafficPermission"), "{yaml}");
+    let out = cp.ward_stdin(&["apply", "-f", "-"], &yaml).ok();
+    assert_eq!(out.matches("updated").count(), 3, "{out}");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    cp.ward_stdin(&["apply", "-f", "-"], MARKETPLACE).ok();
+    let before = snapshot(&cp).await;
+
+    let dp = |body: &str| format!("type: Dataplane\nmesh: marketplace\nname: bad-dp\nnetworking:\n{body}");
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("malformed YAML", "type: Mesh\nname: [oops\n".into(), "input: is not valid YAML"),
+        (
+            "unknown field",
+            dp("  address: 127.0.0.1\n  adress: x\n  inbound: []\n"),
+            "dataplanes/bad-dp: networking.adress: unknown field",
+        ),
+        (
+            "wrong type",
+            dp("  address: 127.0.0.1\n  inbound:\n  - port: eighty\n    tags: {kuma.io/service: a}\n"),
+            "dataplanes/bad-dp: networking.inbound[0].port: must be a port number between 1 and 65535",
+        ),
+        (
+            "missing service tag",
+            dp("  address: 127.0.0.1\n  inbound:\n  - port: 1\n    tags: {app: a}\n"),
+            "dataplanes/bad-dp: networking.inbound[0].tags: tag \"kuma.io/service\" is required",
+        ),
+        (
+            "two identities",
+            dp("  address: 127.0.0.1\n  inbound:\n  - port: 1\n    tags: {kuma.io/service: a}\n  - port: 2\n    tags: {kuma.io/service: b}\n"),
+            "dataplanes/bad-dp: networking.inbound[1].tags.kuma.io/service: a dataplane has one identity",
+        ),
+        (
+            "unknown mesh",
+            "type: Dataplane\nmesh: nowhere\nname: x\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 1\n    tags: {kuma.io/service: a}\n".into(),
+            "mesh: mesh \"nowhere\" does not exist",
+        ),
+        (
+            "duplicate documents",
+            format!("{MARKETPLACE}\n---\ntype: Mesh\nname: marketplace\n"),
+            "meshes/marketplace: document 8 repeats document 1",
+        ),
+        (
+            "bad action",
+            "type: MeshTrafficPermission\nmesh: marketplace\nname: allow-web\nspec:\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Permit}\n".into(),
+            "meshtrafficpermissions/allow-web: spec.from[0].default.action: must be one of Allow, Deny, AllowWithShadowDeny",
+        ),
+        (
+            "bad duration",
+            "type: Mesh\nname: marketplace\nmtls:\n  backends:\n  - name: ca-1\n    type: builtin\n    dpCert: {rotation: {expiration: 1 week}}\n".into(),
+            "meshes/marketplace: mtls.backends[0].dpCert.rotation.expiration: must be a duration such as 30s, 30m, 24h or 1d",
+        ),
+        (
+            "certificate lifetime too short",
+            "type: Mesh\nname: marketplace\nmtls:\n  backends:\n  - name: ca-1\n    type: builtin\n    dpCert: {rotation: {expiration: 9s}}\n".into(),
+            "meshes/marketplace: mtls.backends[0].dpCert.rotation.expiration: must be at least 10s",
+        ),
+        ("unknown type", "type: VirtualService\nname: x\n".into(), "document 1: type: must be one of Mesh, Dataplane"),
+        ("missing name", "type: Mesh\nmtls: {}\n".into(), "meshes (document 1): name: is required"),
+        (
+            "enabled backend not defined",
+            "type: Mesh\nname: marketplace\nmtls:\n  enabledBackend: ca-2\n  backends:\n  - name: ca-1\n    type: builtin\n".into(),
+            "meshes/marketplace: mtls.enabledBackend: names backend \"ca-2\", which is not one of the backends (ca-1)",
+        ),
+        (
+            "targetRef without name",
+            "type: MeshTrafficPermission\nmesh: marketplace\nname: p\nspec:\n  targetRef: {kind: MeshService}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n".into(),
+            "meshtrafficpermissions/p: spec.targetRef.name: is required for kind MeshService",
+        ),
+        ("empty file", "\n".into(), "input: holds no document"),
+        (
+            "stale version",
+            "type: Mesh\nname: marketplace\nversion: 7\n".into(),
+            "meshes/marketplace: version 7 is stale: the stored version is 1 (409)",
+        ),
+        (
+            "second document bad: first not applied either",
+            "type: Mesh\nname: brand-new\n---\ntype: Mesh\nname: other\nmtlss: {}\n".into(),
+            "meshes/other: mtlss: unknown field",
+        ),
+    ];
+    for (what, yaml, want) in &cases {
+        let err = cp.ward_stdin(&["apply", "-f", "-"], yaml).fails();
+        assert!(err.contains(want), "{what}: stderr was\n{err}\nwanted: {want}");
+    }
+
+    // Tokens.
+    let viewer = cp.ward(&["generate", "user-token", "--name", "ops", "--role", "viewer", "--valid-for", "1h"]).ok();
+    let viewer = viewer.trim();
+    let scoped = cp
+        .ward(&["generate", "user-token", "--name", "team", "--role", "admin", "--mesh", "other", "--valid-for", "1h"])
+        .ok();
+    let scoped = scoped.trim();
+    let short = cp.ward(&["generate", "user-token", "--name", "brief", "--role", "admin", "--valid-for", "1s"]).ok();
+    let forged = {
+        // A viewer's token whose payload claims admin, with the viewer's signature.
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let parts: Vec<&str> = viewer.split('.').collect();
+        let payload = String::from_utf8(engine.decode(parts[1]).unwrap()).unwrap().replace("\"viewer\"", "\"admin\"");
+        format!("{}.{}.{}", parts[0], engine.encode(payload), parts[2])
+    };
+    let mesh = "type: Mesh\nname: marketplace\n";
+    let token_cases: Vec<(&str, &str, &str)> = vec![
+        ("garbage token", "not-a-token", "malformed token (401)"),
+        ("forged token", &forged, "token signature is not valid (401)"),
+        ("viewer write", viewer, "token \"ops\" has role viewer, which cannot make changes (403)"),
+        (
+            "mesh-scoped token outside its mesh",
+            scoped,
+            "token \"team\" is not allowed to access mesh \"marketplace\" (403)",
+        ),
+    ];
+    for (what, token, want) in &token_cases {
+        let err = cp.run(Some(token), &["apply", "-f", "-"], Some(mesh)).fails();
+        assert!(err.contains(want), "{what}: stderr was\n{err}\nwanted: {want}");
+    }
+    // A viewer can read; a scoped token sees only its meshes.
+    assert!(cp.run(Some(viewer), &["get", "meshes"], None).ok().contains("marketplace"));
+    assert!(!cp.run(Some(scoped), &["get", "meshes"], None).ok().contains("marketplace"));
+    std::thread::sleep(Duration::from_millis(2100));
+    let err = cp.run(Some(short.trim()), &["get", "meshes"], None).fails();
+    assert!(err.contains("token expired (401)"), "{err}");
+
+    // Raw HTTP cases the CLI cannot produce.
+    let url = |path: &str| format!("{}{path}", cp.address);
+    let admin = cp.admin_token.as_str();
+    let big = json!({ "type": "Mesh", "name": "big", "labels": { "padding": "x".repeat(1_100_000) } });
+    let http_cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("no token", http().get(url("/meshes")), 401, "missing bearer token"),
+        (
+            "body over 1 MiB",
+            http().put(url("/meshes/big")).bearer_auth(admin).json(&big),
+            413,
+            "request body exceeds 1048576 bytes",
+        ),
+        (
+            "name in body differs from URL",
+            http().put(url("/meshes/marketplace/dataplanes/a")).bearer_auth(admin).json(&json!({"name": "b"})),
+            400,
+            "dataplanes/a: name: is \"b\" but the URL says \"a\"",
+        ),
+        (
+            "unsupported content type",
+            http().put(url("/meshes/x")).bearer_auth(admin).header("content-type", "text/plain").body("type: Mesh"),
+            415,
+            "content type \"text/plain\" is not supported",
+        ),
+        (
+            "invalid JSON",
+            http()
+                .put(url("/meshes/x"))
+                .bearer_auth(admin)
+                .header("content-type", "application/json")
+                .body("{\"type\": "),
+            400,
+            "request body is not valid JSON",
+        ),
+        (
+            "delete what does not exist",
+            http().delete(url("/meshes/marketplace/dataplanes/ghost")).bearer_auth(admin),
+            404,
+            "dataplanes/ghost not found",
+        ),
+        (
+            "unknown type in path",
+            http().get(url("/meshes/marketplace/virtualservices")).bearer_auth(admin),
+            404,
+            "unknown resource type \"virtualservices\"",
+        ),
+        (
+            "viewer reads the audit log",
+            http().get(url("/audit")).bearer_auth(viewer),
+            403,
+            "token \"ops\" has role viewer",
+        ),
+        (
+            "token with a bad lifetime",
+            http()
+                .post(url("/tokens/user"))
+                .bearer_auth(admin)
+                .json(&json!({"name": "x", "role": "admin", "validFor": "forever"})),
+            400,
+            "tokens/user: validFor: must be a duration",
+        ),
+    ];
+    for (what, request, status, want) in http_cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let body: Value = response.json().await.unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
+        let details = body["details"].as_str().unwrap_or_default();
+        assert!(details.contains(want), "{what}: details were {details:?}, wanted {want:?}");
+        assert!(body["title"].is_string() && body["causes"].is_array(), "{what}: Kuma's error shape: {body}");
+    }
+
+    // A validation error carries each field as a cause, in Kuma's shape.
+    let response = http()
+        .put(url("/meshes/marketplace/meshtrafficpermissions/allow-web"))
+        .bearer_auth(admin)
+        .header("content-type", "application/yaml")
+        .body("spec:\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Permit}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["causes"],
+        json!([{ "field": "spec.from[0].default.action", "message": "must be one of Allow, Deny, AllowWithShadowDeny" }])
+    );
+
+    assert_eq!(snapshot(&cp).await, before, "no bad input changed the store or the audit log");
+}
+
+#[tokio::test]
+async fn audit_log_deletes_and_config_file() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+
+    // The config file replaces flags and environment.
+    let err = cp.run(None, &["get", "meshes"], None).fails();
+    assert!(err.contains("cannot reach the control plane") || err.contains("(401)"), "{err}");
+    cp.run(None, &["config", "set-cp", "--address", &cp.address, "--token", &cp.admin_token], None).ok();
+    let config = cp.home.path().join(".config/ward/config.yaml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600, "the token file is private");
+    cp.run(None, &["apply", "-f", "-"], Some(MARKETPLACE)).ok();
+    let version = cp.run(None, &["version"], None).ok();
+    assert!(version.contains("control plane: ward "), "{version}");
+
+    // Deleting one resource, then the mesh with everything in it.
+    assert_eq!(
+        cp.ward(&["delete", "dataplane", "items-1", "-m", "marketplace"]).ok(),
+        "Dataplane items-1 in mesh marketplace deleted\n"
+    );
+    let err = cp.ward(&["delete", "dataplane", "items-1", "-m", "marketplace"]).fails();
+    assert!(err.contains("dataplanes/items-1 not found (404)"), "{err}");
+    cp.ward(&["delete", "mesh", "marketplace"]).ok();
+    let left = cp.ward(&["get", "dataplanes", "-m", "marketplace"]).ok();
+    assert_eq!(left.lines().count(), 1, "only the header is left: {left}");
+
+    let audit: Value = http()
+        .get(format!("{}/audit", cp.address))
+        .bearer_auth(&cp.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = audit["items"].as_array().unwrap();
+    assert_eq!(audit["total"], 9, "{audit}");
+    assert_eq!(items[0]["tokenName"], "admin");
+    assert_eq!(items[0]["action"], "created");
+    assert_eq!(items[0]["resource"], "Mesh marketplace");
+    assert_eq!(items[7]["resource"], "Dataplane marketplace/items-1");
+    assert_eq!(
+        (items[7]["action"].as_str(), items[7]["oldVersion"].as_i64(), items[7]["newVersion"].as_i64()),
+        (Some("deleted"), Some(1), None)
+    );
+    assert_eq!(items[8]["action"], "deleted");
+}
+
+#[test]
+fn a_bad_virtual_ip_range_is_refused_before_anything_starts() {
+    let data_dir = tempfile::tempdir().unwrap();
+    for (range, reason) in [
+        ("240.0.0.0/31", "'240.0.0.0/31' is too small: a prefix of at most /30 is needed"),
+        ("fd00::/8", "'fd00::/8' is not an IPv4 CIDR block"),
+    ] {
+        let output = std::process::Command::new(common::WARD)
+            .args(["cp", "run", "--vip-cidr", range, "--data-dir"])
+            .arg(data_dir.path().join("never"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("--vip-cidr") && stderr.contains(reason), "{stderr}");
+    }
+    assert!(!data_dir.path().join("never").exists(), "nothing was created");
+}

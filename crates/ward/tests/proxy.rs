@@ -1,0 +1,500 @@
+//! The data-plane proxy as a user meets it: `ward dp run` processes in front of unmodified
+//! applications on loopback, the control plane deciding who may call whom.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::marketplace::{ALLOWED, CALLERS, Marketplace, SERVICES};
+use rustls_pki_types::pem::PemObject;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn marketplace_allows_exactly_what_its_permissions_say() {
+    let root = tempfile::tempdir().unwrap();
+    let market = Marketplace::start(root.path(), None, &[]).await;
+    for caller in CALLERS {
+        for service in SERVICES {
+            let (status, body) = market.call(caller, service, "/orders").await;
+            if ALLOWED.contains(&(caller, service)) {
+                assert_eq!(status, 200, "{caller} -> {service}: {body}");
+                let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(seen["service"], service);
+                assert_eq!(seen["path"], "/orders");
+                assert_eq!(seen["headers"]["x-ward-peer-identity"], format!("spiffe://marketplace/{caller}"), "{body}");
+            } else {
+                assert_eq!((status, body.as_str()), (403, "RBAC: access denied"), "{caller} -> {service}");
+            }
+        }
+    }
+}
+
+/// A mesh CA the test holds the key of, so it can make certificates of every kind.
+struct TestCa {
+    material: ward_pki::CaMaterial,
+    ca: ward_pki::Ca,
+}
+
+impl TestCa {
+    fn new(trust_domain: &str) -> TestCa {
+        let options = ward_pki::BuiltinCaOptions { rsa_bits: None, lifetime: Duration::from_secs(86_400) };
+        let (material, _) = ward_pki::generate_builtin(trust_domain, &options, chrono::Utc::now()).unwrap();
+        TestCa { ca: ward_pki::Ca::load(&material).unwrap(), material }
+    }
+
+    /// A key and a certificate for `spiffe_id` signed by this CA.
+    fn issue(&self, spiffe_id: &str) -> (ward_pki::WorkloadKey, String) {
+        let id = ward_pki::SpiffeId::parse(spiffe_id).unwrap();
+        let (key, csr) = ward_pki::generate_key_and_csr(&id).unwrap();
+        let svid = self.ca.sign_svid(&csr, &id, Duration::from_secs(3600), chrono::Utc::now()).unwrap();
+        (key, svid.chain_pem)
+    }
+
+    /// The marketplace Mesh with this CA as its provided backend.
+    fn mesh_yaml(&self) -> String {
+        serde_json::json!({"type": "Mesh", "name": "marketplace", "mtls": {"enabledBackend": "ca-1", "backends": [
+            {"name": "ca-1", "type": "provided", "conf": {
+                "cert": {"inlineString": self.material.cert_pem}, "key": {"inlineString": self.material.key_pem}}}]}})
+        .to_string()
+    }
+}
+
+/// A self-signed certificate naming `spiffe_id`, and its key.
+fn self_signed(spiffe_id: &str) -> (ward_pki::WorkloadKey, String) {
+    let ca = TestCa::new("marketplace");
+    let id = ward_pki::SpiffeId::parse(spiffe_id).unwrap();
+    let (key, _) = ward_pki::generate_key_and_csr(&id).unwrap();
+    // Sign the leaf with its own key: an issuer nobody trusts.
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe_id.to_string().try_into().unwrap())];
+    let pair = rcgen::KeyPair::try_from(key.private_key_der().secret_der()).unwrap();
+    drop(ca);
+    (key, params.self_signed(&pair).unwrap().pem())
+}
+
+/// Accepts any server certificate: the tests below check what the *server* refuses.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// GET / over TLS to `port` with the client certificate `cert`: the status line, or why there is none.
+async fn mtls_get(port: u16, identity: Option<(ward_pki::WorkloadKey, String)>) -> Result<String, String> {
+    mtls_get_with(port, identity.map(|(key, chain)| (key.private_key_der(), chain))).await
+}
+
+/// Like [`mtls_get`], with the key as DER.
+async fn mtls_get_with(
+    port: u16,
+    identity: Option<(rustls_pki_types::PrivateKeyDer<'static>, String)>,
+) -> Result<String, String> {
+    mtls_get_versions(port, identity, rustls::DEFAULT_VERSIONS).await
+}
+
+/// Like [`mtls_get_with`], offering only `versions` of TLS.
+async fn mtls_get_versions(
+    port: u16,
+    identity: Option<(rustls_pki_types::PrivateKeyDer<'static>, String)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<String, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let config = match identity {
+        Some((key, chain)) => {
+            let certs = rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut tls =
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await.map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    response.lines().next().map(String::from).filter(|l| !l.is_empty()).ok_or_else(|| "connection closed".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn impostors_are_refused_on_both_sides() {
+    let root = tempfile::tempdir().unwrap();
+    let mesh_ca = TestCa::new("marketplace");
+    let market = Marketplace::start(root.path(), Some(&mesh_ca.mesh_yaml()), &[]).await;
+    let items = market.inbound["items"];
+
+    // The control: a certificate from the mesh's CA for a caller items admits.
+    let good = mtls_get(items, Some(mesh_ca.issue("spiffe://marketplace/invoices"))).await;
+    assert_eq!(good.as_deref(), Ok("HTTP/1.1 200 OK"));
+    // The same caller with no permission is refused by authorization, not TLS.
+    let denied = mtls_get(items, Some(mesh_ca.issue("spiffe://marketplace/users"))).await;
+    assert_eq!(denied.as_deref(), Ok("HTTP/1.1 403 Forbidden"));
+    // TLS 1.3 only, unless the proxy is told to accept 1.2.
+    let (key, chain) = mesh_ca.issue("spiffe://marketplace/invoices");
+    let tls12 = mtls_get_versions(items, Some((key.private_key_der(), chain)), &[&rustls::version::TLS12]).await;
+    assert!(tls12.is_err(), "a TLS 1.2 client is refused by default: {tls12:?}");
+
+    let impostors = [
+        ("plaintext", None),
+        ("TLS without a client certificate", Some(None)),
+        ("self-signed certificate naming invoices", Some(Some(self_signed("spiffe://marketplace/invoices")))),
+        ("another mesh's CA", Some(Some(TestCa::new("other").issue("spiffe://other/invoices")))),
+        (
+            "a CA of the same name that the mesh does not trust",
+            Some(Some(TestCa::new("marketplace").issue("spiffe://marketplace/invoices"))),
+        ),
+    ];
+    for (what, tls) in impostors {
+        let answer = match tls {
+            None => {
+                let client = reqwest::Client::builder().no_proxy().build().unwrap();
+                client
+                    .get(format!("http://127.0.0.1:{items}/"))
+                    .send()
+                    .await
+                    .map(|r| r.status().to_string())
+                    .map_err(|e| e.to_string())
+            }
+            Some(identity) => mtls_get(items, identity).await,
+        };
+        assert!(answer.is_err(), "{what} must not get an answer, got {answer:?}");
+    }
+    let metrics = market.proxies["items"].admin_get("/metrics").1;
+    for reason in ["unknown_issuer", "no_client_certificate", "not_tls"] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "handshake failures counted by reason ({reason}):\n{metrics}"
+        );
+    }
+
+    // An endpoint registered as items that proves to be users is refused by the caller's outbound.
+    let fake_port = common::free_port();
+    let token = market.cp.dataplane_token("marketplace", "items-2", "items", "1h");
+    let fake_dp =
+        common::marketplace::dataplane("items", fake_port, common::free_port(), &[]).replace("items-1", "items-2");
+    let _stream = common::mesh::raw_stream(&market.cp, &token, &fake_dp).await.expect("the fake items registers");
+    let (key, chain) = mesh_ca.issue("spiffe://marketplace/users");
+    let fake_server = tokio::spawn(serve_tls_once_forever(fake_port, key, chain));
+    let mut outcomes = std::collections::BTreeMap::new();
+    for _ in 0..12 {
+        let (status, body) = market.call("invoices", "items", "/").await;
+        assert!(!body.contains("impostor"), "no request reaches the impostor: {body}");
+        if status == 503 {
+            assert!(
+                body.contains("server presented spiffe://marketplace/users, expected spiffe://marketplace/items"),
+                "{body}"
+            );
+        } else {
+            assert_eq!(status, 200, "{body}");
+        }
+        *outcomes.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(outcomes.len(), 2, "round robin met both the real and the fake endpoint: {outcomes:?}");
+    let metrics = market.proxies["invoices"].admin_get("/metrics").1;
+    assert!(metrics.contains("reason=\"wrong_identity\""), "{metrics}");
+    fake_server.abort();
+}
+
+/// A TLS server presenting `chain` that answers every request with "impostor".
+async fn serve_tls_once_forever(port: u16, key: ward_pki::WorkloadKey, chain: String) {
+    let certs =
+        rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key.private_key_der())
+            .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    loop {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                let service = hyper::service::service_fn(|_| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from("impostor"),
+                    )))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            }
+        });
+    }
+}
+
+/// Polls `call` until it answers `want`, up to 10 s; the last answer.
+async fn eventually(market: &Marketplace, caller: &str, service: &str, want: u16) -> (u16, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = market.call(caller, service, "/").await;
+        if answer.0 == want || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permissions_apply_and_withdraw_without_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let market = Marketplace::start(root.path(), None, &[]).await;
+    assert_eq!(market.call("users", "items", "/").await.0, 403);
+    let permit = "type: MeshTrafficPermission\nmesh: marketplace\nname: users-to-items\nspec:\n  targetRef: {kind: MeshService, name: items}\n  from:\n  - targetRef: {kind: MeshService, name: users}\n    default: {action: Allow}\n";
+    market.cp.apply(permit);
+    assert_eq!(eventually(&market, "users", "items", 200).await.0, 200);
+    // A Deny at the same specificity wins over the Allow (Kuma's issue #16873).
+    market.cp.apply(&permit.replace("users-to-items", "users-not-items").replace("Allow", "Deny"));
+    assert_eq!(eventually(&market, "users", "items", 403).await, (403, "RBAC: access denied".into()));
+    market.cp.ward(&["delete", "mtp", "users-not-items", "-m", "marketplace"]).ok();
+    assert_eq!(eventually(&market, "users", "items", 200).await.0, 200);
+    market.cp.ward(&["delete", "mtp", "users-to-items", "-m", "marketplace"]).ok();
+    assert_eq!(eventually(&market, "users", "items", 403).await.0, 403);
+    // The decisions are counted by the policy that made them.
+    let metrics = market.proxies["items"].admin_get("/metrics").1;
+    assert!(metrics.contains("action=\"Deny\",policy=\"MeshTrafficPermission/users-not-items\""), "{metrics}");
+    assert!(metrics.contains("action=\"Allow\",policy=\"MeshTrafficPermission/users-to-items\""), "{metrics}");
+    assert!(metrics.contains("action=\"Deny\",policy=\"default-deny\""), "{metrics}");
+}
+
+/// Sends requests from `caller` to `service` in `workers` loops until `stop`; (successes, failures).
+fn load(
+    market: &Arc<Marketplace>,
+    caller: &'static str,
+    service: &'static str,
+    workers: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    let market = market.clone();
+    tokio::spawn(async move {
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let (market, stop) = (market.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0u64, Vec::new());
+                    while !stop.is_cancelled() {
+                        match market.call(caller, service, "/").await {
+                            (200, _) => ok += 1,
+                            (status, body) => failed.push(format!("{status}: {body}")),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        let mut total = (0, Vec::new());
+        for task in tasks {
+            let (ok, failed) = task.await.unwrap();
+            total.0 += ok;
+            total.1.extend(failed);
+        }
+        total
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_second_certificates_rotate_under_load_without_losing_a_request() {
+    let root = tempfile::tempdir().unwrap();
+    let mesh = "type: Mesh\nname: marketplace\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    dpCert:\n      rotation:\n        expiration: 10s\n";
+    let market = Arc::new(Marketplace::start(root.path(), Some(mesh), &[]).await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = load(&market, "users", "invoices", 4, stop.clone());
+    let started = std::time::Instant::now();
+    let mut serials: std::collections::HashMap<&str, std::collections::BTreeSet<String>> = Default::default();
+    // At least 30 s, and until both ends have renewed six times (up to a minute).
+    while started.elapsed() < Duration::from_secs(30) || serials.values().any(|s| s.len() < 7) {
+        assert!(started.elapsed() < Duration::from_secs(60), "renewals seen: {serials:?}");
+        for side in ["users", "invoices"] {
+            if let Some(serial) = market.proxies[side].serial() {
+                serials.entry(side).or_default().insert(serial);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.cancel();
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during rotation: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "the load ran: {ok} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn traffic_outlives_the_control_plane_and_updates_resume_when_it_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let mut market = Marketplace::start(root.path(), None, &[]).await;
+    market.cp.kill();
+    for _ in 0..20 {
+        assert_eq!(market.call("invoices", "items", "/").await.0, 200, "traffic continues without the control plane");
+        assert_eq!(market.call("users", "items", "/").await.0, 403, "and so do the permissions");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, ready) = market.proxies["items"].admin_get("/ready");
+    assert_eq!(status, 200, "a valid certificate and a configuration keep the proxy ready: {ready}");
+    assert!(market.proxies["items"].admin_get("/metrics").1.contains("ward_control_plane_connected 0"));
+
+    market.cp.restart(root.path());
+    // Proxies reconnect on their own (backoff with jitter) and take updates again.
+    market.cp.apply("type: MeshTrafficPermission\nmesh: marketplace\nname: users-to-items\nspec:\n  targetRef: {kind: MeshService, name: items}\n  from:\n  - targetRef: {kind: MeshService, name: users}\n    default: {action: Allow}\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while market.call("users", "items", "/").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "updates did not resume:\n{}", market.proxies["items"].log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(market.proxies["items"].admin_get("/metrics").1.contains("ward_control_plane_connected 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ca_rotation_drops_nothing_and_removing_a_backend_withdraws_its_trust() {
+    let root = tempfile::tempdir().unwrap();
+    let two = |enabled: &str, backends: &[&str]| {
+        let list: String = backends.iter().map(|b| format!("  - name: {b}\n    type: builtin\n")).collect();
+        format!("type: Mesh\nname: marketplace\nmtls:\n  enabledBackend: {enabled}\n  backends:\n{list}")
+    };
+    let market = Arc::new(Marketplace::start(root.path(), Some(&two("ca-1", &["ca-1", "ca-2"])), &[]).await);
+
+    // A certificate from ca-1 for a member no permission admits, to tell trust from authorization.
+    let id = ward_pki::SpiffeId::parse("spiffe://marketplace/auditor").unwrap();
+    let (key, csr) = ward_pki::generate_key_and_csr(&id).unwrap();
+    let token = market.cp.dataplane_token("marketplace", "auditor-1", "auditor", "1h");
+    let auditor = common::marketplace::dataplane("auditor", common::free_port(), common::free_port(), &[]);
+    let mut stream = common::mesh::raw_stream(&market.cp, &token, &auditor).await.unwrap();
+    stream.request_certificate(&csr).await;
+    let old = match stream.next_answer().await.unwrap() {
+        ward_proto::discovery::control_message::Message::Certificate(c) => c,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(old.backend, "ca-1");
+    let old_identity = || Some((key.private_key_der(), old.chain_pem.clone()));
+    let items = market.inbound["items"];
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = load(&market, "invoices", "items", 2, stop.clone());
+    market.cp.apply(&two("ca-2", &["ca-1", "ca-2"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for side in ["invoices", "items"] {
+        while market.proxies[side].config()["certificate"]["backend"] != "ca-2" {
+            assert!(std::time::Instant::now() < deadline, "{side} did not renew from ca-2");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        mtls_get_with(items, old_identity()).await.as_deref(),
+        Ok("HTTP/1.1 403 Forbidden"),
+        "ca-1 is still trusted"
+    );
+
+    market.cp.apply(&two("ca-2", &["ca-2"]));
+    while mtls_get_with(items, old_identity()).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(10), "ca-1's trust was not withdrawn");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} requests failed during the rotation: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 10);
+
+    let inspected = market.cp.ward(&["inspect", "dataplane", "items-1", "-m", "marketplace"]).ok();
+    let serial = market.proxies["items"].serial().unwrap();
+    assert!(inspected.contains("spiffe id:   spiffe://marketplace/items"), "{inspected}");
+    assert!(inspected.contains(&format!("serial:      {serial}")), "{inspected}");
+    assert!(inspected.contains("status:      online since"), "{inspected}");
+    assert!(inspected.contains("issued by:   backend ca-2"), "{inspected}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_that_leaves_is_withdrawn_from_its_callers() {
+    let root = tempfile::tempdir().unwrap();
+    let mut market = Marketplace::start(root.path(), None, &[]).await;
+    assert_eq!(market.call("invoices", "items", "/").await.0, 200);
+    market.proxies.remove("items");
+    // At first an attempt may still reach for the dead endpoint (503, connect error); once the
+    // control plane has seen the stream end, the endpoint is withdrawn from every caller.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = market.call("invoices", "items", "/").await;
+        assert_eq!(status, 503, "{body}");
+        if body.contains("no healthy upstream: service items has no connected instance") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the endpoint was not withdrawn: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let overview = market.cp.ward(&["inspect", "dataplane", "items-1", "-m", "marketplace"]).ok();
+    assert!(overview.contains("status:      offline"), "{overview}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_permissive_mesh_admits_plaintext_only_through_mesh_wide_rules() {
+    let root = tempfile::tempdir().unwrap();
+    let mesh = "type: Mesh\nname: marketplace\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    mode: PERMISSIVE\n";
+    let market = Marketplace::start(root.path(), Some(mesh), &[]).await;
+    let plaintext = |service: &str| {
+        let url = format!("http://127.0.0.1:{}/", market.inbound[service]);
+        async move {
+            reqwest::Client::builder().no_proxy().build().unwrap().get(url).send().await.map(|r| r.status().as_u16())
+        }
+    };
+    // The example's permissions name callers by service: an anonymous caller matches none.
+    assert_eq!(plaintext("items").await.ok(), Some(403));
+    // mTLS callers are still decided by identity.
+    assert_eq!(market.call("invoices", "items", "/").await.0, 200);
+    assert_eq!(market.call("users", "items", "/").await.0, 403);
+    market.cp.apply("type: MeshTrafficPermission\nmesh: marketplace\nname: anyone-to-items\nspec:\n  targetRef: {kind: MeshService, name: items}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while plaintext("items").await.ok() != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "a mesh-wide Allow admits plaintext callers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(plaintext("users").await.ok(), Some(403), "only where a mesh-wide rule allows");
+}
