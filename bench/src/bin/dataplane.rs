@@ -1,0 +1,253 @@
+//! Data plane: client -> outbound proxy -> (mTLS) -> inbound proxy -> server, for Ward
+//! (`ward dp run` twice, SVIDs from a real control plane, builtin mTLS, an allow
+//! permission), two HAProxy processes as the same hop with SVIDs from the same CA, and the
+//! client calling the server directly. Prints one JSON line per measurement.
+//!
+//! Usage: dataplane WARD_BINARY BENCH_SERVER_BINARY [--quick]
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde_json::json;
+use ward_bench::{
+    Cpus, Proc,
+    control_plane::{ControlPlane, dataplane},
+    discovery::fetch_svid,
+    emit, free_port, handshakes,
+    load::{Target, max_rate, open_loop},
+    peers::{HaproxyPorts, start_haproxy_pair},
+    process::RssSampler,
+    quick, wait_for_port,
+};
+
+const MESH: &str = "bench";
+
+/// How long each thing runs, and at which rates.
+struct Plan {
+    rates: Vec<f64>,
+    run: Duration,
+    warmup: Duration,
+    search: Vec<f64>,
+    step: Duration,
+    handshakes: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                rates: vec![200.0, 500.0],
+                run: Duration::from_secs(2),
+                warmup: Duration::from_millis(300),
+                search: vec![250.0, 500.0, 1000.0, 2000.0],
+                step: Duration::from_secs(1),
+                handshakes: Duration::from_secs(1),
+            }
+        } else {
+            Plan {
+                rates: vec![1000.0, 5000.0],
+                run: Duration::from_secs(10),
+                warmup: Duration::from_secs(2),
+                search: [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40].iter().map(|k| *k as f64 * 1000.0).collect(),
+                step: Duration::from_secs(5),
+                handshakes: Duration::from_secs(10),
+            }
+        }
+    }
+}
+
+/// One system between client and server: where the client connects, and its processes.
+struct Peer<'a> {
+    name: &'static str,
+    h1_port: u16,
+    h2c_port: u16,
+    /// Outbound and inbound; none for the direct call.
+    procs: Vec<&'a Proc>,
+}
+
+fn mesh_resources() -> Vec<serde_json::Value> {
+    vec![
+        json!({"type": "Mesh", "name": MESH, "mtls": {"enabledBackend": "ca-1", "backends": [
+            {"name": "ca-1", "type": "builtin", "mode": "STRICT", "dpCert": {"rotation": {"expiration": "24h"}}}]},
+            "networking": {"outbound": {"passthrough": false}}}),
+        json!({"type": "MeshTrafficPermission", "mesh": MESH, "name": "client-to-server", "spec": {
+            "targetRef": {"kind": "MeshService", "name": "server"},
+            "from": [{"targetRef": {"kind": "MeshService", "name": "client"}, "default": {"action": "Allow"}}]}}),
+    ]
+}
+
+/// Starts `ward dp run` for `dp` on `cpus`, and waits until its /ready says 200.
+fn start_ward_proxy(
+    ward: &Path,
+    cp: &ControlPlane,
+    dir: &Path,
+    cpus: Option<&str>,
+    dp: &serde_json::Value,
+    token: &str,
+) -> anyhow::Result<Proc> {
+    let name = dp["name"].as_str().context("name")?;
+    let (file, token_file, admin) = (dir.join(format!("{name}.json")), dir.join(format!("{name}.token")), free_port()?);
+    std::fs::write(&file, dp.to_string())?;
+    std::fs::write(&token_file, token)?;
+    let ca = cp.data_dir.join("cp-ca.pem");
+    let args = [
+        "dp",
+        "run",
+        "--cp-address",
+        &cp.dp_address(),
+        "--ca-cert",
+        ca.to_str().context("path")?,
+        "--dataplane-file",
+        file.to_str().context("path")?,
+        "--dataplane-token-file",
+        token_file.to_str().context("path")?,
+        "--admin-address",
+        &format!("127.0.0.1:{admin}"),
+    ];
+    let log = dir.join(format!("{name}.log"));
+    let mut proc = Proc::spawn_on(cpus, ward, &args, &[("WARD_LOG", "warn")], &log)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        proc.check_alive(&log)?;
+        if ready(admin) {
+            return Ok(proc);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{name} not ready after 60s: see {}", log.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ready(admin: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", admin)) else { return false };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(tcp, "GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+/// CPU seconds of each process.
+fn cpu(procs: &[&Proc]) -> Vec<f64> {
+    procs.iter().map(|p| p.cpu_seconds().unwrap_or(0.0)).collect()
+}
+
+/// The fixed rates over both protocols first, then the step searches: the searches leave
+/// many connections and grown buffers behind, which would inflate the RSS under load.
+async fn measure_rates(peer: &Peer<'_>, plan: &Plan) -> anyhow::Result<()> {
+    let targets = [
+        ("http1", Target::plain(format!("http://127.0.0.1:{}/", peer.h1_port), false)?),
+        ("h2c", Target::plain(format!("http://127.0.0.1:{}/", peer.h2c_port), true)?),
+    ];
+    for (protocol, target) in &targets {
+        for &rate in &plan.rates {
+            open_loop(target, rate, plan.warmup).await;
+            let before = cpu(&peer.procs);
+            let sampler = RssSampler::start(peer.procs.iter().map(|p| p.child.id()).collect());
+            let outcome = open_loop(target, rate, plan.run).await;
+            let rss = sampler.finish();
+            let after = cpu(&peer.procs);
+            let per_1000: Vec<f64> =
+                before.iter().zip(&after).map(|(b, a)| (a - b) / (outcome.ok.max(1) as f64 / 1000.0)).collect();
+            let mut row = outcome.json();
+            row["kind"] = "latency".into();
+            row["peer"] = peer.name.into();
+            row["protocol"] = (*protocol).into();
+            row["rate"] = rate.into();
+            row["cpu_s_per_1000"] = json!(per_1000);
+            row["rss_load_mib"] = json!(rss);
+            emit("dataplane", row);
+        }
+    }
+    for (protocol, target) in &targets {
+        let (best, steps) = max_rate(target, &plan.search, plan.step, 10.0).await;
+        let last_tried = steps.last().map_or(0.0, |s| s.0);
+        emit(
+            "dataplane",
+            json!({"kind": "max_rate", "peer": peer.name, "protocol": protocol, "max_rps": best,
+            "ceiling": best >= last_tried && steps.len() == plan.search.len(), "steps": steps}),
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().filter(|a| a != "--quick").collect();
+    let usage = "usage: dataplane WARD_BINARY BENCH_SERVER_BINARY [--quick]";
+    let ward = PathBuf::from(args.get(1).context(usage)?);
+    let server_bin = PathBuf::from(args.get(2).context(usage)?);
+    let plan = Plan::new(quick());
+    let cpus = Cpus::from_env();
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+
+    let app = free_port()?;
+    let _server =
+        Proc::spawn_on(cpus.load.as_deref(), &server_bin, &[&app.to_string()], &[], &root.join("server.log"))?;
+    wait_for_port(app, Duration::from_secs(10))?;
+
+    // The control plane idles during the measurements; it shares the load generator's cores.
+    let cp = ControlPlane::start(&ward, root, cpus.load.as_deref())?;
+    for resource in mesh_resources() {
+        cp.put(&resource).await?;
+    }
+    let client_svid = fetch_svid(&cp, MESH, "bench-client-svid", "client").await?;
+    let server_svid = fetch_svid(&cp, MESH, "bench-server-svid", "server").await?;
+
+    let (ward_in, ward_out, ward_out_unused) = (free_port()?, free_port()?, free_port()?);
+    let server_dp = dataplane(MESH, "server-1", "server", "127.0.0.1", ward_in, app, &[]);
+    let client_dp =
+        dataplane(MESH, "client-1", "client", "127.0.0.1", ward_out_unused, ward_out_unused, &[("server", ward_out)]);
+    let sut = cpus.sut.as_deref();
+    let inbound =
+        start_ward_proxy(&ward, &cp, root, sut, &server_dp, &cp.dataplane_token(MESH, "server-1", "server").await?)?;
+    let outbound =
+        start_ward_proxy(&ward, &cp, root, sut, &client_dp, &cp.dataplane_token(MESH, "client-1", "client").await?)?;
+
+    let ha = HaproxyPorts { out_h1: free_port()?, out_h2c: free_port()?, inbound: free_port()? };
+    let (ha_out, ha_in) = start_haproxy_pair(root, sut, &client_svid, &server_svid, &ha, app)?;
+
+    let peers = [
+        Peer { name: "direct", h1_port: app, h2c_port: app, procs: vec![] },
+        Peer { name: "ward", h1_port: ward_out, h2c_port: ward_out, procs: vec![&outbound, &inbound] },
+        Peer { name: "haproxy", h1_port: ha.out_h1, h2c_port: ha.out_h2c, procs: vec![&ha_out, &ha_in] },
+    ];
+    // Every path must answer before anything is measured (the outbound learns the inbound's
+    // endpoint from the control plane shortly after both are ready).
+    for peer in &peers {
+        let target = Target::plain(format!("http://127.0.0.1:{}/", peer.h1_port), false)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !target.once().await {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "{}: no 200 through the path within 30s", peer.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for peer in &peers[1..] {
+        emit(
+            "dataplane",
+            json!({"kind": "idle", "peer": peer.name, "rss_idle_mib": peer.procs.iter().map(|p| p.rss_mib()).collect::<Vec<_>>()}),
+        );
+    }
+    for peer in &peers {
+        measure_rates(peer, &plan).await?;
+    }
+
+    let config = handshakes::client_config(&client_svid)?;
+    for (name, port, proc) in [("ward", ward_in, &inbound), ("haproxy", ha.inbound, &ha_in)] {
+        let before = proc.cpu_seconds()?;
+        let result =
+            handshakes::handshake_loop(([127, 0, 0, 1], port).into(), config.clone(), 8, plan.handshakes).await;
+        let used = proc.cpu_seconds()? - before;
+        emit(
+            "dataplane",
+            json!({"kind": "handshakes", "peer": name, "ok": result.ok, "errors": result.errors,
+            "per_second": result.ok as f64 / result.seconds, "inbound_cpu_s": used,
+            "per_inbound_cpu_second": result.ok as f64 / used.max(0.01)}),
+        );
+    }
+    Ok(())
+}
