@@ -18,6 +18,8 @@ use crate::{identity::Identity, store::Store};
 
 /// How long the builder gathers changes before rebuilding, so a burst costs one rebuild.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// How long the builder waits before building again a mesh whose build failed.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Hands out the live snapshot of each mesh.
 #[derive(Clone)]
@@ -78,13 +80,15 @@ async fn run(
     let mut store_changes = store.subscribe();
     let mut seen_revision = store_changes.borrow_and_update().revision;
     let mut version = 0u64;
+    // Meshes whose last build failed: their proxies still wait for them, so they are built again.
+    let mut failed = HashSet::new();
     loop {
-        let mut dirty = HashSet::new();
+        let mut dirty: HashSet<String> = std::mem::take(&mut failed);
         let mut everything = false;
-        // Wait for the first change, then gather what follows within the batch window.
-        let deadline = tokio::time::sleep(BATCH_WINDOW);
+        // Wait for the first change (or the retry delay), then gather what follows within the batch window.
+        let mut started = !dirty.is_empty();
+        let deadline = tokio::time::sleep(if started { RETRY_DELAY } else { BATCH_WINDOW });
         tokio::pin!(deadline);
-        let mut started = false;
         loop {
             tokio::select! {
                 changed = store_changes.changed() => {
@@ -115,7 +119,8 @@ async fn run(
             match MeshSnapshot::build(&store, &identity, &mesh, &online.names(&mesh), vip_range, version).await {
                 Ok(snapshot) => snapshots.publish(&mesh, snapshot),
                 Err(e) => {
-                    tracing::error!(mesh = %mesh, error = %e, "cannot rebuild the mesh's configuration; proxies keep the last one")
+                    tracing::error!(mesh = %mesh, error = %e, retry_in = ?RETRY_DELAY, "cannot rebuild the mesh's configuration; proxies keep the last one");
+                    failed.insert(mesh);
                 }
             }
         }

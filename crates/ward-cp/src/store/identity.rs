@@ -198,6 +198,7 @@ impl Store {
         dataplane: &str,
         cert: &DataplaneCert,
     ) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().await;
         sqlx::query(
             "INSERT INTO dataplane_certs (mesh, dataplane, spiffe_id, serial, not_before, not_after, backend)
              VALUES (?, ?, ?, ?, ?, ?, ?)

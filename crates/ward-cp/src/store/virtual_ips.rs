@@ -86,6 +86,33 @@ mod tests {
         assert!(!ips.contains_key("c"));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn allocating_while_certificates_are_recorded_never_fails() {
+        // Every writer must take the write lock: a deferred transaction that read before
+        // another connection's commit cannot write afterwards (SQLITE_BUSY_SNAPSHOT).
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ward.db")).await.unwrap();
+        let range: Ipv4Net = "240.0.0.0/16".parse().unwrap();
+        let recorder = store.clone();
+        let certificates = tokio::spawn(async move {
+            for i in 0..300 {
+                let cert = crate::store::DataplaneCert {
+                    spiffe_id: "spiffe://shop/items".into(),
+                    serial: format!("{i:x}"),
+                    not_before: String::new(),
+                    not_after: String::new(),
+                    backend: "ca-1".into(),
+                };
+                recorder.record_dataplane_cert("shop", &format!("items-{}", i % 7), &cert).await.unwrap();
+            }
+        });
+        for i in 0..300 {
+            let service = format!("svc-{i}");
+            store.virtual_ips("shop", &[service.as_str()], range).await.unwrap();
+        }
+        certificates.await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_new_range_moves_only_the_addresses_outside_it() {
         let store = Store::in_memory().await.unwrap();
