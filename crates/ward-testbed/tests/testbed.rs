@@ -130,8 +130,16 @@ fn dropping_the_testbed_kills_processes_and_deletes_namespaces() {
         let mut parent = Command::new("sh");
         parent.args(["-c", "sleep 1000 & wait"]);
         let spawned = host.spawn(&parent);
-        let listed = stdout(Command::new("ip").args(["netns", "pids", host.netns()]).output().unwrap());
-        let pids: Vec<u32> = listed.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        // `ip netns exec` enters the namespace after it was started: wait until it did.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let pids = loop {
+            let listed = stdout(Command::new("ip").args(["netns", "pids", host.netns()]).output().unwrap());
+            let pids: Vec<u32> = listed.split_whitespace().map(|p| p.parse().unwrap()).collect();
+            if pids.contains(&spawned.id()) || std::time::Instant::now() > deadline {
+                break pids;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         assert!(pids.contains(&spawned.id()), "{pids:?}");
         ([testbed.name().to_string(), host.netns().to_string()], pids)
     };
