@@ -104,6 +104,26 @@ if lat:
             f"- under 0.06 cores per 1,000 req/s per proxy (at {f(rate, 0)} req/s): {met(cores < 0.06)} (highest: {f(cores, 3)})" +
             (f"; Ward uses {f(min(cpu_ratios))}–{f(max(cpu_ratios))}× HAProxy's CPU per request" if cpu_ratios else ""), ""]
 
+# ---------------------------------------------------------------- transparent proxying
+tp = of("transparent")
+if tp:
+    out += ["## Transparent proxying: the iptables redirect against the explicit outbound", "",
+            "Two hosts (network namespaces joined by a veth bridge): `server` runs the control plane, the server and",
+            "its proxy; `client` has `ward install transparent-proxy` and a proxy as the proxy user whose Dataplane",
+            "has `transparentProxying` and an explicit outbound. The generator, in `client`, calls the same server",
+            "through the explicit outbound (`127.0.0.1:PORT`, left alone by the rules) and by the server's own",
+            "address (captured by the nat rules into the transparent outbound listener, which maps the original",
+            "destination to the service); both then cross the same mTLS hop. HTTP/1.1 keep-alive, open loop;",
+            "both paths are measured back to back at each rate. Added = transparent − explicit.", "",
+            "| req/s | path | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | errors | CPU s / 1k req (client proxy / server proxy) |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in tp:
+        base = next((e for e in tp if e["path"] == "explicit" and e["rate"] == r["rate"]), r)
+        show = ["–"] * 3 if r["path"] == "explicit" else [f(r[k] - base[k]) for k in ("p50_ms", "p99_ms", "p999_ms")]
+        out.append(f"| {f(r['rate'], 0)} | {r['path']} | {f(r['p50_ms'])} | {f(r['p99_ms'])} | {f(r['p999_ms'])} | "
+                   f"{' | '.join(show)} | {r['errors']} | {pair(r['cpu_s_per_1000'], 3)} |")
+    out.append("")
+
 # ---------------------------------------------------------------- gateway
 gw = of("gateway")
 if gw:

@@ -2,6 +2,7 @@
 //! against it (resources, dataplane tokens).
 
 use std::{
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -19,6 +20,8 @@ pub struct ControlPlane {
     pub data_dir: PathBuf,
     /// `http://127.0.0.1:PORT` of the REST API.
     pub api: String,
+    /// Address of the discovery server.
+    pub dp_ip: IpAddr,
     /// Port of the discovery server.
     pub dp_port: u16,
     /// The admin token it wrote on first start.
@@ -30,6 +33,12 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts `ward cp run` under `root` on the cores `cpus`, and waits until its API answers.
     pub fn start(ward: &Path, root: &Path, cpus: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_on(ward, root, cpus, Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// Like [`ControlPlane::start`], with the discovery server on `dp_ip` (in the calling
+    /// thread's network namespace), where proxies of other hosts can reach it.
+    pub fn start_on(ward: &Path, root: &Path, cpus: Option<&str>, dp_ip: IpAddr) -> anyhow::Result<Self> {
         let data_dir = root.join("cp-data");
         let (api_port, dp_port) = (free_port()?, free_port()?);
         let log = root.join("cp.log");
@@ -41,7 +50,7 @@ impl ControlPlane {
             "--api-address",
             &format!("127.0.0.1:{api_port}"),
             "--dp-server-address",
-            &format!("127.0.0.1:{dp_port}"),
+            &std::net::SocketAddr::new(dp_ip, dp_port).to_string(),
         ];
         let mut proc = Proc::spawn_on(cpus, ward, &args, &[("WARD_LOG", "warn")], &log)?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -50,7 +59,7 @@ impl ControlPlane {
             proc.check_alive(&log)?;
             if let Ok(token) = std::fs::read_to_string(&token_file)
                 && std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", dp_port)).is_ok()
+                && std::net::TcpStream::connect((dp_ip, dp_port)).is_ok()
             {
                 break token.trim().to_string();
             }
@@ -64,6 +73,7 @@ impl ControlPlane {
             proc,
             data_dir,
             api: format!("http://127.0.0.1:{api_port}"),
+            dp_ip,
             dp_port,
             admin_token,
             client,
@@ -76,9 +86,9 @@ impl ControlPlane {
         Ok(std::fs::read_to_string(self.data_dir.join("cp-ca.pem"))?)
     }
 
-    /// `https://127.0.0.1:PORT` of the discovery server.
+    /// `https://IP:PORT` of the discovery server.
     pub fn dp_address(&self) -> String {
-        format!("https://127.0.0.1:{}", self.dp_port)
+        format!("https://{}", std::net::SocketAddr::new(self.dp_ip, self.dp_port))
     }
 
     /// Where the control plane logs.

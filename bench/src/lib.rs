@@ -9,6 +9,7 @@ pub mod load;
 pub mod peers;
 pub mod pki;
 pub mod process;
+pub mod ward_proxy;
 
 use std::{
     path::Path,

@@ -50,22 +50,20 @@ impl Proc {
         env: &[(&str, &str)],
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let mut command = match cpus {
-            // taskset execs the program, so the child's PID is the program's.
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg(program);
-                c
-            }
-            None => Command::new(program),
-        };
+        let mut command = pinned(cpus, program);
         command.args(args).envs(env.iter().copied());
+        Self::spawn_command(command, log)
+    }
+
+    /// Starts `command` with standard error sent to `log`; it runs in the calling thread's
+    /// network namespace.
+    pub fn spawn_command(mut command: Command, log: &Path) -> anyhow::Result<Self> {
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?)
             .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
+            .with_context(|| format!("starting {command:?}"))?;
         Ok(Proc { child })
     }
 
@@ -114,6 +112,19 @@ impl Proc {
             total += ticks as f64 / clock_ticks();
         }
         Ok(total)
+    }
+}
+
+/// `program` to be run on the cores `cpus` (a taskset list; `None`: anywhere).
+pub fn pinned(cpus: Option<&str>, program: &Path) -> Command {
+    match cpus {
+        // taskset execs the program, so the child's PID is the program's.
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.args(["-c", cpus]).arg(program);
+            command
+        }
+        None => Command::new(program),
     }
 }
 

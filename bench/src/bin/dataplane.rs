@@ -5,10 +5,7 @@
 //!
 //! Usage: dataplane WARD_BINARY BENCH_SERVER_BINARY [--quick]
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use serde_json::json;
@@ -20,7 +17,7 @@ use ward_bench::{
     load::{Target, max_rate, open_loop},
     peers::{HaproxyPorts, start_haproxy_pair},
     process::RssSampler,
-    quick, wait_for_port,
+    quick, wait_for_port, ward_proxy,
 };
 
 const MESH: &str = "bench";
@@ -77,57 +74,6 @@ fn mesh_resources() -> Vec<serde_json::Value> {
             "targetRef": {"kind": "MeshService", "name": "server"},
             "from": [{"targetRef": {"kind": "MeshService", "name": "client"}, "default": {"action": "Allow"}}]}}),
     ]
-}
-
-/// Starts `ward dp run` for `dp` on `cpus`, and waits until its /ready says 200.
-fn start_ward_proxy(
-    ward: &Path,
-    cp: &ControlPlane,
-    dir: &Path,
-    cpus: Option<&str>,
-    dp: &serde_json::Value,
-    token: &str,
-) -> anyhow::Result<Proc> {
-    let name = dp["name"].as_str().context("name")?;
-    let (file, token_file, admin) = (dir.join(format!("{name}.json")), dir.join(format!("{name}.token")), free_port()?);
-    std::fs::write(&file, dp.to_string())?;
-    std::fs::write(&token_file, token)?;
-    let ca = cp.data_dir.join("cp-ca.pem");
-    let args = [
-        "dp",
-        "run",
-        "--cp-address",
-        &cp.dp_address(),
-        "--ca-cert",
-        ca.to_str().context("path")?,
-        "--dataplane-file",
-        file.to_str().context("path")?,
-        "--dataplane-token-file",
-        token_file.to_str().context("path")?,
-        "--admin-address",
-        &format!("127.0.0.1:{admin}"),
-    ];
-    let log = dir.join(format!("{name}.log"));
-    let mut proc = Proc::spawn_on(cpus, ward, &args, &[("WARD_LOG", "warn")], &log)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        proc.check_alive(&log)?;
-        if ready(admin) {
-            return Ok(proc);
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "{name} not ready after 60s: see {}", log.display());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn ready(admin: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", admin)) else { return false };
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = write!(tcp, "GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    let mut answer = String::new();
-    let _ = tcp.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
 }
 
 /// CPU seconds of each process.
@@ -203,10 +149,24 @@ async fn main() -> anyhow::Result<()> {
     let client_dp =
         dataplane(MESH, "client-1", "client", "127.0.0.1", ward_out_unused, ward_out_unused, &[("server", ward_out)]);
     let sut = cpus.sut.as_deref();
-    let inbound =
-        start_ward_proxy(&ward, &cp, root, sut, &server_dp, &cp.dataplane_token(MESH, "server-1", "server").await?)?;
-    let outbound =
-        start_ward_proxy(&ward, &cp, root, sut, &client_dp, &cp.dataplane_token(MESH, "client-1", "client").await?)?;
+    let inbound = ward_proxy::start(
+        &ward,
+        &cp,
+        root,
+        sut,
+        None,
+        &server_dp,
+        &cp.dataplane_token(MESH, "server-1", "server").await?,
+    )?;
+    let outbound = ward_proxy::start(
+        &ward,
+        &cp,
+        root,
+        sut,
+        None,
+        &client_dp,
+        &cp.dataplane_token(MESH, "client-1", "client").await?,
+    )?;
 
     let ha = HaproxyPorts { out_h1: free_port()?, out_h2c: free_port()?, inbound: free_port()? };
     let (ha_out, ha_in) = start_haproxy_pair(root, sut, &client_svid, &server_svid, &ha, app)?;
