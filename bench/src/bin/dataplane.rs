@@ -81,15 +81,16 @@ fn cpu(procs: &[&Proc]) -> Vec<f64> {
     procs.iter().map(|p| p.cpu_seconds().unwrap_or(0.0)).collect()
 }
 
-/// The fixed rates over both protocols first, then the step searches: the searches leave
-/// many connections and grown buffers behind, which would inflate the RSS under load.
+/// The fixed rates, lowest first and both protocols at each, then the step searches: a higher
+/// rate and the searches leave connections and grown buffers behind, which would inflate the
+/// RSS measured under a lower load.
 async fn measure_rates(peer: &Peer<'_>, plan: &Plan) -> anyhow::Result<()> {
     let targets = [
         ("http1", Target::plain(format!("http://127.0.0.1:{}/", peer.h1_port), false)?),
         ("h2c", Target::plain(format!("http://127.0.0.1:{}/", peer.h2c_port), true)?),
     ];
-    for (protocol, target) in &targets {
-        for &rate in &plan.rates {
+    for &rate in &plan.rates {
+        for (protocol, target) in &targets {
             open_loop(target, rate, plan.warmup).await;
             let before = cpu(&peer.procs);
             let sampler = RssSampler::start(peer.procs.iter().map(|p| p.child.id()).collect());
