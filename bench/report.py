@@ -114,7 +114,8 @@ if tp:
             "through the explicit outbound (`127.0.0.1:PORT`, left alone by the rules) and by the server's own",
             "address (captured by the nat rules into the transparent outbound listener, which maps the original",
             "destination to the service); both then cross the same mTLS hop. HTTP/1.1 keep-alive, open loop;",
-            "both paths are measured back to back at each rate. Added = transparent − explicit.", "",
+            "both paths are measured back to back at each rate. Added = transparent − explicit; a negative figure",
+            "means the difference is smaller than the spread between two runs.", "",
             "| req/s | path | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | errors | CPU s / 1k req (client proxy / server proxy) |",
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in tp:
