@@ -132,6 +132,19 @@ impl ControlPlane {
     }
 }
 
+/// Mesh `mesh` with builtin mTLS (STRICT) and no passthrough, and a MeshTrafficPermission
+/// letting service `client` call service `server`: the data-plane scenarios' mesh.
+pub fn client_server_mesh(mesh: &str) -> Vec<Value> {
+    vec![
+        serde_json::json!({"type": "Mesh", "name": mesh, "mtls": {"enabledBackend": "ca-1", "backends": [
+            {"name": "ca-1", "type": "builtin", "mode": "STRICT", "dpCert": {"rotation": {"expiration": "24h"}}}]},
+            "networking": {"outbound": {"passthrough": false}}}),
+        serde_json::json!({"type": "MeshTrafficPermission", "mesh": mesh, "name": "client-to-server", "spec": {
+            "targetRef": {"kind": "MeshService", "name": "server"},
+            "from": [{"targetRef": {"kind": "MeshService", "name": "client"}, "default": {"action": "Allow"}}]}}),
+    ]
+}
+
 /// A Dataplane in Kuma Universal JSON: one HTTP inbound of `service` on `address:inbound`
 /// (application on `app`), and an outbound per `(service, port)`.
 pub fn dataplane(

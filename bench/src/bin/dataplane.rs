@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde_json::json;
 use ward_bench::{
     Cpus, Proc,
-    control_plane::{ControlPlane, dataplane},
+    control_plane::{ControlPlane, client_server_mesh, dataplane},
     discovery::fetch_svid,
     emit, free_port, handshakes,
     load::{Target, max_rate, open_loop},
@@ -63,17 +63,6 @@ struct Peer<'a> {
     h2c_port: u16,
     /// Outbound and inbound; none for the direct call.
     procs: Vec<&'a Proc>,
-}
-
-fn mesh_resources() -> Vec<serde_json::Value> {
-    vec![
-        json!({"type": "Mesh", "name": MESH, "mtls": {"enabledBackend": "ca-1", "backends": [
-            {"name": "ca-1", "type": "builtin", "mode": "STRICT", "dpCert": {"rotation": {"expiration": "24h"}}}]},
-            "networking": {"outbound": {"passthrough": false}}}),
-        json!({"type": "MeshTrafficPermission", "mesh": MESH, "name": "client-to-server", "spec": {
-            "targetRef": {"kind": "MeshService", "name": "server"},
-            "from": [{"targetRef": {"kind": "MeshService", "name": "client"}, "default": {"action": "Allow"}}]}}),
-    ]
 }
 
 /// CPU seconds of each process.
@@ -139,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The control plane idles during the measurements; it shares the load generator's cores.
     let cp = ControlPlane::start(&ward, root, cpus.load.as_deref())?;
-    for resource in mesh_resources() {
+    for resource in client_server_mesh(MESH) {
         cp.put(&resource).await?;
     }
     let client_svid = fetch_svid(&cp, MESH, "bench-client-svid", "client").await?;

@@ -17,7 +17,7 @@ use anyhow::Context;
 use serde_json::json;
 use ward_bench::{
     Cpus, Proc,
-    control_plane::{ControlPlane, dataplane},
+    control_plane::{ControlPlane, client_server_mesh, dataplane},
     emit, free_port,
     load::{Target, open_loop},
     quick, wait_for_port, ward_proxy,
@@ -29,17 +29,6 @@ const MESH: &str = "bench";
 const INBOUND_PORT: u16 = 10001;
 /// The client proxy's explicit outbound for `server`, on the client host's loopback.
 const OUTBOUND_PORT: u16 = 10002;
-
-fn mesh_resources() -> Vec<serde_json::Value> {
-    vec![
-        json!({"type": "Mesh", "name": MESH, "mtls": {"enabledBackend": "ca-1", "backends": [
-            {"name": "ca-1", "type": "builtin", "mode": "STRICT", "dpCert": {"rotation": {"expiration": "24h"}}}]},
-            "networking": {"outbound": {"passthrough": false}}}),
-        json!({"type": "MeshTrafficPermission", "mesh": MESH, "name": "client-to-server", "spec": {
-            "targetRef": {"kind": "MeshService", "name": "server"},
-            "from": [{"targetRef": {"kind": "MeshService", "name": "client"}, "default": {"action": "Allow"}}]}}),
-    ]
-}
 
 /// Runs `future` to completion on a runtime built by the calling thread, whose threads (and so
 /// every socket it opens) belong to that thread's network namespace.
@@ -77,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         wait_for_port(app, Duration::from_secs(10))?;
         let cp = ControlPlane::start_on(&ward, root, cpus.load.as_deref(), server_ip)?;
         let (server_token, client_token) = block_on(async {
-            for resource in mesh_resources() {
+            for resource in client_server_mesh(MESH) {
                 cp.put(&resource).await?;
             }
             anyhow::Ok((
