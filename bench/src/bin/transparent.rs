@@ -29,6 +29,9 @@ const MESH: &str = "bench";
 const INBOUND_PORT: u16 = 10001;
 /// The client proxy's explicit outbound for `server`, on the client host's loopback.
 const OUTBOUND_PORT: u16 = 10002;
+/// The client's declared inbound: nobody calls it, and in transparent mode the proxy leaves
+/// the port to the application.
+const CLIENT_INBOUND_PORT: u16 = 10003;
 
 /// Runs `future` to completion on a runtime built by the calling thread, whose threads (and so
 /// every socket it opens) belong to that thread's network namespace.
@@ -87,8 +90,15 @@ fn main() -> anyhow::Result<()> {
         "ward install transparent-proxy: {}",
         String::from_utf8_lossy(&install.stderr)
     );
-    let mut client_dp =
-        dataplane(MESH, "client-1", "client", &client.addr().to_string(), 10003, 10003, &[("server", OUTBOUND_PORT)]);
+    let mut client_dp = dataplane(
+        MESH,
+        "client-1",
+        "client",
+        &client.addr().to_string(),
+        CLIENT_INBOUND_PORT,
+        CLIENT_INBOUND_PORT,
+        &[("server", OUTBOUND_PORT)],
+    );
     client_dp["networking"]["transparentProxying"] =
         json!({"redirectPortInbound": 15006, "redirectPortOutbound": 15001});
 
