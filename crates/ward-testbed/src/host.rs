@@ -113,6 +113,7 @@ impl<'tb> Host<'tb> {
             // SAFETY: setfsuid takes an integer and only changes the calling thread's credentials
             // (the raw system call, not a libc wrapper that might apply it process-wide); the
             // thread ends with `f`. Asking again with an invalid id returns the current one.
+            #[allow(unsafe_code)]
             let current = unsafe {
                 libc::syscall(libc::SYS_setfsuid, uid);
                 libc::syscall(libc::SYS_setfsuid, u32::MAX)

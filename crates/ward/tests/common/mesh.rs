@@ -137,8 +137,7 @@ impl Proxy {
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         if let Some(child) = &self.child {
-            // SAFETY: kill(2) with a pid we own and a standard signal.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         }
     }
 
