@@ -12,7 +12,9 @@ pub mod parse;
 pub mod permission;
 pub mod policy;
 pub mod resource;
+pub mod spiffe;
 pub mod traffic_permission;
 
 pub use error::{Cause, ValidationError};
 pub use resource::{Meta, Resource, ResourceType, Spec};
+pub use spiffe::{SpiffeId, SpiffeIdError};

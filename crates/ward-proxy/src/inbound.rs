@@ -14,16 +14,17 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use ward_api::{dataplane::Protocol, permission::Action, policy::Decision};
+use ward_api::dataplane::Protocol;
 
 use crate::{
     Proxy,
-    config::{Config, Mode},
+    authorization::{Caller, Peer, authorize},
+    config::Mode,
     forward::{self, OpenConnection},
     http::{Body, PEER_IDENTITY, boxed, is_upgrade, strip_hop_by_hop, text},
     io::{Activity, Counted, Detected, detect},
     listener,
-    metrics::{DecisionLabels, INBOUND, ReasonLabels},
+    metrics::{INBOUND, ReasonLabels},
     smuggling::Guarded,
     tls,
 };
@@ -42,34 +43,6 @@ pub struct InboundSpec {
     pub protocol: Option<Protocol>,
     /// The service it serves.
     pub service: String,
-}
-
-/// Who is calling, as far as the connection proves it.
-#[derive(Debug, Clone)]
-enum Caller {
-    /// A mesh workload with a verified certificate.
-    Mesh(String),
-    /// Plaintext in a PERMISSIVE mesh.
-    Anonymous,
-    /// mTLS is off in this mesh: nothing is checked.
-    Unchecked,
-}
-
-impl Caller {
-    fn decide(&self, config: &Config) -> Decision {
-        match self {
-            Caller::Mesh(id) => config.authorizer.decide(Some(id)),
-            Caller::Anonymous => config.authorizer.decide(None),
-            Caller::Unchecked => Decision { action: Action::Allow, policy: None },
-        }
-    }
-
-    fn label(&self) -> &str {
-        match self {
-            Caller::Mesh(id) => id,
-            Caller::Anonymous | Caller::Unchecked => "anonymous",
-        }
-    }
 }
 
 /// Accepts callers on `listener` until `stop`.
@@ -117,8 +90,8 @@ pub async fn handle(proxy: Arc<Proxy>, spec: Arc<InboundSpec>, tcp: TcpStream) {
             return;
         }
     };
-    let Some(id) = tls::peer_id(proxy.state(), tls.get_ref().1) else { return };
-    serve_caller(proxy, spec, tls, Caller::Mesh(id.to_string())).await
+    let Some(peer) = Peer::of(proxy.state(), tls.get_ref().1) else { return };
+    serve_caller(proxy, spec, tls, Caller::Mesh(peer)).await
 }
 
 async fn serve_caller<IO>(proxy: Arc<Proxy>, spec: Arc<InboundSpec>, io: IO, caller: Caller)
@@ -135,13 +108,10 @@ where
             Err(_) => return,
         },
     };
-    let still_allowed = {
-        let (proxy, caller) = (proxy.clone(), caller.clone());
-        move || proxy.state().config().is_some_and(|c| caller.decide(&c).allows())
-    };
+    caller.await_tags(proxy.state()).await;
     if protocol == Detected::Tcp {
         let Some(config) = proxy.state().config() else { return };
-        if !authorize(&proxy, &caller, &config).allows() {
+        if !authorize(proxy.state(), &caller, &config).allows() {
             return;
         }
         let app = match crate::app_client::connect(spec.app).await {
@@ -155,66 +125,55 @@ where
         tokio::select! {
             _ = forward::copy_tcp(&proxy, INBOUND, io, app) => {}
             _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
-            _ = lost_permission(&proxy, &still_allowed) => tracing::info!(caller = caller.label(), "the caller lost its permission: closing its connection"),
+            cut = caller.cut(proxy.state()) => {
+                tracing::info!(caller = caller.label(), reason = cut.as_str(), "closing the caller's connection");
+                cut.count(proxy.state(), INBOUND);
+            }
         }
         return;
     }
     let guarded =
         Guarded::new(io, proxy.limits.max_header_bytes, proxy.limits.max_headers, proxy.limits.header_read_timeout);
+    // Upgraded connections (WebSocket) outlive the HTTP connection's future: they stop with it.
+    let cut = CancellationToken::new();
     let service = {
-        let (proxy, spec, caller) = (proxy.clone(), spec.clone(), caller.clone());
+        let (proxy, spec, caller, cut) = (proxy.clone(), spec.clone(), caller.clone(), cut.clone());
         service_fn(move |request| {
-            let (proxy, spec, caller) = (proxy.clone(), spec.clone(), caller.clone());
-            async move { Ok::<_, std::convert::Infallible>(handle_request(&proxy, &spec, &caller, request).await) }
+            let (proxy, spec, caller, cut) = (proxy.clone(), spec.clone(), caller.clone(), cut.clone());
+            async move { Ok::<_, std::convert::Infallible>(handle_request(&proxy, &spec, &caller, &cut, request).await) }
         })
     };
     let connection = proxy.http_server.serve_connection_with_upgrades(TokioIo::new(guarded), service);
-    forward::drive(&proxy, connection, &activity, still_allowed).await;
-}
-
-/// Completes when a configuration change takes the caller's permission away.
-async fn lost_permission(proxy: &Proxy, still_allowed: &impl Fn() -> bool) {
-    let mut changes = proxy.state().changes();
-    while changes.changed().await.is_ok() {
-        if !still_allowed() {
-            return;
-        }
+    let _cut_upgrades = cut.drop_guard();
+    if let Some(reason) = forward::drive(&proxy, connection, &activity, caller.cut(proxy.state())).await {
+        tracing::info!(
+            caller = caller.label(),
+            reason = reason.as_str(),
+            "closed the caller's connection and its requests"
+        );
+        reason.count(proxy.state(), INBOUND);
     }
-    std::future::pending::<()>().await
-}
-
-/// Decides a caller with the configuration in force, counting the decision.
-fn authorize(proxy: &Proxy, caller: &Caller, config: &Config) -> Decision {
-    let decision = caller.decide(config);
-    if !matches!(caller, Caller::Unchecked) {
-        let policy = decision.policy.as_ref().map_or_else(|| "default-deny".to_string(), ToString::to_string);
-        let labels = DecisionLabels { action: decision.action.as_str().to_string(), policy };
-        proxy.state().metrics.authorization.get_or_create(&labels).inc();
-    }
-    if decision.action == Action::AllowWithShadowDeny {
-        tracing::info!(caller = caller.label(), decision = %decision, "shadow deny: let through, would have been denied");
-    }
-    decision
 }
 
 async fn handle_request(
     proxy: &Proxy,
     spec: &InboundSpec,
     caller: &Caller,
+    cut: &CancellationToken,
     mut request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
     let Some(config) = proxy.state().config() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "proxy has no configuration\n");
     };
-    let decision = authorize(proxy, caller, &config);
+    let decision = authorize(proxy.state(), caller, &config);
     let response = if decision.allows() {
         let upgrading = is_upgrade(&request);
         let headers = request.headers_mut();
         strip_hop_by_hop(headers, upgrading);
         headers.remove(PEER_IDENTITY);
-        if let Caller::Mesh(id) = caller
-            && let Ok(value) = HeaderValue::from_str(id)
+        if let Caller::Mesh(peer) = caller
+            && let Ok(value) = HeaderValue::from_str(peer.id.as_str())
         {
             headers.insert(PEER_IDENTITY, value);
         }
@@ -225,7 +184,7 @@ async fn handle_request(
         }
         let h2c = matches!(spec.protocol, Some(Protocol::Http2 | Protocol::Grpc));
         let result = if upgrading {
-            forward::upgrade(request, |r| proxy.app.send_upgrade(spec.app, r)).await
+            forward::upgrade(request, |r| proxy.app.send_upgrade(spec.app, r), cut.clone()).await
         } else {
             proxy.app.send(spec.app, h2c, request.map(boxed)).await.map(|r| r.map(boxed))
         };
@@ -237,8 +196,9 @@ async fn handle_request(
                 response
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the application");
-                forward::unavailable(StatusCode::BAD_GATEWAY, format!("upstream connect error: {e}"))
+                // The application's address and the OS error stay in the log, not in the answer.
+                tracing::warn!(app = %spec.app, error = %e, "cannot reach the application");
+                forward::unavailable(StatusCode::BAD_GATEWAY, "upstream connect error")
             }
         }
     } else {

@@ -23,6 +23,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use ward_pki::SpiffeId;
 
 use crate::{
+    authorization::Peer,
     http::Body,
     state::State,
     tls::{self, ALPN_H2, ALPN_HTTP1},
@@ -112,16 +113,29 @@ impl MeshClient {
             match slot.as_ref().filter(|s| !s.is_closed()) {
                 Some(sender) => sender.clone(),
                 None => {
-                    let io = TokioIo::new(self.connect(service, endpoint, ALPN_H2).await?);
+                    let tls = self.connect(service, endpoint, ALPN_H2).await?;
+                    let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| MeshError::Connect {
+                        endpoint,
+                        source: io::Error::other("the peer's certificate is no longer trusted"),
+                    })?;
+                    let io = TokioIo::new(tls);
                     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
                         .keep_alive_interval(Duration::from_secs(30))
                         .handshake(io)
                         .await
                         .map_err(|source| MeshError::Http { endpoint, source })?;
+                    let state = self.state.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(%endpoint, error = %e, "HTTP/2 connection to a peer ended");
+                        // A peer that stops being trusted loses the connection and its streams at once.
+                        tokio::select! {
+                            result = connection => if let Err(e) = result {
+                                tracing::debug!(%endpoint, error = %e, "HTTP/2 connection to a peer ended");
+                            },
+                            cut = peer.distrust(&state) => {
+                                tracing::info!(%endpoint, peer = %peer.id, reason = cut.as_str(), "closing the connection to a peer no longer trusted");
+                                cut.count(&state, crate::metrics::OUTBOUND);
+                            }
                         }
                     });
                     *slot = Some(sender.clone());

@@ -209,27 +209,33 @@ pub struct WrongIdentity {
     got: String,
 }
 
-/// Checks a peer's certificate against the current trust bundle; its SPIFFE ID when good.
+/// A peer presented a certificate whose dataplane token was revoked.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate {serial} was revoked")]
+pub struct Revoked {
+    serial: String,
+}
+
+/// Checks a peer's certificate against the current trust bundle and revocations; its SPIFFE
+/// ID when good.
 fn verify_peer(state: &State, end_entity: &CertificateDer<'_>, now: UnixTime) -> Result<SpiffeId, Error> {
     let config = state.config().ok_or_else(|| Error::General("no configuration from the control plane yet".into()))?;
     let now = DateTime::from_timestamp(now.as_secs() as i64, 0).unwrap_or_default();
-    config.bundle.verify_svid(end_entity, now).map_err(|e| match e {
+    let verified = config.bundle.verify_peer(end_entity, now).map_err(|e| match e {
         VerifyError::UnknownIssuer { .. } => Error::InvalidCertificate(CertificateError::UnknownIssuer),
         VerifyError::Expired { .. } => Error::InvalidCertificate(CertificateError::Expired),
         VerifyError::NotYetValid { .. } => Error::InvalidCertificate(CertificateError::NotValidYet),
         VerifyError::Malformed { .. } => Error::InvalidCertificate(CertificateError::BadEncoding),
         other_error => other(other_error),
-    })
+    })?;
+    if config.revoked_serials.contains(&verified.serial) {
+        return Err(other(Revoked { serial: verified.serial }));
+    }
+    Ok(verified.spiffe_id)
 }
 
 fn other(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-}
-
-/// The peer's SPIFFE ID of an established connection (its certificate was verified in the handshake).
-pub fn peer_id(state: &State, connection: &rustls::CommonState) -> Option<SpiffeId> {
-    let leaf = connection.peer_certificates()?.first()?;
-    state.config()?.bundle.spiffe_id(leaf).ok()
 }
 
 /// A handshake failure in words, with the peer's identity problem spelled out.
@@ -255,6 +261,7 @@ pub fn failure_reason(error: &std::io::Error) -> &'static str {
         Error::InvalidCertificate(CertificateError::Expired) => "expired_certificate",
         Error::InvalidCertificate(CertificateError::NotValidYet) => "certificate_not_yet_valid",
         Error::InvalidCertificate(CertificateError::Other(e)) if e.0.is::<WrongIdentity>() => "wrong_identity",
+        Error::InvalidCertificate(CertificateError::Other(e)) if e.0.is::<Revoked>() => "revoked",
         Error::InvalidCertificate(_) => "invalid_certificate",
         Error::NoCertificatesPresented => "no_client_certificate",
         Error::InvalidMessage(_) => "not_tls",

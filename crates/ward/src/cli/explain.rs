@@ -12,6 +12,9 @@ pub struct ExplainArgs {
     /// The caller: a service name (e.g. `web`) or a SPIFFE ID.
     #[arg(long)]
     caller: String,
+    /// A Dataplane of the caller, whose tags decide permissions that look at more than the service.
+    #[arg(long)]
+    caller_dataplane: Option<String>,
     /// Mesh of the dataplane.
     #[arg(short, long, default_value = "default")]
     mesh: String,
@@ -19,18 +22,34 @@ pub struct ExplainArgs {
 
 /// Runs `ward explain` and prints e.g. `Allow by MeshTrafficPermission/allow-web`.
 pub async fn run(client: &Client, args: ExplainArgs) -> anyhow::Result<()> {
-    let answer = client.get_json(&authorization_path(&args.mesh, &args.dataplane, &args.caller)).await?;
+    let mut path = authorization_path(&args.mesh, &args.dataplane, &args.caller);
+    if let Some(name) = &args.caller_dataplane {
+        path += &format!("&callerDataplane={}", query_value(name));
+    }
+    let answer = client.get_json(&path).await?;
     println!("{}", answer["explanation"].as_str().unwrap_or("?"));
+    if let Some(selectors) = answer["dependsOnCallerTags"].as_array().filter(|s| !s.is_empty()) {
+        let list: Vec<String> = selectors.iter().map(|s| s.to_string()).collect();
+        println!(
+            "  (decided without the caller's tags, as a proxy does before it knows them: it depends on {}; \
+             name a dataplane with --caller-dataplane for its exact answer)",
+            list.join(", ")
+        );
+    }
     Ok(())
 }
 
 /// API path of the question "may `caller` reach `dataplane`?".
 pub fn authorization_path(mesh: &str, dataplane: &str, caller: &str) -> String {
-    let caller: String = caller
+    format!("/meshes/{mesh}/dataplanes/{dataplane}/_authorization?caller={}", query_value(caller))
+}
+
+/// Percent-encodes a query value.
+fn query_value(value: &str) -> String {
+    value
         .bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
         })
-        .collect();
-    format!("/meshes/{mesh}/dataplanes/{dataplane}/_authorization?caller={caller}")
+        .collect()
 }

@@ -30,6 +30,9 @@ pub async fn run(client: &Client, command: InspectCommand) -> anyhow::Result<()>
             text(&session["proxyVersion"]),
             text(&session["tokenId"])
         )
+    } else if overview["refused"].is_object() {
+        let refused = &overview["refused"];
+        format!("offline: the control plane refused it at {}: {}", text(&refused["at"]), text(&refused["reason"]))
     } else {
         "offline".into()
     };
