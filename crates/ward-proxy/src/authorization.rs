@@ -45,19 +45,27 @@ impl Peer {
     /// The peer of an established TLS connection, verified against the configuration in force.
     pub fn of(state: &State, connection: &rustls::CommonState) -> Option<Peer> {
         let leaf = connection.peer_certificates()?.first()?.clone().into_owned();
-        let verified = state.config()?.bundle.verify_peer(&leaf, Utc::now()).ok()?;
-        Some(Peer { id: verified.spiffe_id, serial: verified.serial, not_after: verified.not_after, leaf })
+        Peer::verify(&*state.config()?, leaf, Utc::now())
+    }
+
+    /// The peer proven by `leaf`, when `config` trusts it at `now`.
+    pub fn verify(config: &Config, leaf: CertificateDer<'static>, now: DateTime<Utc>) -> Option<Peer> {
+        let verified = config.bundle.verify_peer(&leaf, now).ok()?;
+        let peer = Peer { id: verified.spiffe_id, serial: verified.serial, not_after: verified.not_after, leaf };
+        peer.distrusted(config, now).is_none().then_some(peer)
     }
 
     /// Why `config` no longer trusts this peer at `now`, if it does not.
     pub fn distrusted(&self, config: &Config, now: DateTime<Utc>) -> Option<Cut> {
+        if now >= self.not_after {
+            return Some(Cut::Expired);
+        }
         if config.revoked_serials.contains(&self.serial) {
             return Some(Cut::Revoked);
         }
         match config.bundle.verify_svid(&self.leaf, now) {
             Ok(id) if id == self.id => None,
             Err(VerifyError::Expired { .. }) => Some(Cut::Expired),
-            _ if now >= self.not_after => Some(Cut::Expired),
             _ => Some(Cut::Untrusted),
         }
     }

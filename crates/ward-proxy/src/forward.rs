@@ -7,7 +7,6 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     Proxy,
@@ -71,11 +70,11 @@ where
 }
 
 /// Sends an upgrade request with `send` and, when the other side switches protocols, joins the
-/// two upgraded connections until either closes or `stop` is cancelled.
+/// two upgraded connections until either closes or `stop` completes.
 pub async fn upgrade<F, Fut, E>(
     mut request: Request<Incoming>,
     send: F,
-    stop: CancellationToken,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Response<Body>, E>
 where
     F: FnOnce(Request<Body>) -> Fut,
@@ -96,7 +95,7 @@ where
             };
             tokio::select! {
                 _ = joined => {}
-                _ = stop.cancelled() => tracing::debug!("upgraded connection closed with its caller's"),
+                _ = stop => tracing::debug!("upgraded connection closed"),
             }
         });
     }

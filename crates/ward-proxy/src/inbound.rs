@@ -134,17 +134,14 @@ where
     }
     let guarded =
         Guarded::new(io, proxy.limits.max_header_bytes, proxy.limits.max_headers, proxy.limits.header_read_timeout);
-    // Upgraded connections (WebSocket) outlive the HTTP connection's future: they stop with it.
-    let cut = CancellationToken::new();
     let service = {
-        let (proxy, spec, caller, cut) = (proxy.clone(), spec.clone(), caller.clone(), cut.clone());
+        let (proxy, spec, caller) = (proxy.clone(), spec.clone(), caller.clone());
         service_fn(move |request| {
-            let (proxy, spec, caller, cut) = (proxy.clone(), spec.clone(), caller.clone(), cut.clone());
-            async move { Ok::<_, std::convert::Infallible>(handle_request(&proxy, &spec, &caller, &cut, request).await) }
+            let (proxy, spec, caller) = (proxy.clone(), spec.clone(), caller.clone());
+            async move { Ok::<_, std::convert::Infallible>(handle_request(&proxy, &spec, &caller, request).await) }
         })
     };
     let connection = proxy.http_server.serve_connection_with_upgrades(TokioIo::new(guarded), service);
-    let _cut_upgrades = cut.drop_guard();
     if let Some(reason) = forward::drive(&proxy, connection, &activity, caller.cut(proxy.state())).await {
         tracing::info!(
             caller = caller.label(),
@@ -159,7 +156,6 @@ async fn handle_request(
     proxy: &Proxy,
     spec: &InboundSpec,
     caller: &Caller,
-    cut: &CancellationToken,
     mut request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -184,7 +180,18 @@ async fn handle_request(
         }
         let h2c = matches!(spec.protocol, Some(Protocol::Http2 | Protocol::Grpc));
         let result = if upgrading {
-            forward::upgrade(request, |r| proxy.app.send_upgrade(spec.app, r), cut.clone()).await
+            // The upgraded connection outlives this HTTP connection: it watches the caller itself.
+            let (state, caller) = (proxy.state().clone(), caller.clone());
+            let cut = async move {
+                let reason = caller.cut(&state).await;
+                tracing::info!(
+                    caller = caller.label(),
+                    reason = reason.as_str(),
+                    "closing the caller's upgraded connection"
+                );
+                reason.count(&state, INBOUND);
+            };
+            forward::upgrade(request, |r| proxy.app.send_upgrade(spec.app, r), cut).await
         } else {
             proxy.app.send(spec.app, h2c, request.map(boxed)).await.map(|r| r.map(boxed))
         };
@@ -208,3 +215,6 @@ async fn handle_request(
     forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
     response
 }
+
+#[cfg(test)]
+mod tests;

@@ -106,7 +106,7 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
     request.headers_mut().remove(PEER_IDENTITY);
     let member = &proxy.member;
     let result = if upgrading {
-        forward::upgrade(request, |r| member.send_upgrade(service, r), CancellationToken::new()).await
+        forward::upgrade(request, |r| member.send_upgrade(service, r), std::future::pending()).await
     } else {
         member.send(service, request).await.map(|r| r.map(boxed))
     };

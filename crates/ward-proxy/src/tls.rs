@@ -52,6 +52,10 @@ pub fn server_config(state: Arc<State>, allow_tls12: bool) -> Arc<ServerConfig> 
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(CurrentSvid(state)));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    // A resumed session skips certificate verification: a revoked, expired or no longer trusted
+    // caller would get back in with its old session. Every handshake is a full one.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Arc::new(config)
 }
 
@@ -70,6 +74,8 @@ pub fn client_config(state: Arc<State>, expected: SpiffeId, allow_tls12: bool, a
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(CurrentSvid(state)));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // As on the server side: no resumption, so every connection verifies the peer afresh.
+    config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
 }
 
