@@ -202,3 +202,34 @@ impl Runtime {
         Ok(gateway)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Everything wrong with `text` (after the format line), as `path: message` lines.
+    fn refusals(text: &str) -> String {
+        match compile(&format!("_format_version: \"3.0\"\n{text}"), &Shared::default()) {
+            Ok(_) => String::new(),
+            Err(errors) => errors.to_string(),
+        }
+    }
+
+    #[test]
+    fn hostile_configurations_are_refused_with_their_path() {
+        let table: &[(&str, &str)] = &[
+            (
+                "consumers:\n- username: a\n  hmacauth_credentials: [{username: a, secret: s}]\n  acls: [{group: g}]\n",
+                "consumers[0].hmacauth_credentials: unknown field",
+            ),
+            (
+                "consumers:\n- usrname: b\n  acls: [{group: g}]\n  keyauth_credentials: [{key: k}]\n  basicauth_credentials: [{username: b, password: p}]\n  jwt_secrets: [{key: j}]\n",
+                "consumers[0].usrname: unknown field",
+            ),
+        ];
+        for (text, want) in table {
+            let got = refusals(text);
+            assert!(got.contains(want), "{text}\nwanted {want}\ngot {got}");
+        }
+    }
+}

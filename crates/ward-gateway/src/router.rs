@@ -404,7 +404,7 @@ mod tests {
             R { headers: &[("x-version", &["v2", "~*^beta"])], paths: &["/api"], ..NONE }, // 8
         ]);
         type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], Option<(usize, usize)>);
-        let table: &[Row] = &[
+        let table: &[Row<'_>] = &[
             ("GET", "a.test", "/", &[], Some((0, 1))),
             ("GET", "a.test", "/other", &[], Some((0, 1))),
             ("GET", "a.test", "/api/x", &[], Some((1, 4))),
