@@ -127,16 +127,16 @@ fn hash_on(
 /// A target written as `host:port` (port 8000 when absent, as Kong), IPv6 in brackets.
 fn parse_target(text: &str) -> Option<(String, u16)> {
     let (host, port) = match text.strip_prefix('[') {
-        Some(rest) => {
-            let (h, after) = rest.split_once(']')?;
-            (h.to_string(), after.strip_prefix(':').map(str::parse).transpose().ok()?)
-        }
+        Some(rest) => match rest.split_once(']')? {
+            (h, "") => (h.to_string(), None),
+            (h, after) => (h.to_string(), Some(after.strip_prefix(':')?.parse().ok()?)),
+        },
         None => match text.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p.parse().ok()?)),
             _ => (text.to_string(), None),
         },
     };
-    (!host.is_empty()).then_some((host, port.unwrap_or(8000)))
+    (!host.is_empty() && port != Some(0)).then_some((host, port.unwrap_or(8000)))
 }
 
 impl Balancer {
@@ -342,6 +342,10 @@ mod tests {
             ("[::1]:81", Some(("::1", 81))),
             ("[::1]", Some(("::1", 8000))),
             ("host:notaport", None),
+            ("[::1]x", None),
+            ("[::1]:", None),
+            ("h:0", None),
+            ("h:65536", None),
             ("", None),
         ];
         for (text, want) in table {

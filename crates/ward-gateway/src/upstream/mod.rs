@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -289,6 +290,26 @@ pub(crate) fn connector(tls: Option<tokio_rustls::TlsConnector>, timeout: Durati
     Connector { tls, timeout }
 }
 
+/// The port an authority (`host:port`, `[v6]:port`) spells out: none when it has none, an
+/// error when it is not 1 to 65535 (which the URI parser lets through as "no port").
+fn written_port(authority: &str) -> Result<Option<u16>, ()> {
+    let after_host = authority.rsplit_once(']').map_or(authority, |(_, rest)| rest);
+    match after_host.rsplit_once(':') {
+        None => Ok(None),
+        Some((_, port)) => port.parse::<u16>().ok().filter(|p| *p > 0).map(Some).ok_or(()),
+    }
+}
+
+/// Whether `host` names a host and nothing else (no port, user, path): a name or an IPv4
+/// address, or an IPv6 address with or without brackets.
+fn is_host(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if bare.parse::<std::net::Ipv6Addr>().is_ok() {
+        return true;
+    }
+    host.parse::<Authority>().is_ok_and(|a| a.host() == host && a.port().is_none())
+}
+
 /// Largest timeout Kong accepts (ms).
 const MAX_TIMEOUT_MS: u64 = 2_147_483_646;
 
@@ -311,12 +332,27 @@ impl Service {
                     errors.add(at("url"), "cannot be combined with protocol, host, port or path");
                 }
                 match url.parse::<Uri>() {
-                    Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => (
-                        uri.scheme_str().unwrap_or_default().to_string(),
-                        Some(uri.host().unwrap_or_default().to_string()),
-                        uri.port_u16().map(u32::from),
-                        uri.path_and_query().map(|p| p.path().to_string()).filter(|p| p != "/" || url.ends_with('/')),
-                    ),
+                    Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => {
+                        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+                        if authority.contains('@') {
+                            errors.add(at("url"), "must not carry a user name or password");
+                        }
+                        let port = match written_port(authority) {
+                            Ok(port) => port.map(u32::from),
+                            Err(()) => {
+                                errors.add(at("url"), "the port must be between 1 and 65535");
+                                None
+                            }
+                        };
+                        (
+                            uri.scheme_str().unwrap_or_default().to_string(),
+                            Some(uri.host().unwrap_or_default().to_string()),
+                            port,
+                            uri.path_and_query()
+                                .map(|p| p.path().to_string())
+                                .filter(|p| p != "/" || url.ends_with('/')),
+                        )
+                    }
                     _ => {
                         errors.add(at("url"), format!("'{url}' is not an absolute URL"));
                         return None;
@@ -337,6 +373,9 @@ impl Service {
             errors.add(at("host"), "is required");
             return None;
         };
+        if !is_host(&host) {
+            errors.add(at("host"), format!("'{host}' is not a host name or IP address"));
+        }
         let mesh_service = host.strip_suffix(".mesh").map(str::to_string);
         match (&mesh_service, mesh) {
             (Some(_), None) => errors.add(
@@ -363,9 +402,9 @@ impl Service {
             }
         };
         if let Some(p) = &path
-            && !p.starts_with('/')
+            && !(p.starts_with('/') && p.parse::<PathAndQuery>().is_ok_and(|pq| pq.query().is_none()))
         {
-            errors.add(at("path"), "must start with /");
+            errors.add(at("path"), "must be a path starting with / (URI characters only, no query)");
         }
         let mut timeout = |field: &str, ms: u64| {
             if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
