@@ -261,6 +261,7 @@ impl Balancer {
                     _ => self.next.fetch_add(1, Ordering::Relaxed),
                 };
                 let slots = self.ring.len();
+                let start = start % slots;
                 let walk = |want_fresh: bool| {
                     (0..slots)
                         .map(|k| self.ring[(start + k) % slots])
@@ -332,6 +333,32 @@ mod tests {
         assert_eq!(r.iter().filter(|&&i| i == 0).count(), 75);
         assert_eq!(r.iter().filter(|&&i| i == 2).count(), 0);
         assert!(ring(&[0, 0], 10).is_empty());
+    }
+
+    #[test]
+    fn any_request_hash_picks_a_target() {
+        let upstream = serde_json::json!({"name": "pool", "algorithm": "consistent-hashing", "hash_on": "ip"});
+        fn entity<T>(path: &str, item: T) -> Entity<T> {
+            Entity { path: path.into(), id: path.into(), item, links: Default::default() }
+        }
+        let upstream = entity("upstreams[0]", serde_json::from_value(upstream).unwrap());
+        let targets: Vec<Entity<schema::Target>> = ["10.0.0.1:80", "10.0.0.2:80"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                entity(&format!("targets[{i}]"), serde_json::from_value(serde_json::json!({"target": t})).unwrap())
+            })
+            .collect();
+        let mut errors = ConfigErrors::default();
+        let balancer = Balancer::compile(&upstream, &targets.iter().collect::<Vec<_>>(), &mut errors);
+        assert!(errors.is_empty(), "{errors}");
+        // A hash is whatever the client's key hashes to, the largest ones too; with every
+        // target tried already, the walk goes round the whole ring before it picks one.
+        for hash in [0, 1, u64::MAX - 1, u64::MAX] {
+            for tried in [&[][..], &[0, 1]] {
+                assert!(balancer.pick(Some(hash), tried).is_some(), "{hash} {tried:?}");
+            }
+        }
     }
 
     #[test]
