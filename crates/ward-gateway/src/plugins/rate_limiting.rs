@@ -619,18 +619,28 @@ impl RedisCounters {
             invocation.arg((end - now).max(1));
         }
         let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
-        let [refusing, counts @ ..] = reply.as_slice() else { return Err(RedisFailure::Reply(reply)) };
-        if counts.len() != limits.len() {
-            return Err(RedisFailure::Reply(reply.clone()));
-        }
-        let usage = limits
-            .iter()
-            .zip(counts)
-            .map(|(&(period, limit), &count)| Usage { period, limit, count: count.max(0) as u64 })
-            .collect();
-        let refused_by = usize::try_from(*refusing).ok().and_then(|i| i.checked_sub(1)).map(|i| limits[i].0);
-        Ok(Outcome { usage, refused_by })
+        outcome(reply, limits)
     }
+}
+
+/// The outcome the script's reply says: {refusing period (1-based, 0 if admitted), count
+/// per period}; anything else is a failure (a Redis that is not ours answers anything).
+fn outcome(reply: Vec<i64>, limits: &[(Period, u64)]) -> Result<Outcome, RedisFailure> {
+    let [refusing, counts @ ..] = reply.as_slice() else { return Err(RedisFailure::Reply(reply)) };
+    let refused_by = match usize::try_from(*refusing) {
+        Ok(0) => None,
+        Ok(i) => limits.get(i - 1).map(|(period, _)| *period),
+        Err(_) => None,
+    };
+    if counts.len() != limits.len() || (*refusing != 0 && refused_by.is_none()) {
+        return Err(RedisFailure::Reply(reply));
+    }
+    let usage = limits
+        .iter()
+        .zip(counts)
+        .map(|(&(period, limit), &count)| Usage { period, limit, count: count.max(0) as u64 })
+        .collect();
+    Ok(Outcome { usage, refused_by })
 }
 
 /// Redis connections by target, shared by every configuration so a reload reuses them.
@@ -726,6 +736,30 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 1000);
+    }
+
+    #[test]
+    fn redis_replies_are_read_without_trusting_them() {
+        let limits = [(Period::Minute, 6), (Period::Hour, 100)];
+        let usage = |minute, hour| {
+            vec![
+                Usage { period: Period::Minute, limit: 6, count: minute },
+                Usage { period: Period::Hour, limit: 100, count: hour },
+            ]
+        };
+        let table: &[(&[i64], Option<Outcome>)] = &[
+            (&[0, 3, 40], Some(Outcome { usage: usage(3, 40), refused_by: None })),
+            (&[1, 6, 40], Some(Outcome { usage: usage(6, 40), refused_by: Some(Period::Minute) })),
+            (&[2, 5, 100], Some(Outcome { usage: usage(5, 100), refused_by: Some(Period::Hour) })),
+            (&[3, 5, 100], None),
+            (&[i64::MAX, 5, 100], None),
+            (&[-1, 5, 100], None),
+            (&[0, 5], None),
+            (&[], None),
+        ];
+        for (reply, want) in table {
+            assert_eq!(outcome(reply.to_vec(), &limits).ok(), *want, "{reply:?}");
+        }
     }
 
     #[test]
