@@ -309,7 +309,10 @@ async fn forward(
     loop {
         let picked = match service.pick(hash, &tried) {
             Ok(p) => p,
-            Err(e) => return e.reply().into_response(),
+            Err(e) => {
+                tracing::warn!(service = service.name.as_deref().unwrap_or(&service.id), "{}: {e}", service.upstream);
+                return e.reply().into_response();
+            }
         };
         // Only an attempt that may be followed by another needs its own copy.
         let last_attempt = attempt >= service.retries || replayable.is_none();

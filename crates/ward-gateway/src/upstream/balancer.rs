@@ -44,6 +44,8 @@ pub(crate) enum HashOn {
 /// A compiled `upstreams` entity.
 #[derive(Debug)]
 pub(crate) struct Balancer {
+    /// The upstream's name.
+    pub name: String,
     pub host_header: Option<String>,
     targets: Vec<Target>,
     /// Slots of the ring, each a target index, spread by weight.
@@ -209,6 +211,7 @@ impl Balancer {
             errors.add(at("healthchecks.threshold"), "must be between 0 and 100");
         }
         Balancer {
+            name: u.name.clone(),
             host_header: u.host_header.clone(),
             ring: ring(&weights, u.slots.clamp(10, 65536) as usize),
             targets: list,

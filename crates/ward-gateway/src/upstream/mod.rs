@@ -51,6 +51,17 @@ pub(crate) enum Upstream {
     Mesh { service: String, host: String, member: Arc<ward_proxy::member::Member> },
 }
 
+impl std::fmt::Display for Upstream {
+    /// What the logs call it (never what a client is told).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Host { host, port } => write!(f, "upstream {host}:{port}"),
+            Upstream::Balanced(b) => write!(f, "upstream '{}'", b.name),
+            Upstream::Mesh { service, .. } => write!(f, "mesh service '{service}'"),
+        }
+    }
+}
+
 /// A compiled service.
 pub(crate) struct Service {
     pub id: String,
