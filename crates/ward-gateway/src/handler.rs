@@ -16,8 +16,8 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use ipnet::IpNet;
 use tokio::time::{Instant, Sleep};
 
+use crate::compiled::{Gateway, Route};
 use crate::exchange::{Exchange, RequestBody, consumer_headers};
-use crate::gateway::{Gateway, Route};
 use crate::listener::ConnInfo;
 use crate::reply::{Body, BoxError, Reply};
 use crate::router::{Found, RequestView};
