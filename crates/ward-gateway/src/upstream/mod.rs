@@ -7,7 +7,9 @@
 //! identity and subject to the permissions of that service's proxies.
 
 pub(crate) mod balancer;
+pub(crate) mod call;
 pub(crate) mod health;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::future::Future;
