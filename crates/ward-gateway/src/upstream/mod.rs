@@ -306,7 +306,8 @@ pub(crate) fn connector(tls: Option<tokio_rustls::TlsConnector>, timeout: Durati
 /// The port an authority (`host:port`, `[v6]:port`) spells out: none when it has none, an
 /// error when it is not 1 to 65535 (which the URI parser lets through as "no port").
 fn written_port(authority: &str) -> Result<Option<u16>, ()> {
-    let after_host = authority.rsplit_once(']').map_or(authority, |(_, rest)| rest);
+    let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, rest)| rest);
+    let after_host = host_and_port.rsplit_once(']').map_or(host_and_port, |(_, rest)| rest);
     match after_host.rsplit_once(':') {
         None => Ok(None),
         Some((_, port)) => port.parse::<u16>().ok().filter(|p| *p > 0).map(Some).ok_or(()),
@@ -537,4 +538,41 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
         source = s.source();
     }
     if e.is_connect() { UpstreamError::Connect(e.to_string()) } else { UpstreamError::BadResponse(e.to_string()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_hosts_as_written() {
+        let ports: &[(&str, Result<Option<u16>, ()>)] = &[
+            ("h", Ok(None)),
+            ("h:9000", Ok(Some(9000))),
+            ("[::1]", Ok(None)),
+            ("[::1]:81", Ok(Some(81))),
+            ("u:p@h", Ok(None)),
+            ("u:p@h:82", Ok(Some(82))),
+            ("h:99999", Err(())),
+            ("h:0", Err(())),
+            ("h:", Err(())),
+        ];
+        for (authority, want) in ports {
+            assert_eq!(written_port(authority), *want, "{authority}");
+        }
+        let hosts = [
+            ("items.internal", true),
+            ("127.0.0.1", true),
+            ("::1", true),
+            ("[::1]", true),
+            ("pool_1", true),
+            ("a@evil.test", false),
+            ("a b", false),
+            ("h:80", false),
+            ("h/x", false),
+        ];
+        for (host, want) in hosts {
+            assert_eq!(is_host(host), want, "{host}");
+        }
+    }
 }
