@@ -281,13 +281,13 @@ impl State {
 
 /// Probes a target once.
 pub(crate) async fn probe(probe: &Probe, host: &str, port: u16) -> Observation {
-    let tls = (probe.kind == ProbeKind::Https).then(|| super::client_tls(None));
-    let connector = super::connector(tls, probe.timeout);
+    let tls = (probe.kind == ProbeKind::Https).then(|| super::connect::client_tls(None));
+    let connector = super::connect::connector(tls, probe.timeout);
     let attempt = async {
         let name = probe.sni.clone().unwrap_or_else(|| host.to_string());
         let conn = match connector.open_as(host.to_string(), port, name).await {
             Ok(c) => c,
-            Err(super::ConnectError::Timeout) => return Observation::Timeout,
+            Err(super::connect::ConnectError::Timeout) => return Observation::Timeout,
             Err(_) => return Observation::TcpFailure,
         };
         if probe.kind == ProbeKind::Tcp {
