@@ -15,8 +15,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::Runtime;
 use crate::reply::{Body, Reply};
+use crate::runtime::Runtime;
 
 /// Largest configuration `POST /config` accepts.
 const CONFIG_LIMIT: usize = 64 << 20;

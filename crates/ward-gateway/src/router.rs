@@ -232,7 +232,8 @@ impl Router {
         for (i, p) in f.paths.iter().enumerate() {
             let field = format!("{at}.paths[{i}]");
             if let Some(re) = p.strip_prefix('~') {
-                match Regex::new(&format!("^(?:{re})")) {
+                // Checked alone first: `a)|(b` would otherwise escape the anchoring group.
+                match Regex::new(re).and_then(|_| Regex::new(&format!("^(?:{re})"))) {
                     Ok(r) => paths.push(Some(PathPattern::Regex(r))),
                     Err(e) => {
                         errors.add(field, format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("")))
@@ -404,7 +405,7 @@ mod tests {
             R { headers: &[("x-version", &["v2", "~*^beta"])], paths: &["/api"], ..NONE }, // 8
         ]);
         type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], Option<(usize, usize)>);
-        let table: &[Row] = &[
+        let table: &[Row<'_>] = &[
             ("GET", "a.test", "/", &[], Some((0, 1))),
             ("GET", "a.test", "/other", &[], Some((0, 1))),
             ("GET", "a.test", "/api/x", &[], Some((1, 4))),
@@ -442,7 +443,7 @@ mod tests {
             protocols: &["grpc".into()],
             methods: &["get".into()],
             hosts: &["a.*.com".into()],
-            paths: &["~/a(".into(), "/a/../b".into(), "a".into()],
+            paths: &["~/a(".into(), "/a/../b".into(), "a".into(), "~/a)|(.*admin".into()],
             headers: &BTreeMap::from([("host".to_string(), vec!["x".to_string()])]),
             snis: &["x.test".into()],
             regex_priority: 0,
@@ -457,6 +458,7 @@ mod tests {
             "routes[0].paths[0]: invalid regex",
             "routes[0].paths[1]: must be a normalised path",
             "routes[0].paths[2]: must start with /",
+            "routes[0].paths[3]: invalid regex",
             "routes[0].headers.host: cannot route on the Host header",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
