@@ -14,7 +14,7 @@ use chrono::{TimeDelta, Utc};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::CertificateDer;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use ward_pki::{BuiltinCaOptions, Ca, SpiffeId, generate_builtin, generate_key_and_csr};
