@@ -89,7 +89,7 @@ enum PathPattern {
 enum ValuePattern {
     /// Compared case-insensitively.
     Exact(String),
-    /// `~*regex`, matched against the lower-cased value.
+    /// `~*regex`, matched case-insensitively.
     Regex(Regex),
 }
 
@@ -97,7 +97,7 @@ impl ValuePattern {
     fn matches(&self, value: &str) -> bool {
         match self {
             ValuePattern::Exact(v) => v.eq_ignore_ascii_case(value),
-            ValuePattern::Regex(r) => r.is_match(&value.to_ascii_lowercase()),
+            ValuePattern::Regex(r) => r.is_match(value),
         }
     }
 }
@@ -212,7 +212,9 @@ impl Router {
             let mut patterns = Vec::new();
             for (i, v) in values.iter().enumerate() {
                 match v.strip_prefix("~*") {
-                    Some(re) => match Regex::new(&re.to_ascii_lowercase()) {
+                    // Case-insensitive by the regex's own flag: lower-casing the pattern would
+                    // turn classes such as `\D` into `\d`.
+                    Some(re) => match regex::RegexBuilder::new(re).case_insensitive(true).build() {
                         Ok(r) => patterns.push(ValuePattern::Regex(r)),
                         Err(e) => errors.add(format!("{field}[{i}]"), format!("invalid regex: {e}")),
                     },
@@ -403,6 +405,7 @@ mod tests {
             R { hosts: &["www.example.com"], paths: &["/api"], ..NONE },                   // 6
             R { methods: &["POST"], paths: &["/api"], ..NONE },                            // 7
             R { headers: &[("x-version", &["v2", "~*^beta"])], paths: &["/api"], ..NONE }, // 8
+            R { headers: &[("x-tier", &["~*^\\D+$"])], paths: &["/api"], ..NONE },        // 9
         ]);
         type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], Option<(usize, usize)>);
         let table: &[Row<'_>] = &[
@@ -420,6 +423,9 @@ mod tests {
             ("GET", "a.test", "/api", &[("X-Version", "V2")], Some((8, 4))),
             ("GET", "a.test", "/api", &[("x-version", "Beta-3")], Some((8, 4))),
             ("GET", "a.test", "/api", &[("x-version", "v3")], Some((1, 4))),
+            // `\D` stays "not a digit": the pattern is not lower-cased into `\d`.
+            ("GET", "a.test", "/api", &[("x-tier", "Gold")], Some((9, 4))),
+            ("GET", "a.test", "/api", &[("x-tier", "42")], Some((1, 4))),
         ];
         for (method, host, path, headers, want) in table {
             assert_eq!(find(&r, method, host, path, headers), *want, "{method} {host}{path} {headers:?}");
