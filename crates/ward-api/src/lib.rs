@@ -6,6 +6,7 @@ mod string_enum;
 pub mod dataplane;
 pub mod duration;
 pub mod error;
+pub mod labels;
 pub mod mesh;
 pub mod names;
 pub mod parse;
@@ -13,6 +14,7 @@ pub mod permission;
 pub mod policy;
 pub mod resource;
 pub mod traffic_permission;
+mod yaml;
 
 pub use error::{Cause, ValidationError};
 pub use resource::{Meta, Resource, ResourceType, Spec};

@@ -19,7 +19,7 @@ use ward_api::{
     error::Causes,
     mesh::{BackendType, DataSource},
 };
-use ward_pki::{BuiltinCaOptions, Ca, CaInfo, CaMaterial, DataplaneClaims, SigningKey, TokenError, token};
+use ward_pki::{BuiltinCaOptions, Ca, CaError, CaInfo, CaMaterial, DataplaneClaims, SigningKey, TokenError, token};
 
 use crate::{
     secrets::Kek,
@@ -119,7 +119,10 @@ impl Identity {
                                 replace: false,
                             });
                         }
-                        Err(e) => causes.add(format!("{at}.caCert"), e.to_string()),
+                        Err(e) => {
+                            let (field, reason) = builtin_cause(&e);
+                            causes.add(format!("{at}.caCert{field}"), reason);
+                        }
                     }
                 }
                 BackendType::Provided => {
@@ -305,6 +308,18 @@ impl Identity {
         let bytes = self.kek.open(name, sealed).map_err(|e| corrupt(name, e))?;
         String::from_utf8(bytes).map_err(|e| corrupt(name, e))
     }
+}
+
+/// The field under `conf.caCert` a builtin CA's generation error belongs to, and its reason.
+fn builtin_cause(e: &CaError) -> (&'static str, String) {
+    let text = e.to_string();
+    let field = match e {
+        CaError::LifetimeTooShort { .. } | CaError::LifetimeTooLong { .. } => ".expiration",
+        CaError::RsaBits { .. } => ".RSAbits",
+        _ => return ("", text),
+    };
+    // The message starts with the option at fault ("lifetime: ..."), which the field now names.
+    (field, text.split_once(": ").map_or(text.clone(), |(_, reason)| reason.to_string()))
 }
 
 /// The name a backend's CA key is sealed under (and referenced by, in a stored Mesh).

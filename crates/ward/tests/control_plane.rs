@@ -360,3 +360,67 @@ fn a_bad_virtual_ip_range_is_refused_before_anything_starts() {
     }
     assert!(!data_dir.path().join("never").exists(), "nothing was created");
 }
+
+#[tokio::test]
+async fn durations_past_x509_long_labels_and_foreign_yaml_tags_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    cp.ward_stdin(&["apply", "-f", "-"], MARKETPLACE).ok();
+    let before = snapshot(&cp).await;
+
+    let long = "x".repeat(64);
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "CA lifetime past 9999-12-31",
+            "type: Mesh\nname: m\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    \
+             conf: {caCert: {expiration: 70000000h}}\n"
+                .into(),
+            "meshes/m: mtls.backends[0].conf.caCert.expiration: ",
+        ),
+        (
+            "label value of 64 characters",
+            format!("type: Mesh\nname: m\nlabels: {{team: {long}}}\n"),
+            "meshes/m: labels.team: ",
+        ),
+        ("label name of 64 characters", format!("type: Mesh\nname: m\nlabels: {{{long}: a}}\n"), "meshes/m: labels."),
+        (
+            "label prefix of 254 characters",
+            format!("type: Mesh\nname: m\nlabels: {{{}.io/team: a}}\n", "a".repeat(251)),
+            "meshes/m: labels.",
+        ),
+        ("label with a space", "type: Mesh\nname: m\nlabels: {'a b': c}\n".into(), "meshes/m: labels.a b: "),
+        (
+            "python object tag",
+            "type: Mesh\nname: m\nlabels: !!python/object:os.system {team: a}\n".into(),
+            "document 1: labels: tag !!python/object:os.system",
+        ),
+        (
+            "application tag in a second document",
+            "type: Mesh\nname: a\n---\ntype: Mesh\nname: b\nmtls:\n  backends:\n  - !ca {name: x, type: builtin}\n"
+                .into(),
+            "document 2: mtls.backends[0]: tag !ca",
+        ),
+        ("tag on a scalar", "type: Mesh\nname: !!binary bWVzaA==\n".into(), "document 1: name: tag !!binary"),
+    ];
+    for (what, yaml, want) in &cases {
+        let err = cp.ward_stdin(&["apply", "-f", "-"], yaml).fails();
+        assert!(err.contains(want), "{what}: stderr was\n{err}\nwanted: {want}");
+    }
+    // The server checks the same without the CLI.
+    let response = http()
+        .put(format!("{}/meshes/m", cp.address))
+        .bearer_auth(&cp.admin_token)
+        .header("content-type", "application/yaml")
+        .body("type: Mesh\nname: m\nnetworking: !!python/object/apply:os.system ['true']\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["details"].as_str().unwrap().contains("document 1: networking: tag !!python/object/apply:os.system"),
+        "{body}"
+    );
+    assert_eq!(snapshot(&cp).await, before, "nothing refused was stored");
+}
+
