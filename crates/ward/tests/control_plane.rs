@@ -424,3 +424,54 @@ async fn durations_past_x509_long_labels_and_foreign_yaml_tags_are_refused() {
     assert_eq!(snapshot(&cp).await, before, "nothing refused was stored");
 }
 
+#[tokio::test]
+async fn names_that_are_not_resource_names_never_reach_a_url() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    cp.ward_stdin(&["apply", "-f", "-"], MARKETPLACE).ok();
+    cp.ward_stdin(&["apply", "-f", "-"], "type: Mesh\nname: victim\n").ok();
+    let before = snapshot(&cp).await;
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["delete", "meshtrafficpermission", "../../victim", "-m", "marketplace"], "name \"../../victim\": must"),
+        (&["delete", "mesh", "x/../victim"], "name \"x/../victim\": must"),
+        (&["delete", "dataplane", "users-1", "-m", ".."], "mesh \"..\": must"),
+        (&["get", "dataplane", "a/b", "-m", "marketplace"], "name \"a/b\": must"),
+        (&["get", "dataplanes", "-m", "victim?x=1"], "mesh \"victim?x=1\": must"),
+        (&["inspect", "dataplane", "%2e%2e", "-m", "marketplace"], "dataplane \"%2e%2e\": must"),
+        (&["explain", "users-1", "--caller", "users", "-m", "../victim"], "mesh \"../victim\": must"),
+        (&["rotate", "signing-key", "-m", "../victim"], "mesh \"../victim\": must"),
+    ];
+    for (args, want) in cases {
+        let err = cp.ward(args).fails();
+        assert!(err.contains(want), "ward {args:?}: stderr was\n{err}\nwanted: {want}");
+    }
+
+    // The server refuses such names too, whoever sends them.
+    let url = |path: &str| format!("{}{path}", cp.address);
+    let admin = cp.admin_token.as_str();
+    let http_cases: Vec<(&str, reqwest::RequestBuilder, &str)> = vec![
+        (
+            "encoded dot-dot slash in a name",
+            http()
+                .delete(url("/meshes/marketplace/meshtrafficpermissions/%2E%2E%2F%2E%2E%2Fvictim"))
+                .bearer_auth(admin),
+            "URL path: name: must",
+        ),
+        ("slash in a mesh", http().get(url("/meshes/a%2Fb/dataplanes")).bearer_auth(admin), "URL path: mesh: must"),
+        (
+            "space in a mesh name",
+            http().put(url("/meshes/bad%20name")).bearer_auth(admin).json(&json!({"type": "Mesh"})),
+            "URL path: name: must",
+        ),
+    ];
+    for (what, request, want) in http_cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{what}");
+        let body: Value = response.json().await.unwrap();
+        let details = body["details"].as_str().unwrap_or_default();
+        assert!(details.starts_with(want), "{what}: details were {details:?}, wanted {want:?}");
+    }
+    assert_eq!(snapshot(&cp).await, before, "nothing was deleted or changed");
+}
+

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::client::Client;
+use crate::client::{BadName, Client, Segment, api_path, query_value};
 
 /// `ward explain` arguments.
 #[derive(Debug, Args)]
@@ -19,18 +19,19 @@ pub struct ExplainArgs {
 
 /// Runs `ward explain` and prints e.g. `Allow by MeshTrafficPermission/allow-web`.
 pub async fn run(client: &Client, args: ExplainArgs) -> anyhow::Result<()> {
-    let answer = client.get_json(&authorization_path(&args.mesh, &args.dataplane, &args.caller)).await?;
+    let answer = client.get_json(&authorization_path(&args.mesh, &args.dataplane, &args.caller)?).await?;
     println!("{}", answer["explanation"].as_str().unwrap_or("?"));
     Ok(())
 }
 
 /// API path of the question "may `caller` reach `dataplane`?".
-pub fn authorization_path(mesh: &str, dataplane: &str, caller: &str) -> String {
-    let caller: String = caller
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
-        })
-        .collect();
-    format!("/meshes/{mesh}/dataplanes/{dataplane}/_authorization?caller={caller}")
+pub fn authorization_path(mesh: &str, dataplane: &str, caller: &str) -> Result<String, BadName> {
+    let path = api_path(&[
+        Segment::Fixed("meshes"),
+        Segment::Name { what: "mesh", value: mesh },
+        Segment::Fixed("dataplanes"),
+        Segment::Name { what: "dataplane", value: dataplane },
+        Segment::Fixed("_authorization"),
+    ])?;
+    Ok(format!("{path}?caller={}", query_value(caller)))
 }

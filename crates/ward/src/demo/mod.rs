@@ -95,7 +95,7 @@ async fn start_and_tour(processes: &mut Processes, dir: &std::path::Path, ports:
 
     step(2, "applying the marketplace: a mesh with builtin mTLS, 3 dataplanes, 3 permissions");
     for resource in &resources {
-        let path = crate::cli::resource_path(resource.meta.ty, &resource.meta.mesh, &resource.meta.name);
+        let path = crate::cli::resource_path(resource.meta.ty, &resource.meta.mesh, &resource.meta.name)?;
         client.send(reqwest::Method::PUT, &path, Some(&resource.to_json())).await?;
     }
     done("applied");
