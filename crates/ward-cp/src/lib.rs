@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod discovery;
 pub mod identity;
+pub mod provided_files;
 pub mod run;
 pub mod secrets;
 pub mod store;

@@ -18,6 +18,7 @@ use crate::{
     auth::{Role, Tokens},
     discovery::{Discovery, tls::DiscoveryTls},
     identity::Identity,
+    provided_files::ProvidedCaDir,
     secrets::Kek,
     store::Store,
 };
@@ -40,6 +41,8 @@ pub struct CpConfig {
     pub kek_file: Option<PathBuf>,
     /// The range services' virtual IPs come from.
     pub vip_range: ipnet::Ipv4Net,
+    /// The directory `provided` CA backends may read files from; none: no file is read.
+    pub provided_ca_dir: Option<PathBuf>,
 }
 
 /// Runs the control plane until `shutdown` completes.
@@ -49,12 +52,17 @@ pub async fn run(config: CpConfig, shutdown: impl Future<Output = ()> + Send + '
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create", config.data_dir.display()))?;
+    let provided_files = match &config.provided_ca_dir {
+        Some(dir) => ProvidedCaDir::new(Some(dir))
+            .with_context(|| format!("--provided-ca-dir {}: must be a directory", dir.display()))?,
+        None => ProvidedCaDir::default(),
+    };
     let kek_path = config.kek_file.clone().unwrap_or_else(|| config.data_dir.join("kek"));
     let kek = Arc::new(Kek::load_or_create(&kek_path).context("--kek-file")?);
     let db = config.data_dir.join("ward.db");
     let store = Store::open(&db).await.with_context(|| format!("store {}", db.display()))?;
     let (tokens, created) = Tokens::load_or_create(&store, &kek).await?;
-    let identity = Identity::load(store.clone(), kek.clone()).await?;
+    let identity = Identity::load(store.clone(), kek.clone(), provided_files).await?;
     let tls = DiscoveryTls::load_or_create(&store, &kek, &config.dp_server_hostnames).await?;
 
     let api_listener = tokio::net::TcpListener::bind(config.api_address)

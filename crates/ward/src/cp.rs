@@ -30,6 +30,10 @@ pub enum CpCommand {
         /// IPv4 range the services' virtual IPs (`<service>.mesh`) come from.
         #[arg(long, default_value = "240.0.0.0/4", value_parser = parse_vip_range)]
         vip_cidr: Ipv4Net,
+        /// Directory whose files `provided` CA backends may name (`conf.cert.file`, `conf.key.file`),
+        /// and only a global admin; without it no file is read.
+        #[arg(long)]
+        provided_ca_dir: Option<PathBuf>,
     },
 }
 
@@ -44,9 +48,24 @@ fn parse_vip_range(text: &str) -> Result<Ipv4Net, String> {
 
 /// Runs the control plane until SIGINT or SIGTERM.
 pub async fn run(command: CpCommand) -> anyhow::Result<()> {
-    let CpCommand::Run { data_dir, api_address, dp_server_address, dp_server_hostnames, kek_file, vip_cidr } = command;
-    let config =
-        CpConfig { data_dir, api_address, dp_server_address, dp_server_hostnames, kek_file, vip_range: vip_cidr };
+    let CpCommand::Run {
+        data_dir,
+        api_address,
+        dp_server_address,
+        dp_server_hostnames,
+        kek_file,
+        vip_cidr,
+        provided_ca_dir,
+    } = command;
+    let config = CpConfig {
+        data_dir,
+        api_address,
+        dp_server_address,
+        dp_server_hostnames,
+        kek_file,
+        vip_range: vip_cidr,
+        provided_ca_dir,
+    };
     run_cp(config, shutdown_signal()).await
 }
 

@@ -475,3 +475,91 @@ async fn names_that_are_not_resource_names_never_reach_a_url() {
     assert_eq!(snapshot(&cp).await, before, "nothing was deleted or changed");
 }
 
+/// A Mesh `team` whose one backend is a provided CA read from files.
+fn provided_mesh(cert: &str, key: &str) -> String {
+    format!(
+        "type: Mesh\nname: team\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: provided\n    \
+         conf:\n      cert: {{file: '{cert}'}}\n      key: {{file: '{key}'}}\n"
+    )
+}
+
+#[tokio::test]
+async fn provided_ca_files_are_read_only_for_global_admins_and_only_from_the_named_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let ca_dir = root.path().join("provided-cas");
+    std::fs::create_dir(&ca_dir).unwrap();
+    let options = ward_pki::BuiltinCaOptions { rsa_bits: None, lifetime: Duration::from_secs(30 * 86_400) };
+    let (ca, _) = ward_pki::generate_builtin("team", &options, chrono::Utc::now()).unwrap();
+    std::fs::write(ca_dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(ca_dir.join("ca.key"), &ca.key_pem).unwrap();
+    std::fs::write(root.path().join("outside.key"), &ca.key_pem).unwrap();
+    std::os::unix::fs::symlink(root.path().join("outside.key"), ca_dir.join("link.key")).unwrap();
+    let dir = ca_dir.display().to_string();
+    let cp = ControlPlane::start_with_args(
+        root.path().join("data"),
+        root.path(),
+        common::free_port(),
+        common::free_port(),
+        &["--provided-ca-dir", &dir],
+    );
+    let team = cp
+        .ward(&["generate", "user-token", "--name", "team", "--role", "admin", "--mesh", "team", "--valid-for", "1h"])
+        .ok();
+    let team = team.trim();
+    let before = snapshot(&cp).await;
+
+    // A mesh-scoped admin may name no file at all, existing or not, inside the directory or not.
+    let scoped_refusal = "meshes/team: mtls.backends[0].conf.cert.file: only a global admin may name a file";
+    let in_dir = |name: &str| format!("{dir}/{name}");
+    for (cert, key) in [
+        ("ca.pem".to_string(), "ca.key".to_string()),
+        (in_dir("ca.pem"), in_dir("ca.key")),
+        ("/etc/passwd".into(), "/nonexistent".into()),
+        ("/nonexistent".into(), "/etc/passwd".into()),
+    ] {
+        let err = cp.run(Some(team), &["apply", "-f", "-"], Some(&provided_mesh(&cert, &key))).fails();
+        assert!(err.contains(scoped_refusal), "cert {cert}, key {key}: {err}");
+        assert!(!err.contains("os error") && !err.contains("No such file"), "nothing about the host leaks: {err}");
+    }
+
+    // A global admin reads only from the directory, and every failure reads the same.
+    let unreadable = |path: &str| {
+        format!("meshes/team: mtls.backends[0].conf.key.file: cannot read {path:?} from the provided CA directory")
+    };
+    for key in [
+        "/etc/passwd",
+        "../outside.key",
+        "link.key",
+        "missing.key",
+        ".",
+        &root.path().join("outside.key").display().to_string(),
+    ] {
+        let err = cp.ward_stdin(&["apply", "-f", "-"], &provided_mesh("ca.pem", key)).fails();
+        assert!(err.contains(&unreadable(key)), "key {key}: {err}");
+        assert!(!err.contains("os error") && !err.contains("No such file"), "nothing about the host leaks: {err}");
+    }
+    assert_eq!(snapshot(&cp).await, before, "nothing refused was stored");
+
+    let out = cp.ward_stdin(&["apply", "-f", "-"], &provided_mesh("ca.pem", "ca.key")).ok();
+    assert_eq!(out, "Mesh team created\n");
+    let cas: Value = http()
+        .get(format!("{}/meshes/team/_cas", cp.address))
+        .bearer_auth(&cp.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cas["backends"][0]["enabled"], true, "{cas}");
+
+    // Without --provided-ca-dir no file is read, and the refusal says how to allow it.
+    let other = tempfile::tempdir().unwrap();
+    let plain = ControlPlane::start(other.path());
+    let err = plain.ward_stdin(&["apply", "-f", "-"], &provided_mesh(&in_dir("ca.pem"), &in_dir("ca.key"))).fails();
+    assert!(
+        err.contains("meshes/team: mtls.backends[0].conf.cert.file:") && err.contains("--provided-ca-dir"),
+        "{err}"
+    );
+}
+

@@ -62,12 +62,18 @@ impl ControlPlane {
 
     /// Starts a control plane on `data_dir` with its API on `api_port` and its discovery server on `dp_port`.
     pub fn start_on(data_dir: PathBuf, root: &Path, api_port: u16, dp_port: u16) -> Self {
+        Self::start_with_args(data_dir, root, api_port, dp_port, &[])
+    }
+
+    /// Starts a control plane like [`Self::start_on`], with more arguments for `ward cp run`.
+    pub fn start_with_args(data_dir: PathBuf, root: &Path, api_port: u16, dp_port: u16, extra: &[&str]) -> Self {
         let log = root.join(format!("cp-{api_port}.log"));
         let child = Command::new(WARD)
             .args(["cp", "run", "--data-dir"])
             .arg(&data_dir)
             .args(["--api-address", &format!("127.0.0.1:{api_port}")])
             .args(["--dp-server-address", &format!("127.0.0.1:{dp_port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file"))
             .spawn()
