@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod data_dir;
 pub mod discovery;
 pub mod identity;
 pub mod provided_files;
