@@ -608,6 +608,7 @@ fn the_control_plane_stops_on_sigterm_and_sigint_with_a_proxy_connected() {
     assert!(status.is_some(), "still running 12 s after SIGTERM:\n{}", cp.log());
     assert!(status.unwrap().success(), "exit status {status:?}:\n{}", cp.log());
     assert!(cp.log().contains("control plane stopped"), "{}", cp.log());
+    assert!(!cp.log().contains("end of the grace period"), "the stream was ended, not waited for:\n{}", cp.log());
 
     // The proxy keeps serving with what it had.
     assert!(proxy.wait_exit(Duration::ZERO).is_none(), "the proxy keeps running:\n{}", proxy.log());
