@@ -11,7 +11,7 @@ use std::{
 /// Largest file read: a CA certificate or key is a few kilobytes.
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
-/// The directory provided CA files are read from; none means no file is ever read.
+/// The directory provided CA files are read from; the default, none, means no file is ever read.
 #[derive(Debug, Clone, Default)]
 pub struct ProvidedCaDir(Option<PathBuf>);
 
@@ -41,9 +41,8 @@ pub enum Requester {
 }
 
 impl ProvidedCaDir {
-    /// Files are read from `dir` (resolved now, so it must exist), or never when `None`.
-    pub fn new(dir: Option<&Path>) -> std::io::Result<Self> {
-        let Some(dir) = dir else { return Ok(ProvidedCaDir(None)) };
+    /// Files are read from `dir`, resolved now (so it must exist).
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
         let dir = dir.canonicalize()?;
         if !dir.is_dir() {
             return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"));
@@ -95,7 +94,7 @@ mod tests {
         std::fs::write(dir.join("ca.pem"), "PEM").unwrap();
         std::fs::write(root.path().join("outside.pem"), "SECRET").unwrap();
         std::os::unix::fs::symlink(root.path().join("outside.pem"), dir.join("link.pem")).unwrap();
-        let files = ProvidedCaDir::new(Some(&dir)).unwrap();
+        let files = ProvidedCaDir::new(&dir).unwrap();
         let inside = dir.join("ca.pem").display().to_string();
         for path in ["ca.pem", "./ca.pem", inside.as_str()] {
             assert_eq!(files.read(path, Requester::GlobalAdmin).as_deref(), Ok("PEM"), "{path}");
@@ -105,7 +104,7 @@ mod tests {
             assert_eq!(files.read(path, Requester::GlobalAdmin), Err(FileRefused::Unreadable(path.into())), "{path}");
         }
         assert_eq!(files.read("ca.pem", Requester::Other), Err(FileRefused::NotGlobalAdmin));
-        let none = ProvidedCaDir::new(None).unwrap();
+        let none = ProvidedCaDir::default();
         assert_eq!(none.read("ca.pem", Requester::GlobalAdmin), Err(FileRefused::NoDirectory));
         assert_eq!(none.read("ca.pem", Requester::Other), Err(FileRefused::NotGlobalAdmin));
     }

@@ -59,7 +59,7 @@ pub async fn run(config: CpConfig, shutdown: impl Future<Output = ()> + Send + '
         .with_context(|| format!("--data-dir {}: cannot create", config.data_dir.display()))?;
     let _lock = DataDirLock::acquire(&config.data_dir)?;
     let provided_files = match &config.provided_ca_dir {
-        Some(dir) => ProvidedCaDir::new(Some(dir))
+        Some(dir) => ProvidedCaDir::new(dir)
             .with_context(|| format!("--provided-ca-dir {}: must be a directory", dir.display()))?,
         None => ProvidedCaDir::default(),
     };
