@@ -6,6 +6,7 @@ mod string_enum;
 pub mod dataplane;
 pub mod duration;
 pub mod error;
+pub mod labels;
 pub mod mesh;
 pub mod names;
 pub mod parse;
@@ -14,6 +15,7 @@ pub mod policy;
 pub mod resource;
 pub mod spiffe;
 pub mod traffic_permission;
+mod yaml;
 
 pub use error::{Cause, ValidationError};
 pub use resource::{Meta, Resource, ResourceType, Spec};

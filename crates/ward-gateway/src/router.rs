@@ -405,7 +405,7 @@ mod tests {
             R { hosts: &["www.example.com"], paths: &["/api"], ..NONE },                   // 6
             R { methods: &["POST"], paths: &["/api"], ..NONE },                            // 7
             R { headers: &[("x-version", &["v2", "~*^beta"])], paths: &["/api"], ..NONE }, // 8
-            R { headers: &[("x-tier", &["~*^\\D+$"])], paths: &["/api"], ..NONE },        // 9
+            R { headers: &[("x-tier", &["~*^\\D+$"])], paths: &["/api"], ..NONE },         // 9
         ]);
         type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], Option<(usize, usize)>);
         let table: &[Row<'_>] = &[

@@ -173,7 +173,7 @@ pub async fn put_mesh(
     caller.write(&name)?;
     let doc = read_document(&headers, body).await?;
     let mut resource = resource_for_path(doc, ResourceType::Mesh, &name, &name)?;
-    let cas = state.identity.prepare_mesh(&mut resource).await?;
+    let cas = state.identity.prepare_mesh(&mut resource, caller.requester()).await?;
     let written = state.store.put_with_cas(resource, &cas, &caller.actor()).await?;
     Ok(written_response(written))
 }

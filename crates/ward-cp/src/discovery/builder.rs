@@ -61,6 +61,12 @@ impl Snapshots {
         let _ = self.wanted.send(mesh.to_string());
     }
 
+    /// Drops every mesh's channel: each open stream ends, telling its proxy that the control
+    /// plane is shutting down.
+    pub fn close(&self) {
+        self.channels.lock().expect("snapshot channels lock").clear();
+    }
+
     fn watched(&self) -> HashSet<String> {
         let mut channels = self.channels.lock().expect("snapshot channels lock");
         channels.retain(|_, sender| sender.receiver_count() > 0);

@@ -1,8 +1,9 @@
 //! `ward explain DATAPLANE --caller X`: would this caller get through, and why.
 
 use clap::Args;
+use ward_api::names::check_name;
 
-use crate::client::Client;
+use crate::client::{BadName, Client, Segment, api_path, query_value};
 
 /// `ward explain` arguments.
 #[derive(Debug, Args)]
@@ -22,8 +23,9 @@ pub struct ExplainArgs {
 
 /// Runs `ward explain` and prints e.g. `Allow by MeshTrafficPermission/allow-web`.
 pub async fn run(client: &Client, args: ExplainArgs) -> anyhow::Result<()> {
-    let mut path = authorization_path(&args.mesh, &args.dataplane, &args.caller);
+    let mut path = authorization_path(&args.mesh, &args.dataplane, &args.caller)?;
     if let Some(name) = &args.caller_dataplane {
+        check_name(name).map_err(|reason| BadName { what: "caller dataplane", value: name.clone(), reason })?;
         path += &format!("&callerDataplane={}", query_value(name));
     }
     let answer = client.get_json(&path).await?;
@@ -40,16 +42,13 @@ pub async fn run(client: &Client, args: ExplainArgs) -> anyhow::Result<()> {
 }
 
 /// API path of the question "may `caller` reach `dataplane`?".
-pub fn authorization_path(mesh: &str, dataplane: &str, caller: &str) -> String {
-    format!("/meshes/{mesh}/dataplanes/{dataplane}/_authorization?caller={}", query_value(caller))
-}
-
-/// Percent-encodes a query value.
-fn query_value(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
-        })
-        .collect()
+pub fn authorization_path(mesh: &str, dataplane: &str, caller: &str) -> Result<String, BadName> {
+    let path = api_path(&[
+        Segment::Fixed("meshes"),
+        Segment::Name { what: "mesh", value: mesh },
+        Segment::Fixed("dataplanes"),
+        Segment::Name { what: "dataplane", value: dataplane },
+        Segment::Fixed("_authorization"),
+    ])?;
+    Ok(format!("{path}?caller={}", query_value(caller)))
 }
