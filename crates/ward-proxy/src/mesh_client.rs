@@ -20,10 +20,13 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
+use ward_http::{
+    Body,
+    client::{Http2ConnectError, Http2Connections},
+};
 use ward_pki::SpiffeId;
 
 use crate::{
-    http::Body,
     state::State,
     tls::{self, ALPN_H2, ALPN_HTTP1},
 };
@@ -52,8 +55,6 @@ pub enum MeshError {
     },
 }
 
-type SharedSender = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
-
 /// Client TLS configurations by destination service and ALPN protocol.
 type TlsConfigs = HashMap<(String, &'static [u8]), Arc<ClientConfig>>;
 
@@ -62,13 +63,15 @@ pub struct MeshClient {
     state: Arc<State>,
     allow_tls12: bool,
     tls: Mutex<TlsConfigs>,
-    h2: Mutex<HashMap<(String, SocketAddr), SharedSender>>,
+    h2: Http2Connections<(String, SocketAddr)>,
 }
 
 impl MeshClient {
     /// A client presenting the proxy's current certificate.
     pub fn new(state: Arc<State>, allow_tls12: bool) -> Self {
-        MeshClient { state, allow_tls12, tls: Mutex::default(), h2: Mutex::default() }
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
+        MeshClient { state, allow_tls12, tls: Mutex::default(), h2: Http2Connections::new(h2) }
     }
 
     /// A TLS connection to `endpoint` of `service`, offering `alpn`.
@@ -106,29 +109,14 @@ impl MeshClient {
         endpoint: SocketAddr,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, MeshError> {
-        let slot = self.h2.lock().expect("h2 pool lock").entry((service.to_string(), endpoint)).or_default().clone();
-        let mut sender = {
-            let mut slot = slot.lock().await;
-            match slot.as_ref().filter(|s| !s.is_closed()) {
-                Some(sender) => sender.clone(),
-                None => {
-                    let io = TokioIo::new(self.connect(service, endpoint, ALPN_H2).await?);
-                    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(30))
-                        .handshake(io)
-                        .await
-                        .map_err(|source| MeshError::Http { endpoint, source })?;
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(%endpoint, error = %e, "HTTP/2 connection to a peer ended");
-                        }
-                    });
-                    *slot = Some(sender.clone());
-                    sender
-                }
-            }
-        };
+        let mut sender = self
+            .h2
+            .sender((service.to_string(), endpoint), || self.connect(service, endpoint, ALPN_H2))
+            .await
+            .map_err(|e| match e {
+                Http2ConnectError::Connect(e) => e,
+                Http2ConnectError::Handshake(source) => MeshError::Http { endpoint, source },
+            })?;
         sender.ready().await.map_err(|source| MeshError::Http { endpoint, source })?;
         sender.send_request(request).await.map_err(|source| MeshError::Http { endpoint, source })
     }

@@ -60,7 +60,10 @@ impl Processes {
     /// Stops every child: SIGTERM, up to 5 s to exit, then SIGKILL.
     pub fn stop(&mut self) {
         for (_, child) in &self.children {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for (_, child) in &mut self.children {

@@ -137,7 +137,10 @@ impl Proxy {
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         if let Some(child) = &self.child {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
 
