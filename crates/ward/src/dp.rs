@@ -38,7 +38,7 @@ pub enum DpCommand {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin_address: SocketAddr,
         /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
-        #[arg(long, alias = "shutdown-grace", default_value = "30s", value_parser = duration)]
+        #[arg(long, visible_alias = "shutdown-grace", default_value = "30s", value_parser = duration)]
         drain_timeout: KumaDuration,
         /// Largest request head accepted, bytes (larger: 431).
         #[arg(long, default_value_t = Limits::default().max_header_bytes)]
