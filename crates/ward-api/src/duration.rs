@@ -12,10 +12,20 @@ pub struct KumaDuration {
 /// Message for a duration that cannot be read.
 pub const DURATION_FORMAT: &str = "must be a duration such as 30s, 30m, 24h or 1d";
 
+/// Longest duration accepted, in seconds: from 1970 to the end of 9999, the last instant an
+/// X.509 time (and so any certificate) can hold. No lifetime longer than this can end in a
+/// time a certificate or token can state, whenever it starts.
+pub const MAX_SECS: u64 = 253_402_300_799;
+
 impl KumaDuration {
-    /// Parses `30s`, `1h30m`, `1d`, `250ms`.
+    /// Parses `30s`, `1h30m`, `1d`, `250ms`; refuses more than [`MAX_SECS`].
     pub fn parse(text: &str) -> Result<Self, String> {
         let value = parse_duration(text).ok_or_else(|| format!("{DURATION_FORMAT} (got {text:?})"))?;
+        if value.as_secs() > MAX_SECS {
+            return Err(format!(
+                "must be at most {MAX_SECS}s: no certificate can be valid past the year 9999 (got {text:?})"
+            ));
+        }
         Ok(KumaDuration { text: text.to_string(), value })
     }
 
@@ -110,5 +120,14 @@ mod tests {
         assert_eq!(d.get(), Duration::from_secs(86_400));
         let err = serde_json::from_str::<KumaDuration>("5").unwrap_err().to_string();
         assert!(err.contains("must be a duration"), "{err}");
+    }
+
+    #[test]
+    fn nothing_longer_than_an_x509_time_can_hold_is_accepted() {
+        assert_eq!(KumaDuration::parse(&format!("{MAX_SECS}s")).unwrap().get().as_secs(), MAX_SECS);
+        for text in [format!("{}s", MAX_SECS + 1), "9000y".into(), "18446744073709551ms1s".into()] {
+            let err = KumaDuration::parse(&text).unwrap_err();
+            assert!(err.starts_with("must be at most 253402300799s"), "{text}: {err}");
+        }
     }
 }

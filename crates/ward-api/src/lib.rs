@@ -6,13 +6,17 @@ mod string_enum;
 pub mod dataplane;
 pub mod duration;
 pub mod error;
+pub mod labels;
 pub mod mesh;
 pub mod names;
 pub mod parse;
 pub mod permission;
 pub mod policy;
 pub mod resource;
+pub mod spiffe;
 pub mod traffic_permission;
+mod yaml;
 
 pub use error::{Cause, ValidationError};
 pub use resource::{Meta, Resource, ResourceType, Spec};
+pub use spiffe::{SpiffeId, SpiffeIdError};

@@ -5,8 +5,10 @@ use serde_json::Value;
 
 use crate::{
     error::{Cause, Causes, ValidationError},
+    labels::check_labels,
     names::check_name,
     resource::{Meta, Resource, ResourceType, Spec, TYPES},
+    yaml,
 };
 
 /// Envelope fields every resource may carry besides its content.
@@ -14,11 +16,21 @@ const ENVELOPE: [&str; 7] = ["type", "name", "mesh", "labels", "version", "creat
 
 /// Splits YAML text (one or more `---` documents; JSON is YAML too) into documents.
 /// Booleans follow YAML 1.2 (only `true`/`false`), as Kuma's Go parser does, so that a
-/// name like `y` or `no` stays a string.
+/// name like `y` or `no` stays a string; tags other than YAML 1.2's core ones are refused
+/// with the document and field they sit on.
 pub fn documents(text: &str) -> Result<Vec<Value>, ValidationError> {
     let options = serde_saphyr::options! { strict_booleans: true };
-    serde_saphyr::from_multiple_with_options::<Value>(text, options)
-        .map_err(|e| ValidationError::single("input", "", format!("is not valid YAML: {}", first_line(&e.to_string()))))
+    let nodes = serde_saphyr::from_multiple_with_options::<yaml::Node>(text, options).map_err(|e| {
+        ValidationError::single("input", "", format!("is not valid YAML: {}", first_line(&e.to_string())))
+    })?;
+    nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, node)| {
+            yaml::into_json(node)
+                .map_err(|cause| ValidationError { resource: format!("document {}", i + 1), causes: vec![cause] })
+        })
+        .collect()
 }
 
 fn first_line(text: &str) -> &str {
@@ -79,6 +91,7 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
             Default::default()
         }),
     };
+    check_labels("labels", &labels, false, &mut causes);
     let version = match fields.get("version") {
         None => 0,
         Some(v) => v.as_u64().unwrap_or_else(|| {

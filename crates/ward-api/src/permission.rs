@@ -193,6 +193,9 @@ impl TargetRef {
                 check_tags(&format!("{at}.{field}"), tags, causes);
             }
         }
+        if let Some(labels) = &self.labels {
+            crate::labels::check_labels(&format!("{at}.labels"), labels, true, causes);
+        }
     }
 }
 

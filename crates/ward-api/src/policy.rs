@@ -16,18 +16,75 @@ use crate::{
     dataplane::{Dataplane, SERVICE_TAG, Tags, tags_match},
     permission::{Action, MeshTrafficPermission, TargetKind, TargetRef},
     resource::{Resource, ResourceType, Spec},
+    spiffe::SpiffeId,
 };
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// A mesh member known by its tags (`kuma.io/service` at least).
+    /// A mesh member described by its tags (`kuma.io/service` at least), as `ward explain` asks.
     Tags(Tags),
-    /// A mesh member known by the SPIFFE ID of its certificate.
-    Spiffe(String),
+    /// A mesh member proven by a certificate: its SPIFFE ID, and the tags of the inbounds of its
+    /// dataplane that serve that identity's service (`None` while they are not known).
+    Workload {
+        /// The SPIFFE ID of its certificate.
+        id: SpiffeId,
+        /// Tag sets of its dataplane's inbounds of its service, from the control plane.
+        tags: Option<Vec<Tags>>,
+    },
     /// A plaintext caller of a PERMISSIVE mesh, with no identity: only mesh-wide
     /// (`from[].targetRef.kind: Mesh`) entries match it.
     Anonymous,
+}
+
+impl Caller {
+    /// A caller known by its SPIFFE ID alone.
+    pub fn spiffe(id: SpiffeId) -> Caller {
+        Caller::Workload { id, tags: None }
+    }
+}
+
+/// The tags a dataplane shows as a caller: the tag set of each of its inbounds (or its gateway)
+/// that serves `service`, the service its identity names.
+pub fn caller_tags(dp: &Dataplane, service: &str) -> Vec<Tags> {
+    let sets: Vec<&Tags> = match &dp.networking.gateway {
+        Some(gateway) => vec![&gateway.tags],
+        None => dp.networking.inbound.iter().map(|i| &i.tags).collect(),
+    };
+    sets.into_iter().filter(|t| t.get(SERVICE_TAG).is_some_and(|s| s == service)).cloned().collect()
+}
+
+/// Whether a caller selector needs more than the caller's service to match: a tag other than
+/// `kuma.io/service` with a value other than `*`.
+pub fn needs_tags(selector: &Tags) -> bool {
+    selector.iter().any(|(k, v)| k != SERVICE_TAG && v != "*")
+}
+
+/// Whether the decisions of `policies` can depend on a caller's tags beyond its service, so
+/// the proxy must know them.
+pub fn depend_on_caller_tags(policies: &[Resource]) -> bool {
+    !tag_selectors(policies).is_empty()
+}
+
+/// The caller selectors of `policies` that need tags beyond the service (see [`needs_tags`]).
+pub fn tag_selectors(policies: &[Resource]) -> Vec<&Tags> {
+    policies
+        .iter()
+        .flat_map(|r| -> Vec<&Tags> {
+            match &r.spec {
+                Spec::MeshTrafficPermission(mtp) => mtp
+                    .from
+                    .iter()
+                    .flatten()
+                    .filter(|e| e.target_ref.kind == TargetKind::MeshSubset)
+                    .filter_map(|e| e.target_ref.tags.as_ref())
+                    .collect(),
+                Spec::TrafficPermission(tp) => tp.sources.iter().map(|s| &s.tags).collect(),
+                _ => Vec::new(),
+            }
+        })
+        .filter(|t| needs_tags(t))
+        .collect()
 }
 
 /// A policy that decided, named `Type/name`.
@@ -70,10 +127,12 @@ impl fmt::Display for Decision {
     }
 }
 
-/// The caller as seen from mesh `mesh`: its tags and its SPIFFE ID, as far as known.
+/// The caller as seen from mesh `mesh`: its service, SPIFFE ID and tag sets, as far as known.
 struct CallerView {
-    tags: Tags,
+    service: Option<String>,
     spiffe_id: Option<String>,
+    /// Tag sets of its inbounds; `None` when only its service is known.
+    tags: Option<Vec<Tags>>,
     anonymous: bool,
 }
 
@@ -81,17 +140,25 @@ impl CallerView {
     fn new(mesh: &str, caller: &Caller) -> Self {
         match caller {
             Caller::Tags(tags) => CallerView {
+                service: tags.get(SERVICE_TAG).cloned(),
                 spiffe_id: tags.get(SERVICE_TAG).map(|s| format!("spiffe://{mesh}/{s}")),
-                tags: tags.clone(),
+                tags: Some(vec![tags.clone()]),
                 anonymous: false,
             },
-            Caller::Anonymous => CallerView { tags: Tags::new(), spiffe_id: None, anonymous: true },
-            Caller::Spiffe(id) => {
-                let service =
-                    id.strip_prefix(&format!("spiffe://{mesh}/")).filter(|s| !s.is_empty() && !s.contains('/'));
+            Caller::Anonymous => CallerView { service: None, spiffe_id: None, tags: Some(Vec::new()), anonymous: true },
+            Caller::Workload { id, tags } => {
+                let service = (id.mesh() == mesh)
+                    .then(|| id.service())
+                    .flatten()
+                    .filter(|s| !s.is_empty() && !s.contains('/'))
+                    .map(str::to_string);
                 CallerView {
-                    tags: service.map(|s| Tags::from([(SERVICE_TAG.to_string(), s.to_string())])).unwrap_or_default(),
-                    spiffe_id: Some(id.clone()),
+                    // Tag sets of another service than the identity's are never taken on trust.
+                    tags: tags
+                        .as_ref()
+                        .map(|sets| sets.iter().filter(|t| t.get(SERVICE_TAG) == service.as_ref()).cloned().collect()),
+                    service,
+                    spiffe_id: Some(id.to_string()),
                     anonymous: false,
                 }
             }
@@ -100,7 +167,21 @@ impl CallerView {
 
     /// Whether the caller is a member of the mesh at all.
     fn in_mesh(&self) -> bool {
-        self.tags.contains_key(SERVICE_TAG)
+        self.service.is_some()
+    }
+
+    /// Whether the caller matches a tag selector. With its tags unknown, a selector that needs
+    /// them matches only when `pessimistic` (a Deny), so an unknown caller is never let through
+    /// by a tag it may not have, nor past a Deny it may fall under.
+    fn matches(&self, selector: &Tags, pessimistic: bool) -> bool {
+        let Some(service) = &self.service else { return false };
+        if !needs_tags(selector) {
+            return selector.get(SERVICE_TAG).is_none_or(|s| s == "*" || s == service);
+        }
+        match &self.tags {
+            Some(sets) => sets.iter().any(|t| tags_match(selector, t)),
+            None => pessimistic && selector.get(SERVICE_TAG).is_none_or(|s| s == "*" || s == service),
+        }
     }
 }
 
@@ -138,7 +219,7 @@ fn selects_destination(target: Option<&TargetRef>, name: &str, labels: &Tags, dp
 }
 
 /// How specifically a `from[]` targetRef selects the caller, if it does (higher wins).
-fn caller_rank(target: &TargetRef, caller: &CallerView) -> Option<(u8, usize)> {
+fn caller_rank(target: &TargetRef, action: Action, caller: &CallerView) -> Option<(u8, usize)> {
     if caller.anonymous {
         return (target.kind == TargetKind::Mesh).then_some((0, 0));
     }
@@ -147,10 +228,10 @@ fn caller_rank(target: &TargetRef, caller: &CallerView) -> Option<(u8, usize)> {
     }
     match target.kind {
         TargetKind::Mesh => Some((0, 0)),
-        TargetKind::MeshService => (target.name.as_ref() == caller.tags.get(SERVICE_TAG)).then_some((1, 0)),
+        TargetKind::MeshService => (target.name == caller.service).then_some((1, 0)),
         TargetKind::MeshSubset => {
             let tags = target.tags.as_ref()?;
-            tags_match(tags, &caller.tags).then_some((2, tags.len()))
+            caller.matches(tags, action == Action::Deny).then_some((2, tags.len()))
         }
         TargetKind::Dataplane => None,
     }
@@ -162,8 +243,8 @@ type Candidate<'a> = ((u8, u8, usize, u8), Action, &'a str);
 fn candidates<'a>(name: &'a str, mtp: &'a MeshTrafficPermission, caller: &CallerView, top: u8) -> Vec<Candidate<'a>> {
     let mut out = Vec::new();
     for entry in mtp.from.iter().flatten() {
-        if let Some((rank, tags)) = caller_rank(&entry.target_ref, caller) {
-            let action = entry.default.action;
+        let action = entry.default.action;
+        if let Some((rank, tags)) = caller_rank(&entry.target_ref, action, caller) {
             out.push(((top, rank, tags, action_rank(action)), action, name));
         }
     }
@@ -226,7 +307,7 @@ pub fn decide(policies: &[Resource], caller: &Caller, destination: &Resource) ->
     let legacy = policies.iter().filter(|r| &r.meta.mesh == mesh).find(|r| match &r.spec {
         Spec::TrafficPermission(tp) => {
             caller.in_mesh()
-                && tp.sources.iter().any(|s| tags_match(&s.tags, &caller.tags))
+                && tp.sources.iter().any(|s| caller.matches(&s.tags, false))
                 && tp.destinations.iter().any(|d| dp.has_tags(&d.tags))
         }
         _ => false,
@@ -268,6 +349,10 @@ mod tests {
             s += &format!("  - targetRef: {source}\n    default: {{action: {action}}}\n");
         }
         s
+    }
+
+    fn spiffe(id: &str) -> Caller {
+        Caller::spiffe(SpiffeId::parse(id).unwrap())
     }
 
     fn svc(name: &str) -> Caller {
@@ -319,12 +404,12 @@ mod tests {
                 Some("a"),
             ),
             // Callers known only by SPIFFE ID.
-            (mtp("a", to_backend, &[(web, "Allow")]), Caller::Spiffe("spiffe://m/web".into()), Action::Allow, Some("a")),
-            (mtp("a", to_backend, &[(any, "Allow")]), Caller::Spiffe("spiffe://other-mesh/web".into()), Action::Deny, None),
-            (mtp("a", to_backend, &[(web_subset, "Allow")]), Caller::Spiffe("spiffe://m/web/extra".into()), Action::Deny, None),
+            (mtp("a", to_backend, &[(web, "Allow")]), spiffe("spiffe://m/web"), Action::Allow, Some("a")),
+            (mtp("a", to_backend, &[(any, "Allow")]), spiffe("spiffe://other-mesh/web"), Action::Deny, None),
+            (mtp("a", to_backend, &[(web_subset, "Allow")]), spiffe("spiffe://m/web/extra"), Action::Deny, None),
             // rules[] form: Exact and Prefix; deny wins inside the form.
-            (rules("allow", "Exact", "spiffe://m/web"), Caller::Spiffe("spiffe://m/web".into()), Action::Allow, Some("rules")),
-            (rules("allow", "Exact", "spiffe://m/web"), Caller::Spiffe("spiffe://m/web2".into()), Action::Deny, None),
+            (rules("allow", "Exact", "spiffe://m/web"), spiffe("spiffe://m/web"), Action::Allow, Some("rules")),
+            (rules("allow", "Exact", "spiffe://m/web"), spiffe("spiffe://m/web2"), Action::Deny, None),
             (rules("allow", "Prefix", "spiffe://m/"), svc("anything"), Action::Allow, Some("rules")),
             (rules("deny", "Prefix", "spiffe://m/") + &mtp("a", any, &[(web, "Allow")]), svc("web"), Action::Deny, Some("rules")),
             (rules("allowWithShadowDeny", "Exact", "spiffe://m/web"), svc("web"), Action::AllowWithShadowDeny, Some("rules")),
@@ -363,6 +448,122 @@ mod tests {
         }
     }
 
+    fn workload(service: &str, tags: Option<&[&[(&str, &str)]]>) -> Caller {
+        let sets = tags.map(|sets| {
+            sets.iter()
+                .map(|set| {
+                    let mut t: Tags = set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                    t.entry(SERVICE_TAG.into()).or_insert_with(|| service.into());
+                    t
+                })
+                .collect()
+        });
+        Caller::Workload { id: SpiffeId::for_service("m", service).unwrap(), tags: sets }
+    }
+
+    /// Decisions on callers' tags beyond their service, with the tags known from the control
+    /// plane, and without them (a Deny that may apply applies; an Allow that needs a tag does not).
+    #[test]
+    fn tag_decisions_table() {
+        let backend = dataplane("backend-1", "backend", "version: v2");
+        let to_backend = "{kind: MeshService, name: backend}";
+        let web = "{kind: MeshService, name: web}";
+        let canary = "{kind: MeshSubset, tags: {kuma.io/service: web, version: canary}}";
+        let stable = "{kind: MeshSubset, tags: {kuma.io/service: web, version: stable}}";
+        let any_canary = "{kind: MeshSubset, tags: {version: canary}}";
+        let docs = mtp("web", to_backend, &[(web, "Allow"), (canary, "Deny")]);
+        let legacy = "type: TrafficPermission\nmesh: m\nname: legacy\nsources:\n- match: {kuma.io/service: web, version: v1}\ndestinations:\n- match: {kuma.io/service: backend}\n";
+        let cases: Vec<(String, Caller, Action, Option<&str>)> = vec![
+            // Kuma's documented example: allow web, deny its canary.
+            (docs.clone(), workload("web", Some(&[&[("version", "canary")]])), Action::Deny, Some("web")),
+            (docs.clone(), workload("web", Some(&[&[("version", "stable")]])), Action::Allow, Some("web")),
+            (docs.clone(), workload("web", Some(&[&[]])), Action::Allow, Some("web")),
+            (
+                docs.clone(),
+                workload("web", Some(&[&[("version", "stable")], &[("version", "canary")]])),
+                Action::Deny,
+                Some("web"),
+            ),
+            (docs.clone(), workload("web", None), Action::Deny, Some("web")),
+            (docs, workload("other", None), Action::Deny, None),
+            // An Allow that needs a tag lets in only callers known to have it.
+            (
+                mtp("s", to_backend, &[(stable, "Allow")]),
+                workload("web", Some(&[&[("version", "stable")]])),
+                Action::Allow,
+                Some("s"),
+            ),
+            (
+                mtp("s", to_backend, &[(stable, "Allow")]),
+                workload("web", Some(&[&[("version", "canary")]])),
+                Action::Deny,
+                None,
+            ),
+            (mtp("s", to_backend, &[(stable, "Allow")]), workload("web", None), Action::Deny, None),
+            (mtp("s", to_backend, &[(stable, "AllowWithShadowDeny")]), workload("web", None), Action::Deny, None),
+            // A selector without a service applies to every service's canaries.
+            (
+                mtp("c", to_backend, &[("{kind: Mesh}", "Allow"), (any_canary, "Deny")]),
+                workload("web", Some(&[&[("version", "canary")]])),
+                Action::Deny,
+                Some("c"),
+            ),
+            (
+                mtp("c", to_backend, &[("{kind: Mesh}", "Allow"), (any_canary, "Deny")]),
+                workload("web", Some(&[&[]])),
+                Action::Allow,
+                Some("c"),
+            ),
+            // Tag sets of another service than the certificate's are not believed.
+            (
+                mtp(
+                    "a",
+                    to_backend,
+                    &[("{kind: MeshSubset, tags: {kuma.io/service: admin, version: canary}}", "Allow")],
+                ),
+                Caller::Workload {
+                    id: SpiffeId::for_service("m", "web").unwrap(),
+                    tags: Some(vec![Tags::from([
+                        (SERVICE_TAG.into(), "admin".into()),
+                        ("version".into(), "canary".into()),
+                    ])]),
+                },
+                Action::Deny,
+                None,
+            ),
+            // Legacy TrafficPermission sources with tags.
+            (legacy.into(), workload("web", Some(&[&[("version", "v1")]])), Action::Allow, Some("legacy")),
+            (legacy.into(), workload("web", Some(&[&[("version", "v2")]])), Action::Deny, None),
+            (legacy.into(), workload("web", None), Action::Deny, None),
+        ];
+        for (i, (yaml, caller, action, policy)) in cases.into_iter().enumerate() {
+            let got = decide(&load(&yaml), &caller, &backend);
+            assert_eq!(got.action, action, "case {i}: {caller:?}\n{yaml}");
+            assert_eq!(got.policy.as_ref().map(|p| p.name.as_str()), policy, "case {i}: {yaml}");
+        }
+    }
+
+    #[test]
+    fn which_policies_depend_on_tags() {
+        let web = "{kind: MeshService, name: web}";
+        let canary = "{kind: MeshSubset, tags: {kuma.io/service: web, version: canary}}";
+        let only_service = "{kind: MeshSubset, tags: {kuma.io/service: web}}";
+        let wildcard = "{kind: MeshSubset, tags: {kuma.io/service: web, version: '*'}}";
+        assert!(!depend_on_caller_tags(&load(&mtp("a", "{kind: Mesh}", &[(web, "Allow"), (only_service, "Deny")]))));
+        assert!(!depend_on_caller_tags(&load(&mtp("a", "{kind: Mesh}", &[(wildcard, "Deny")]))));
+        assert!(depend_on_caller_tags(&load(&mtp("a", "{kind: Mesh}", &[(web, "Allow"), (canary, "Deny")]))));
+    }
+
+    #[test]
+    fn caller_tags_are_the_inbounds_of_the_identity_service() {
+        let dp = load("type: Dataplane\nmesh: m\nname: web-1\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 1\n    tags: {kuma.io/service: web, version: canary}\n  - port: 2\n    tags: {kuma.io/service: web, version: v2}\n").remove(0);
+        let Spec::Dataplane(dp) = &dp.spec else { unreachable!() };
+        let sets = caller_tags(dp, "web");
+        let versions: Vec<&str> = sets.iter().map(|t| t["version"].as_str()).collect();
+        assert_eq!(versions, ["canary", "v2"]);
+        assert!(caller_tags(dp, "admin").is_empty());
+    }
+
     /// The marketplace of DESIGN.md, from the example every test and the demo share.
     #[test]
     fn marketplace_example() {
@@ -381,8 +582,7 @@ mod tests {
         for caller in ["users", "items", "invoices", "edge-gateway", "outsider"] {
             for destination in ["users", "items", "invoices"] {
                 let want = allowed.contains(&(caller, destination));
-                let got =
-                    decide(&all, &Caller::Spiffe(format!("spiffe://marketplace/{caller}")), dataplane(destination));
+                let got = decide(&all, &spiffe(&format!("spiffe://marketplace/{caller}")), dataplane(destination));
                 assert_eq!(got.allows(), want, "{caller} -> {destination}: {got}");
             }
         }
@@ -395,7 +595,7 @@ mod tests {
             let mine: Vec<Resource> = all.iter().filter(|p| applies_to(p, destination)).cloned().collect();
             assert_eq!(mine.len(), 1, "one permission per marketplace service: {}", destination.meta.name);
             for caller in ["users", "items", "invoices", "edge-gateway", "outsider"] {
-                let caller = Caller::Spiffe(format!("spiffe://marketplace/{caller}"));
+                let caller = spiffe(&format!("spiffe://marketplace/{caller}"));
                 assert_eq!(decide(&mine, &caller, destination), decide(&all, &caller, destination));
             }
         }

@@ -17,11 +17,12 @@ use tokio::sync::watch;
 use ward_api::{
     Resource, Spec, ValidationError,
     error::Causes,
-    mesh::{BackendType, DataSource},
+    mesh::{BackendType, DataSource, ProvidedConf},
 };
-use ward_pki::{BuiltinCaOptions, Ca, CaInfo, CaMaterial, DataplaneClaims, SigningKey, TokenError, token};
+use ward_pki::{BuiltinCaOptions, Ca, CaError, CaInfo, CaMaterial, DataplaneClaims, SigningKey, TokenError, token};
 
 use crate::{
+    provided_files::{ProvidedCaDir, Requester},
     secrets::Kek,
     store::{Actor, MeshCa, Store, StoreError},
 };
@@ -64,20 +65,33 @@ pub struct Identity {
     kek: Arc<Kek>,
     revoked: Arc<RwLock<HashSet<String>>>,
     revocations: Arc<watch::Sender<u64>>,
+    provided_files: ProvidedCaDir,
 }
 
 impl Identity {
-    /// Identity over `store`, with the set of revoked tokens loaded.
-    pub async fn load(store: Store, kek: Arc<Kek>) -> Result<Self, StoreError> {
+    /// Identity over `store`, with the set of revoked tokens loaded; provided CAs may name
+    /// files of `provided_files`.
+    pub async fn load(store: Store, kek: Arc<Kek>, provided_files: ProvidedCaDir) -> Result<Self, StoreError> {
         let revoked = store.revoked_tokens().await?.into_iter().collect();
         let (revocations, _) = watch::channel(0);
-        Ok(Identity { store, kek, revoked: Arc::new(RwLock::new(revoked)), revocations: Arc::new(revocations) })
+        Ok(Identity {
+            store,
+            kek,
+            revoked: Arc::new(RwLock::new(revoked)),
+            revocations: Arc::new(revocations),
+            provided_files,
+        })
     }
 
     /// Completes a Mesh before it is stored: generates the CA of each builtin backend that has
     /// none yet, checks each provided CA, and replaces inline private keys with a reference to
-    /// their sealed copy. Returns the CAs to store with the Mesh.
-    pub async fn prepare_mesh(&self, resource: &mut Resource) -> Result<Vec<MeshCa>, ValidationError> {
+    /// their sealed copy. Returns the CAs to store with the Mesh. Files are read only for a
+    /// global admin (see [`ProvidedCaDir`]).
+    pub async fn prepare_mesh(
+        &self,
+        resource: &mut Resource,
+        requester: Requester,
+    ) -> Result<Vec<MeshCa>, ValidationError> {
         let key = resource.meta.key();
         let mesh_name = resource.meta.name.clone();
         let Spec::Mesh(mesh) = &mut resource.spec else { return Ok(vec![]) };
@@ -119,13 +133,16 @@ impl Identity {
                                 replace: false,
                             });
                         }
-                        Err(e) => causes.add(format!("{at}.caCert"), e.to_string()),
+                        Err(e) => {
+                            let (field, reason) = builtin_cause(&e);
+                            causes.add(format!("{at}.caCert{field}"), reason);
+                        }
                     }
                 }
                 BackendType::Provided => {
                     let Ok(conf) = backend.provided_conf() else { continue };
                     let stored = existing.get(&backend.name);
-                    let material = self.provided_material(&conf.cert, &conf.key, &seal_name, stored, &at, &mut causes);
+                    let material = self.provided_material(&conf, requester, &seal_name, stored, &at, &mut causes);
                     let Some(material) = material else { continue };
                     if let Err(e) = ward_pki::validate_provided(&material.cert_pem, &material.key_pem, Utc::now()) {
                         // CaError messages start with the part at fault: "cert: ..." or "key: ...".
@@ -152,21 +169,21 @@ impl Identity {
     /// Reads a provided backend's certificate and key, recording what cannot be read.
     fn provided_material(
         &self,
-        cert: &DataSource,
-        key: &DataSource,
+        conf: &ProvidedConf,
+        requester: Requester,
         seal_name: &str,
         stored: Option<&MeshCa>,
         at: &str,
         causes: &mut Causes,
     ) -> Option<CaMaterial> {
-        let cert_pem = match cert {
+        let cert_pem = match &conf.cert {
             DataSource::Secret(_) => {
                 causes.add(format!("{at}.cert"), "a certificate is public: give it as file, inline or inlineString");
                 None
             }
-            source => read_source(source).map_err(|e| causes.add(format!("{at}.cert"), e)).ok(),
+            source => self.read_source(source, requester, &format!("{at}.cert"), causes),
         };
-        let key_pem = match (key, stored) {
+        let key_pem = match (&conf.key, stored) {
             (DataSource::Secret(name), Some(stored)) if name == seal_name => {
                 match self.kek.open(seal_name, &stored.sealed_key).map(String::from_utf8) {
                     Ok(Ok(pem)) => Some(pem),
@@ -186,9 +203,30 @@ impl Identity {
                 );
                 None
             }
-            (source, _) => read_source(source).map_err(|e| causes.add(format!("{at}.key"), e)).ok(),
+            (source, _) => self.read_source(source, requester, &format!("{at}.key"), causes),
         };
         Some(CaMaterial { cert_pem: cert_pem?, key_pem: key_pem? })
+    }
+
+    /// The PEM text of a data source that is not a secret, or a cause recorded under `at`.
+    fn read_source(&self, source: &DataSource, requester: Requester, at: &str, causes: &mut Causes) -> Option<String> {
+        let read = match source {
+            DataSource::File(path) => {
+                return self
+                    .provided_files
+                    .read(path, requester)
+                    .map_err(|e| causes.add(format!("{at}.file"), e.to_string()))
+                    .ok();
+            }
+            DataSource::Inline(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| "inline: must be the base64 of a PEM document".to_string()),
+            DataSource::InlineString(text) => Ok(text.clone()),
+            DataSource::Secret(name) => Err(format!("secret {name:?} cannot be used here")),
+        };
+        read.map_err(|e| causes.add(at, e)).ok()
     }
 
     /// The public description of each backend's CA of a mesh.
@@ -307,6 +345,18 @@ impl Identity {
     }
 }
 
+/// The field under `conf.caCert` a builtin CA's generation error belongs to, and its reason.
+fn builtin_cause(e: &CaError) -> (&'static str, String) {
+    let text = e.to_string();
+    let field = match e {
+        CaError::LifetimeTooShort { .. } | CaError::LifetimeTooLong { .. } => ".expiration",
+        CaError::RsaBits { .. } => ".RSAbits",
+        _ => return ("", text),
+    };
+    // The message starts with the option at fault ("lifetime: ..."), which the field now names.
+    (field, text.split_once(": ").map_or(text.clone(), |(_, reason)| reason.to_string()))
+}
+
 /// The name a backend's CA key is sealed under (and referenced by, in a stored Mesh).
 fn ca_seal_name(mesh: &str, backend: &str) -> String {
     format!("mesh-ca/{mesh}/{backend}")
@@ -324,18 +374,4 @@ fn corrupt(what: &str, reason: impl ToString) -> IdentityError {
 fn unverified_mesh(token: &str) -> Option<String> {
     let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
     serde_json::from_slice::<serde_json::Value>(&payload).ok()?.get("mesh")?.as_str().map(String::from)
-}
-
-/// The PEM text of a data source that is not a secret.
-fn read_source(source: &DataSource) -> Result<String, String> {
-    match source {
-        DataSource::File(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read file {path:?}: {e}")),
-        DataSource::Inline(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| "inline: must be the base64 of a PEM document".to_string()),
-        DataSource::InlineString(text) => Ok(text.clone()),
-        DataSource::Secret(name) => Err(format!("secret {name:?} cannot be used here")),
-    }
 }

@@ -2,8 +2,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod data_dir;
 pub mod discovery;
 pub mod identity;
+pub mod provided_files;
 pub mod run;
 pub mod secrets;
 pub mod store;

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::{self, ApiState},
     auth::{Role, Tokens},
+    data_dir::DataDirLock,
     discovery::{Discovery, tls::DiscoveryTls},
     identity::Identity,
+    provided_files::ProvidedCaDir,
     secrets::Kek,
     store::Store,
 };
@@ -40,21 +42,33 @@ pub struct CpConfig {
     pub kek_file: Option<PathBuf>,
     /// The range services' virtual IPs come from.
     pub vip_range: ipnet::Ipv4Net,
+    /// The directory `provided` CA backends may read files from; none: no file is read.
+    pub provided_ca_dir: Option<PathBuf>,
+    /// How long open API requests may take to finish once a shutdown began.
+    pub shutdown_grace: Duration,
 }
 
-/// Runs the control plane until `shutdown` completes.
+/// Runs the control plane until `shutdown` completes; then it stops accepting, ends every
+/// discovery stream (proxies keep their configuration and reconnect later), lets open API
+/// requests finish within the grace period and returns.
 pub async fn run(config: CpConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create", config.data_dir.display()))?;
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
+    let provided_files = match &config.provided_ca_dir {
+        Some(dir) => ProvidedCaDir::new(dir)
+            .with_context(|| format!("--provided-ca-dir {}: must be a directory", dir.display()))?,
+        None => ProvidedCaDir::default(),
+    };
     let kek_path = config.kek_file.clone().unwrap_or_else(|| config.data_dir.join("kek"));
     let kek = Arc::new(Kek::load_or_create(&kek_path).context("--kek-file")?);
     let db = config.data_dir.join("ward.db");
     let store = Store::open(&db).await.with_context(|| format!("store {}", db.display()))?;
     let (tokens, created) = Tokens::load_or_create(&store, &kek).await?;
-    let identity = Identity::load(store.clone(), kek.clone()).await?;
+    let identity = Identity::load(store.clone(), kek.clone(), provided_files).await?;
     let tls = DiscoveryTls::load_or_create(&store, &kek, &config.dp_server_hostnames).await?;
 
     let api_listener = tokio::net::TcpListener::bind(config.api_address)
@@ -83,11 +97,27 @@ pub async fn run(config: CpConfig, shutdown: impl Future<Output = ()> + Send + '
         }
     });
     let discovery = Discovery::start(store.clone(), identity.clone(), config.vip_range);
+    let snapshots = discovery.snapshots.clone();
     let app = api::router(ApiState { store, tokens, identity, online: discovery.online.clone() });
     let api = axum::serve(api_listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let dp = discovery.serve(dp_listener, tls, stop.clone().cancelled_owned());
-    let (api, dp) = tokio::join!(async { api.await.context("serving the API") }, dp);
-    api.and(dp)?;
+    let dp = discovery.serve(dp_listener, tls, {
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            // Streams never end by themselves: end each one, telling its proxy why.
+            snapshots.close();
+        }
+    });
+    let served = async { tokio::join!(async { api.await.context("serving the API") }, dp) };
+    let grace_over = async {
+        stop.cancelled().await;
+        tracing::info!(grace = ?config.shutdown_grace, "stopping: no new connections, discovery streams ended");
+        tokio::time::sleep(config.shutdown_grace).await;
+    };
+    tokio::select! {
+        (api, dp) = served => api.and(dp)?,
+        () = grace_over => tracing::warn!(grace = ?config.shutdown_grace, "connections were still open at the end of the grace period; closing them"),
+    }
     tracing::info!("control plane stopped");
     Ok(())
 }

@@ -14,9 +14,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::Runtime;
 use crate::listener::Listening;
 use crate::reply::{Body, Reply};
+use crate::runtime::Runtime;
 
 /// Largest configuration `POST /config` accepts.
 const CONFIG_LIMIT: usize = 64 << 20;

@@ -8,8 +8,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::compiled::Route;
 use crate::consumers::Consumers;
-use crate::gateway::Route;
 use crate::listener::ConnInfo;
 use crate::upstream::Service;
 

@@ -7,17 +7,18 @@
 //! replaces the one in force; requests under way finish with the one they started with.
 
 mod admin;
+mod compiled;
 mod config;
 mod consumers;
 mod error;
 mod exchange;
-mod gateway;
+mod handler;
 mod listener;
 mod path;
 mod plugins;
-mod proxy;
 mod reply;
 mod router;
+mod runtime;
 mod tls;
 mod upstream;
 
@@ -95,7 +96,7 @@ pub fn validate(text: &str, mesh_member: bool) -> Result<(), ConfigErrors> {
         let detached = ward_proxy::state::State::new();
         Arc::new(ward_proxy::member::Member::new(detached, false, Default::default()))
     });
-    gateway::compile(text, &gateway::Shared { mesh, ..Default::default() }).map(|_| ())
+    compiled::compile(text, &runtime::Shared { mesh, ..Default::default() }).map(|_| ())
 }
 
 fn read(path: &PathBuf) -> Result<String, Error> {
@@ -114,7 +115,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
         Some(join) => Some(ward_proxy::member::join(join, stop.clone()).map_err(Error::Mesh)?),
         None => None,
     };
-    let runtime = gateway::Runtime::new(&text, options.trusted_ips.clone(), mesh)
+    let runtime = runtime::Runtime::new(&text, options.trusted_ips.clone(), mesh)
         .map_err(|errors| Error::Config { path: options.config.clone(), errors })?;
     let runtime = Arc::new(runtime);
     let proxy = bind("proxy", options.proxy_listen).await?;
@@ -142,7 +143,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
 }
 
 /// Reloads the configuration file on every SIGHUP; a bad file leaves the old one in force.
-async fn reload_on_hangup(runtime: Arc<gateway::Runtime>, path: PathBuf, stop: CancellationToken) {
+async fn reload_on_hangup(runtime: Arc<runtime::Runtime>, path: PathBuf, stop: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         return tracing::error!("cannot listen for SIGHUP: reloads only through the admin API");

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ward_http::Limits;
 
-use crate::gateway::Runtime;
+use crate::runtime::Runtime;
 
 /// What every listener of the gateway shares.
 pub(crate) struct Listening {
@@ -117,7 +117,7 @@ where
         let (runtime, info) = (runtime.clone(), info.clone());
         async move {
             runtime.stats.total_requests.fetch_add(1, Ordering::Relaxed);
-            let response = crate::proxy::handle(runtime.current(), &runtime.trusted_ips, &info, request).await;
+            let response = crate::handler::handle(runtime.current(), &runtime.trusted_ips, &info, request).await;
             Ok::<_, Infallible>(response)
         }
     });

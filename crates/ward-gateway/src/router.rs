@@ -89,7 +89,7 @@ enum PathPattern {
 enum ValuePattern {
     /// Compared case-insensitively.
     Exact(String),
-    /// `~*regex`, matched against the lower-cased value.
+    /// `~*regex`, matched case-insensitively.
     Regex(Regex),
 }
 
@@ -97,7 +97,7 @@ impl ValuePattern {
     fn matches(&self, value: &str) -> bool {
         match self {
             ValuePattern::Exact(v) => v.eq_ignore_ascii_case(value),
-            ValuePattern::Regex(r) => r.is_match(&value.to_ascii_lowercase()),
+            ValuePattern::Regex(r) => r.is_match(value),
         }
     }
 }
@@ -212,7 +212,9 @@ impl Router {
             let mut patterns = Vec::new();
             for (i, v) in values.iter().enumerate() {
                 match v.strip_prefix("~*") {
-                    Some(re) => match Regex::new(&re.to_ascii_lowercase()) {
+                    // Case-insensitive by the regex's own flag: lower-casing the pattern would
+                    // turn classes such as `\D` into `\d`.
+                    Some(re) => match regex::RegexBuilder::new(re).case_insensitive(true).build() {
                         Ok(r) => patterns.push(ValuePattern::Regex(r)),
                         Err(e) => errors.add(format!("{field}[{i}]"), format!("invalid regex: {e}")),
                     },
@@ -232,7 +234,8 @@ impl Router {
         for (i, p) in f.paths.iter().enumerate() {
             let field = format!("{at}.paths[{i}]");
             if let Some(re) = p.strip_prefix('~') {
-                match Regex::new(&format!("^(?:{re})")) {
+                // Checked alone first: `a)|(b` would otherwise escape the anchoring group.
+                match Regex::new(re).and_then(|_| Regex::new(&format!("^(?:{re})"))) {
                     Ok(r) => paths.push(Some(PathPattern::Regex(r))),
                     Err(e) => {
                         errors.add(field, format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("")))
@@ -402,9 +405,10 @@ mod tests {
             R { hosts: &["www.example.com"], paths: &["/api"], ..NONE },                   // 6
             R { methods: &["POST"], paths: &["/api"], ..NONE },                            // 7
             R { headers: &[("x-version", &["v2", "~*^beta"])], paths: &["/api"], ..NONE }, // 8
+            R { headers: &[("x-tier", &["~*^\\D+$"])], paths: &["/api"], ..NONE },         // 9
         ]);
         type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], Option<(usize, usize)>);
-        let table: &[Row] = &[
+        let table: &[Row<'_>] = &[
             ("GET", "a.test", "/", &[], Some((0, 1))),
             ("GET", "a.test", "/other", &[], Some((0, 1))),
             ("GET", "a.test", "/api/x", &[], Some((1, 4))),
@@ -419,6 +423,9 @@ mod tests {
             ("GET", "a.test", "/api", &[("X-Version", "V2")], Some((8, 4))),
             ("GET", "a.test", "/api", &[("x-version", "Beta-3")], Some((8, 4))),
             ("GET", "a.test", "/api", &[("x-version", "v3")], Some((1, 4))),
+            // `\D` stays "not a digit": the pattern is not lower-cased into `\d`.
+            ("GET", "a.test", "/api", &[("x-tier", "Gold")], Some((9, 4))),
+            ("GET", "a.test", "/api", &[("x-tier", "42")], Some((1, 4))),
         ];
         for (method, host, path, headers, want) in table {
             assert_eq!(find(&r, method, host, path, headers), *want, "{method} {host}{path} {headers:?}");
@@ -442,7 +449,7 @@ mod tests {
             protocols: &["grpc".into()],
             methods: &["get".into()],
             hosts: &["a.*.com".into()],
-            paths: &["~/a(".into(), "/a/../b".into(), "a".into()],
+            paths: &["~/a(".into(), "/a/../b".into(), "a".into(), "~/a)|(.*admin".into()],
             headers: &BTreeMap::from([("host".to_string(), vec!["x".to_string()])]),
             snis: &["x.test".into()],
             regex_priority: 0,
@@ -457,6 +464,7 @@ mod tests {
             "routes[0].paths[0]: invalid regex",
             "routes[0].paths[1]: must be a normalised path",
             "routes[0].paths[2]: must start with /",
+            "routes[0].paths[3]: invalid regex",
             "routes[0].headers.host: cannot route on the Host header",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");

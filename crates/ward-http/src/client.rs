@@ -58,17 +58,37 @@ impl<K: Eq + Hash + Clone + fmt::Debug + Send + 'static> Http2Connections<K> {
         Fut: Future<Output = Result<IO, E>>,
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.sender_until(key, || async { connect().await.map(|io| (io, std::future::pending::<()>())) }).await
+    }
+
+    /// Like [`Http2Connections::sender`], for connections that must also end, with every
+    /// stream on them, when a future of their own completes (a peer no longer trusted):
+    /// `connect` gives the connection and that future.
+    pub async fn sender_until<F, Fut, IO, S, E>(
+        &self,
+        key: K,
+        connect: F,
+    ) -> Result<http2::SendRequest<Body>, Http2ConnectError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(IO, S), E>>,
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Future<Output = ()> + Send + 'static,
+    {
         let slot = self.slots.lock().expect("HTTP/2 connections lock").entry(key.clone()).or_default().clone();
         let mut slot = slot.lock().await;
         if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let io = connect().await.map_err(Http2ConnectError::Connect)?;
+        let (io, stop) = connect().await.map_err(Http2ConnectError::Connect)?;
         let (sender, connection) =
             self.builder.handshake(TokioIo::new(io)).await.map_err(Http2ConnectError::Handshake)?;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(destination = ?key, error = %e, "HTTP/2 connection ended");
+            tokio::select! {
+                result = connection => if let Err(e) = result {
+                    tracing::debug!(destination = ?key, error = %e, "HTTP/2 connection ended");
+                },
+                () = stop => tracing::debug!(destination = ?key, "HTTP/2 connection closed by its owner"),
             }
         });
         *slot = Some(sender.clone());

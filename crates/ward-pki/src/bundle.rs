@@ -25,6 +25,17 @@ struct TrustedCa {
     info: CaInfo,
 }
 
+/// A workload certificate that verified: the identity it proves, and what tells it apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedSvid {
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Its serial number, lowercase hex.
+    pub serial: String,
+    /// The end of its validity.
+    pub not_after: DateTime<Utc>,
+}
+
 /// Why CA certificates could not be added to a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BundleError {
@@ -216,6 +227,18 @@ impl TrustBundle {
     pub fn spiffe_id(&self, leaf_der: &[u8]) -> Result<SpiffeId, VerifyError> {
         let leaf = parse_cert(leaf_der).map_err(|e| VerifyError::Malformed { reason: e.to_string() })?;
         self.spiffe_id_of(&leaf)
+    }
+
+    /// Verifies a peer's leaf as [`TrustBundle::verify_svid`] does, and tells its serial and end
+    /// of validity, so a connection can be held to them after its handshake.
+    pub fn verify_peer(&self, leaf_der: &[u8], now: DateTime<Utc>) -> Result<VerifiedSvid, VerifyError> {
+        let spiffe_id = self.verify_svid(leaf_der, now)?;
+        let leaf = parse_cert(leaf_der).map_err(|e| VerifyError::Malformed { reason: e.to_string() })?;
+        Ok(VerifiedSvid {
+            spiffe_id,
+            serial: x509::hex(leaf.raw_serial()),
+            not_after: x509::from_asn1(leaf.validity().not_after),
+        })
     }
 
     fn chain_error(&self, e: webpki::Error, issuer: &str) -> VerifyError {

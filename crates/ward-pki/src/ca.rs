@@ -76,6 +76,12 @@ pub enum CaError {
         /// The rejected lifetime in seconds.
         secs: u64,
     },
+    /// The requested CA lifetime ends after the last instant an X.509 time can express.
+    #[error("lifetime: {secs}s would end after {}, the last time a certificate can state", x509::rfc3339(&x509::latest()))]
+    LifetimeTooLong {
+        /// The rejected lifetime in seconds.
+        secs: u64,
+    },
     /// Key or certificate generation failed inside the crypto library.
     #[error("CA generation failed: {reason}")]
     Generate {
@@ -235,7 +241,8 @@ pub(crate) fn self_signed_ca(
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.serial_number = Some(SerialNumber::from_slice(&x509::random_serial()));
     params.not_before = x509::to_offset_ceil(now - BACKDATE);
-    params.not_after = x509::to_offset_floor(x509::add(now, lifetime));
+    let not_after = x509::checked_end(now, lifetime).ok_or(CaError::LifetimeTooLong { secs: lifetime.as_secs() })?;
+    params.not_after = x509::to_offset_floor(not_after);
     let cert = params.self_signed(&key).map_err(generate)?;
 
     let info = CaInfo::describe(cert.der(), &parse_cert(cert.der())?);
@@ -368,6 +375,21 @@ mod tests {
         let short = BuiltinCaOptions { rsa_bits: None, lifetime: Duration::from_secs(60) };
         assert!(matches!(generate_builtin("default", &short, now()), Err(CaError::LifetimeTooShort { secs: 60 })));
         assert!(matches!(generate_builtin("Bad Mesh", &opts(None), now()), Err(CaError::Mesh(_))));
+    }
+
+    #[test]
+    fn builtin_refuses_a_lifetime_past_what_x509_can_hold() {
+        // 70,000,000 h from 2026 ends in the year 10016; written as X.509 it would wrap to the past.
+        let long = BuiltinCaOptions { rsa_bits: None, lifetime: Duration::from_secs(70_000_000 * 3600) };
+        let err = generate_builtin("default", &long, now()).unwrap_err();
+        assert_eq!(err, CaError::LifetimeTooLong { secs: 252_000_000_000 });
+        assert_eq!(
+            err.to_string(),
+            "lifetime: 252000000000s would end after 9999-12-31T23:59:59Z, the last time a certificate can state"
+        );
+        let to_end = BuiltinCaOptions { rsa_bits: None, lifetime: (x509::latest() - now()).to_std().unwrap() };
+        let (_, info) = generate_builtin("default", &to_end, now()).unwrap();
+        assert_eq!(info.not_after, x509::latest());
     }
 
     #[test]

@@ -24,6 +24,16 @@ pub(crate) fn from_asn1(at: ASN1Time) -> DateTime<Utc> {
     DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(DateTime::UNIX_EPOCH)
 }
 
+/// The last instant an X.509 time can express: 9999-12-31T23:59:59Z (RFC 5280, 4.1.2.5).
+pub(crate) fn latest() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `at + duration` when it is no later than [`latest`]: a certificate can end then.
+pub(crate) fn checked_end(at: DateTime<Utc>, duration: Duration) -> Option<DateTime<Utc>> {
+    TimeDelta::from_std(duration).ok().and_then(|d| at.checked_add_signed(d)).filter(|end| *end <= latest())
+}
+
 /// `at + duration`, saturating at the largest representable instant.
 pub(crate) fn add(at: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
     TimeDelta::from_std(duration).ok().and_then(|d| at.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC)
@@ -114,5 +124,16 @@ mod tests {
         assert_eq!(to_offset_ceil(at).unix_timestamp(), 101);
         assert_eq!(to_offset_floor(at).unix_timestamp(), 100);
         assert_eq!(rfc3339(&DateTime::from_timestamp(1_577_836_800, 0).unwrap()), "2020-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn a_certificate_end_past_9999_is_refused() {
+        assert_eq!(rfc3339(&latest()), "9999-12-31T23:59:59Z");
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let to_latest = (latest() - now).to_std().unwrap();
+        assert_eq!(checked_end(now, to_latest), Some(latest()));
+        for too_long in [to_latest + Duration::from_secs(1), Duration::from_secs(70_000_000 * 3600), Duration::MAX] {
+            assert_eq!(checked_end(now, too_long), None, "{too_long:?}");
+        }
     }
 }

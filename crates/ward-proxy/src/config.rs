@@ -2,22 +2,21 @@
 //! arrives: the Dataplane, the mesh's trust bundle, the permissions and the services.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
 use ward_api::{
     Resource, Spec,
-    dataplane::{Dataplane, PROTOCOL_TAG, Protocol, SERVICE_TAG},
+    dataplane::{Dataplane, PROTOCOL_TAG, Protocol, SERVICE_TAG, Tags},
     parse,
-    policy::{self, Caller, Decision},
 };
 use ward_pki::TrustBundle;
 use ward_proto::discovery::{MtlsMode, ProxyConfig};
 
-use crate::inbound::InboundSpec;
+use crate::{authorization::Authorizer, inbound::InboundSpec};
 
 /// How the mesh treats plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -72,6 +71,10 @@ pub struct Config {
     pub certificate_lifetime: Duration,
     /// Decides callers of this dataplane.
     pub authorizer: Authorizer,
+    /// The tags of callers' dataplanes by certificate serial, when the permissions look at tags.
+    pub peer_tags: HashMap<String, Vec<Tags>>,
+    /// Serials of certificates whose dataplane token was revoked.
+    pub revoked_serials: HashSet<String>,
     /// Destination services by name.
     pub services: HashMap<String, Service>,
     /// Whether unknown destinations may be reached directly.
@@ -157,6 +160,12 @@ impl Config {
             version: proto.version,
             mesh: proto.mesh.clone(),
             authorizer: Authorizer::new(permissions, dataplane.clone()),
+            peer_tags: proto
+                .peer_certificates
+                .iter()
+                .map(|p| (p.serial.clone(), p.tags.iter().map(|t| t.tags.clone().into_iter().collect()).collect()))
+                .collect(),
+            revoked_serials: proto.revoked_serials.iter().cloned().collect(),
             dataplane,
             spec,
             mode,
@@ -197,45 +206,8 @@ fn read_resource(json: &str, label: &str) -> Result<Resource, ConfigError> {
     parse::resource(doc, label).map_err(|e| ConfigError::Resource(e.to_string()))
 }
 
-/// The permissions of this dataplane, and the decisions already made with them.
-#[derive(Debug, serde::Serialize)]
-pub struct Authorizer {
-    #[serde(serialize_with = "resources_json")]
-    permissions: Vec<Resource>,
-    #[serde(skip)]
-    destination: Resource,
-    #[serde(skip)]
-    decided: Mutex<HashMap<Option<String>, Decision>>,
-}
-
-impl Authorizer {
-    /// An authorizer for callers of `destination`.
-    pub fn new(permissions: Vec<Resource>, destination: Resource) -> Self {
-        Authorizer { permissions, destination, decided: Mutex::default() }
-    }
-
-    /// The decision for a caller known by its SPIFFE ID, or anonymous (`None`); each caller is
-    /// decided once per configuration.
-    pub fn decide(&self, spiffe_id: Option<&str>) -> Decision {
-        let key = spiffe_id.map(String::from);
-        let mut decided = self.decided.lock().expect("decision cache lock");
-        if let Some(d) = decided.get(&key) {
-            return d.clone();
-        }
-        let caller = spiffe_id.map_or(Caller::Anonymous, |id| Caller::Spiffe(id.to_string()));
-        let decision = policy::decide(&self.permissions, &caller, &self.destination);
-        decided.insert(key, decision.clone());
-        decision
-    }
-}
-
 fn resource_json<S: serde::Serializer>(r: &Resource, s: S) -> Result<S::Ok, S::Error> {
     serde::Serialize::serialize(&r.to_json(), s)
-}
-
-fn resources_json<S: serde::Serializer>(r: &[Resource], s: S) -> Result<S::Ok, S::Error> {
-    let list: Vec<_> = r.iter().map(Resource::to_json).collect();
-    serde::Serialize::serialize(&list, s)
 }
 
 fn bundle_pem<S: serde::Serializer>(b: &TrustBundle, s: S) -> Result<S::Ok, S::Error> {

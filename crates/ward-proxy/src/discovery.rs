@@ -25,6 +25,35 @@ use crate::{
 
 /// How long to wait for the answer to a CSR before asking again.
 const CSR_TIMEOUT: Duration = Duration::from_secs(15);
+/// The shortest wait after the control plane refused this proxy: a refused token stays refused
+/// until an operator acts, so asking again at the network-error pace only adds noise.
+const REFUSED_MIN_DELAY: Duration = Duration::from_secs(15);
+/// The longest such wait.
+const REFUSED_MAX_DELAY: Duration = Duration::from_secs(300);
+/// At most this long after a configuration shortens the certificate lifetime, the proxy renews
+/// (spread so that a mesh's proxies do not all ask at once).
+const SHORTENED_LIFETIME_SPREAD: Duration = Duration::from_secs(30);
+
+/// The control plane turned this proxy away (token refused, revoked, or a Dataplane it will not
+/// accept), in its own words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+/// Whether a status from the control plane is a refusal rather than a failure to answer.
+fn refusal(status: &tonic::Status) -> Option<Refused> {
+    use tonic::Code::*;
+    matches!(status.code(), PermissionDenied | Unauthenticated | InvalidArgument | FailedPrecondition | NotFound)
+        .then(|| Refused(status.message().to_string()))
+}
+
+/// A status from the control plane as an error: a [`Refused`] when it is one.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    match refusal(&status) {
+        Some(refused) => refused.into(),
+        None => anyhow::anyhow!("{}", status.message()),
+    }
+}
 
 /// Where the control plane is and how to prove who we are.
 #[derive(Debug, Clone)]
@@ -73,7 +102,21 @@ pub async fn run(state: Arc<State>, options: DiscoveryOptions, shutdown: Cancell
             Ok(()) => return Ok(()),
             Err(e) => {
                 let delay = backoff.next_delay(rand::random());
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "control plane unreachable; serving with the last configuration");
+                match e.downcast_ref::<Refused>() {
+                    Some(Refused(reason)) => {
+                        let delay = (delay * 15).clamp(REFUSED_MIN_DELAY, REFUSED_MAX_DELAY);
+                        tracing::error!(%reason, retry_in = ?delay, "the control plane refused this proxy; serving with the last configuration until it accepts it");
+                        state.set_refused(Some(reason.clone()));
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.cancelled() => return Ok(()),
+                        }
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "control plane unreachable; serving with the last configuration")
+                    }
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return Ok(()),
@@ -125,11 +168,7 @@ async fn session(
     let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
     let bearer = format!("Bearer {}", token.trim()).parse().context("the dataplane token is not valid header text")?;
     request.metadata_mut().insert("authorization", bearer);
-    let mut incoming = DiscoveryClient::new(channel)
-        .stream(request)
-        .await
-        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
-        .into_inner();
+    let mut incoming = DiscoveryClient::new(channel).stream(request).await.map_err(status_error)?.into_inner();
     state.set_cp_connected(true);
     tracing::info!(cp = %options.cp_address, "connected to the control plane");
     // A certificate held from an earlier stream is renewed on schedule; a missing one at once.
@@ -145,7 +184,8 @@ async fn session(
         };
         tokio::select! {
             message = incoming.message() => {
-                let message = message.map_err(|s| anyhow::anyhow!("{}", s.message()))?.context("the control plane closed the stream")?;
+                let message = message.map_err(status_error)?.context("the control plane closed the stream")?;
+                state.set_refused(None);
                 handle(state, renewal, message);
                 backoff.reset();
             }
@@ -172,6 +212,16 @@ fn handle(state: &State, renewal: &mut Renewal, message: ControlMessage) {
                 if config.mode != Mode::Disabled && issuer_changed && renewal.pending.is_none() {
                     tracing::info!(backend = %proto.enabled_backend, "the mesh's signing CA changed; renewing the certificate now");
                     renewal.now();
+                }
+                if config.mode != Mode::Disabled
+                    && renewal.pending.is_none()
+                    && let Some(svid) = state.svid()
+                    && outlives(&svid, config.certificate_lifetime, Utc::now())
+                {
+                    let spread = (config.certificate_lifetime / 10).min(SHORTENED_LIFETIME_SPREAD);
+                    let wait = spread.mul_f64(rand::random::<f64>());
+                    tracing::info!(not_after = %svid.not_after, lifetime = ?config.certificate_lifetime, renew_in = ?wait, "the certificate outlives the mesh's new lifetime; renewing");
+                    renewal.due = renewal.due.min(tokio::time::Instant::now() + wait);
                 }
                 tracing::debug!(version = config.version, "new configuration");
                 state.set_config(config);
@@ -210,6 +260,13 @@ fn handle(state: &State, renewal: &mut Renewal, message: ControlMessage) {
         }
         None => tracing::warn!("empty message from the control plane"),
     }
+}
+
+/// Whether a certificate lives on past what the mesh now issues (its lifetime was shortened).
+fn outlives(svid: &crate::identity::Svid, lifetime: Duration, now: chrono::DateTime<Utc>) -> bool {
+    // A minute of slack: certificates are backdated for clock skew.
+    let allowed = TimeDelta::from_std(lifetime + Duration::from_secs(60)).unwrap_or(TimeDelta::MAX);
+    !lifetime.is_zero() && svid.not_after - now > allowed
 }
 
 /// Logs loudly, every ten seconds, while the certificate is about to expire and the control

@@ -15,18 +15,21 @@ use ward_http::{
 
 use crate::{
     Proxy,
+    authorization::Cut,
     io::Activity,
     metrics::{BytesLabels, DestinationLabels, RequestLabels},
 };
 
 /// Serves one HTTP connection until it ends, shutting it down gracefully when it is idle too
-/// long, when the proxy drains, or when `still_allowed` turns false after a configuration change.
-pub async fn drive<C>(proxy: &Proxy, connection: C, activity: &Activity, still_allowed: impl Fn() -> bool)
+/// long or when the proxy drains. When `cut` completes (the caller lost its permission or its
+/// certificate's trust) the connection is dropped at once, with every request and response
+/// still in flight on it, and the reason returned.
+pub async fn drive<C>(proxy: &Proxy, connection: C, activity: &Activity, cut: impl Future<Output = Cut>) -> Option<Cut>
 where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulShutdown,
 {
-    let mut changes = proxy.state().changes();
     tokio::pin!(connection);
+    tokio::pin!(cut);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -34,8 +37,9 @@ where
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                return;
+                return None;
             }
+            reason = cut.as_mut() => return Some(reason),
             _ = activity.idle(proxy.limits.idle_timeout), if !closing => {
                 tracing::debug!("closing an idle connection");
                 closing = true;
@@ -44,13 +48,6 @@ where
             _ = proxy.draining.cancelled(), if !closing => {
                 closing = true;
                 connection.as_mut().shutdown();
-            }
-            changed = changes.changed(), if !closing => {
-                if changed.is_ok() && !still_allowed() {
-                    tracing::info!("the caller lost its permission: closing its connection");
-                    closing = true;
-                    connection.as_mut().shutdown();
-                }
             }
         }
     }
@@ -77,8 +74,12 @@ where
 }
 
 /// Sends an upgrade request with `send` and, when the other side switches protocols, joins the
-/// two upgraded connections.
-pub async fn upgrade<F, Fut, E>(mut request: Request<Incoming>, send: F) -> Result<Response<Body>, E>
+/// two upgraded connections until either closes or `stop` completes.
+pub async fn upgrade<F, Fut, E>(
+    mut request: Request<Incoming>,
+    send: F,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<Response<Body>, E>
 where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Result<Response<Incoming>, E>>,
@@ -88,11 +89,17 @@ where
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
-            match tokio::try_join!(downstream, upstream) {
-                Ok((down, up)) => {
-                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+            let joined = async {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((down, up)) => {
+                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            };
+            tokio::select! {
+                _ = joined => {}
+                _ = stop => tracing::debug!("upgraded connection closed"),
             }
         });
     }

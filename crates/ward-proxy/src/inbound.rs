@@ -13,7 +13,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use ward_api::{dataplane::Protocol, permission::Action, policy::Decision};
+use ward_api::dataplane::Protocol;
 
 use ward_http::{
     Body,
@@ -23,10 +23,11 @@ use ward_http::{
 
 use crate::{
     PEER_IDENTITY, Proxy,
-    config::{Config, Mode},
+    authorization::{Caller, Peer, authorize},
+    config::Mode,
     forward::{self, OpenConnection},
     io::{Activity, Counted, Detected, detect},
-    metrics::{DecisionLabels, INBOUND, ReasonLabels},
+    metrics::{INBOUND, ReasonLabels},
     tls,
 };
 
@@ -44,34 +45,6 @@ pub struct InboundSpec {
     pub protocol: Option<Protocol>,
     /// The service it serves.
     pub service: String,
-}
-
-/// Who is calling, as far as the connection proves it.
-#[derive(Debug, Clone)]
-enum Caller {
-    /// A mesh workload with a verified certificate.
-    Mesh(String),
-    /// Plaintext in a PERMISSIVE mesh.
-    Anonymous,
-    /// mTLS is off in this mesh: nothing is checked.
-    Unchecked,
-}
-
-impl Caller {
-    fn decide(&self, config: &Config) -> Decision {
-        match self {
-            Caller::Mesh(id) => config.authorizer.decide(Some(id)),
-            Caller::Anonymous => config.authorizer.decide(None),
-            Caller::Unchecked => Decision { action: Action::Allow, policy: None },
-        }
-    }
-
-    fn label(&self) -> &str {
-        match self {
-            Caller::Mesh(id) => id,
-            Caller::Anonymous | Caller::Unchecked => "anonymous",
-        }
-    }
 }
 
 /// Accepts callers on `listener` until `stop`.
@@ -122,8 +95,8 @@ pub async fn handle(proxy: Arc<Proxy>, spec: Arc<InboundSpec>, tcp: TcpStream) {
             return;
         }
     };
-    let Some(id) = tls::peer_id(proxy.state(), tls.get_ref().1) else { return };
-    serve_caller(proxy, spec, tls, Caller::Mesh(id.to_string())).await
+    let Some(peer) = Peer::of(proxy.state(), tls.get_ref().1) else { return };
+    serve_caller(proxy, spec, tls, Caller::Mesh(peer)).await
 }
 
 async fn serve_caller<IO>(proxy: Arc<Proxy>, spec: Arc<InboundSpec>, io: IO, caller: Caller)
@@ -140,13 +113,10 @@ where
             Err(_) => return,
         },
     };
-    let still_allowed = {
-        let (proxy, caller) = (proxy.clone(), caller.clone());
-        move || proxy.state().config().is_some_and(|c| caller.decide(&c).allows())
-    };
+    caller.await_tags(proxy.state()).await;
     if protocol == Detected::Tcp {
         let Some(config) = proxy.state().config() else { return };
-        if !authorize(&proxy, &caller, &config).allows() {
+        if !authorize(proxy.state(), &caller, &config).allows() {
             return;
         }
         let app = match crate::app_client::connect(spec.app).await {
@@ -160,7 +130,10 @@ where
         tokio::select! {
             _ = forward::copy_tcp(&proxy, INBOUND, io, app) => {}
             _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
-            _ = lost_permission(&proxy, &still_allowed) => tracing::info!(caller = caller.label(), "the caller lost its permission: closing its connection"),
+            cut = caller.cut(proxy.state()) => {
+                tracing::info!(caller = caller.label(), reason = cut.as_str(), "closing the caller's connection");
+                cut.count(proxy.state(), INBOUND);
+            }
         }
         return;
     }
@@ -173,32 +146,14 @@ where
     };
     let (io, service) = ward_http::server::guard(io, service, &proxy.limits);
     let connection = proxy.http_server.serve_connection_with_upgrades(io, service);
-    forward::drive(&proxy, connection, &activity, still_allowed).await;
-}
-
-/// Completes when a configuration change takes the caller's permission away.
-async fn lost_permission(proxy: &Proxy, still_allowed: &impl Fn() -> bool) {
-    let mut changes = proxy.state().changes();
-    while changes.changed().await.is_ok() {
-        if !still_allowed() {
-            return;
-        }
+    if let Some(reason) = forward::drive(&proxy, connection, &activity, caller.cut(proxy.state())).await {
+        tracing::info!(
+            caller = caller.label(),
+            reason = reason.as_str(),
+            "closed the caller's connection and its requests"
+        );
+        reason.count(proxy.state(), INBOUND);
     }
-    std::future::pending::<()>().await
-}
-
-/// Decides a caller with the configuration in force, counting the decision.
-fn authorize(proxy: &Proxy, caller: &Caller, config: &Config) -> Decision {
-    let decision = caller.decide(config);
-    if !matches!(caller, Caller::Unchecked) {
-        let policy = decision.policy.as_ref().map_or_else(|| "default-deny".to_string(), ToString::to_string);
-        let labels = DecisionLabels { action: decision.action.as_str().to_string(), policy };
-        proxy.state().metrics.authorization.get_or_create(&labels).inc();
-    }
-    if decision.action == Action::AllowWithShadowDeny {
-        tracing::info!(caller = caller.label(), decision = %decision, "shadow deny: let through, would have been denied");
-    }
-    decision
 }
 
 async fn handle_request(
@@ -211,14 +166,14 @@ async fn handle_request(
     let Some(config) = proxy.state().config() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "proxy has no configuration\n");
     };
-    let decision = authorize(proxy, caller, &config);
+    let decision = authorize(proxy.state(), caller, &config);
     let response = if decision.allows() {
         let upgrading = is_upgrade(&request);
         let headers = request.headers_mut();
         strip_hop_by_hop(headers, upgrading);
         remove_every_spelling(headers, &[PEER_IDENTITY]);
-        if let Caller::Mesh(id) = caller
-            && let Ok(value) = HeaderValue::from_str(id)
+        if let Caller::Mesh(peer) = caller
+            && let Ok(value) = HeaderValue::from_str(peer.id.as_str())
         {
             headers.insert(PEER_IDENTITY, value);
         }
@@ -229,7 +184,18 @@ async fn handle_request(
         }
         let h2c = matches!(spec.protocol, Some(Protocol::Http2 | Protocol::Grpc));
         let result = if upgrading {
-            forward::upgrade(request, |r| proxy.app.send_upgrade(spec.app, r)).await
+            // The upgraded connection outlives this HTTP connection: it watches the caller itself.
+            let (state, caller) = (proxy.state().clone(), caller.clone());
+            let cut = async move {
+                let reason = caller.cut(&state).await;
+                tracing::info!(
+                    caller = caller.label(),
+                    reason = reason.as_str(),
+                    "closing the caller's upgraded connection"
+                );
+                reason.count(&state, INBOUND);
+            };
+            forward::upgrade(request, |r| proxy.app.send_upgrade(spec.app, r), cut).await
         } else {
             proxy.app.send(spec.app, h2c, request.map(boxed)).await.map(|r| r.map(boxed))
         };
@@ -241,8 +207,9 @@ async fn handle_request(
                 response
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the application");
-                forward::unavailable(StatusCode::BAD_GATEWAY, format!("upstream connect error: {e}"))
+                // The application's address and the OS error stay in the log, not in the answer.
+                tracing::warn!(app = %spec.app, error = %e, "cannot reach the application");
+                forward::unavailable(StatusCode::BAD_GATEWAY, "upstream connect error")
             }
         }
     } else {
@@ -252,3 +219,6 @@ async fn handle_request(
     forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
     response
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod app_client;
+pub mod authorization;
 pub mod balancer;
 pub mod config;
 pub mod dataplane_file;

@@ -27,6 +27,7 @@ use ward_http::{
 use ward_pki::SpiffeId;
 
 use crate::{
+    authorization::Peer,
     state::State,
     tls::{self, ALPN_H2, ALPN_HTTP1},
 };
@@ -109,14 +110,25 @@ impl MeshClient {
         endpoint: SocketAddr,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, MeshError> {
-        let mut sender = self
-            .h2
-            .sender((service.to_string(), endpoint), || self.connect(service, endpoint, ALPN_H2))
-            .await
-            .map_err(|e| match e {
-                Http2ConnectError::Connect(e) => e,
-                Http2ConnectError::Handshake(source) => MeshError::Http { endpoint, source },
+        let connect = || async {
+            let tls = self.connect(service, endpoint, ALPN_H2).await?;
+            let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| MeshError::Connect {
+                endpoint,
+                source: io::Error::other("the peer's certificate is no longer trusted"),
             })?;
+            // A peer that stops being trusted loses the connection and its streams at once.
+            let state = self.state.clone();
+            let distrust = async move {
+                let cut = peer.distrust(&state).await;
+                tracing::info!(%endpoint, peer = %peer.id, reason = cut.as_str(), "closing the connection to a peer no longer trusted");
+                cut.count(&state, crate::metrics::OUTBOUND);
+            };
+            Ok((tls, distrust))
+        };
+        let mut sender = self.h2.sender_until((service.to_string(), endpoint), connect).await.map_err(|e| match e {
+            Http2ConnectError::Connect(e) => e,
+            Http2ConnectError::Handshake(source) => MeshError::Http { endpoint, source },
+        })?;
         sender.ready().await.map_err(|source| MeshError::Http { endpoint, source })?;
         sender.send_request(request).await.map_err(|source| MeshError::Http { endpoint, source })
     }

@@ -98,6 +98,8 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
     /// Authorization decisions on inbound connections and requests, by action and policy.
     pub authorization: Family<DecisionLabels, Counter>,
+    /// Open connections closed because their peer lost its permission or its certificate's trust.
+    pub connections_cut: Family<ReasonLabels, Counter>,
     /// When the certificate in use expires (Unix seconds).
     pub certificate_expiry: Gauge,
     /// 1 while the discovery stream is up.
@@ -121,6 +123,7 @@ impl Metrics {
             open_connections: Family::default(),
             tls_handshake_failures: Family::default(),
             authorization: Family::default(),
+            connections_cut: Family::default(),
             certificate_expiry: Gauge::default(),
             control_plane_connected: Gauge::default(),
             registry: Registry::default(),
@@ -142,6 +145,11 @@ impl Metrics {
             "authorization_decisions",
             "Authorization decisions by action and policy",
             m.authorization.clone(),
+        );
+        registry.register(
+            "connections_cut",
+            "Open connections closed because the peer lost its permission (permission), its certificate expired (expired), its token was revoked (revoked) or its CA left the trust bundle (untrusted)",
+            m.connections_cut.clone(),
         );
         registry.register(
             "certificate_expiry_timestamp_seconds",

@@ -18,6 +18,7 @@ use ward_http::{
 
 use crate::{
     PEER_IDENTITY, Proxy,
+    authorization::Peer,
     forward::{self, OpenConnection},
     io::{Activity, Counted, Detected, Prefixed, detect},
     metrics::OUTBOUND,
@@ -73,9 +74,14 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
                 return;
             }
         };
+        let Some(peer) = Peer::of(proxy.state(), upstream.get_ref().1) else { return };
         tokio::select! {
             _ = forward::copy_tcp(&proxy, OUTBOUND, io, upstream) => {}
             _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
+            cut = peer.distrust(proxy.state()) => {
+                tracing::info!(%service, peer = %peer.id, reason = cut.as_str(), "closing a connection to an instance no longer trusted");
+                cut.count(proxy.state(), OUTBOUND);
+            }
         }
         return;
     }
@@ -89,7 +95,9 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
     };
     let (io, service_fn) = ward_http::server::guard(io, service_fn, &proxy.limits);
     let connection = proxy.http_server.serve_connection_with_upgrades(io, service_fn);
-    forward::drive(&proxy, connection, &activity, || true).await;
+    // The local application is not authorized here; the peers' trust is watched per connection
+    // to them (mesh_client).
+    forward::drive(&proxy, connection, &activity, std::future::pending()).await;
 }
 
 async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -> Response<Body> {
@@ -100,7 +108,7 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
     remove_every_spelling(request.headers_mut(), &[PEER_IDENTITY]);
     let member = &proxy.member;
     let result = if upgrading {
-        forward::upgrade(request, |r| member.send_upgrade(service, r)).await
+        forward::upgrade(request, |r| member.send_upgrade(service, r), std::future::pending()).await
     } else {
         member.send(service, request).await.map(|r| r.map(boxed))
     };

@@ -2,7 +2,7 @@
 //! atomically, so a connection sees either the old one or the new one, never a mix.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicBool, Ordering},
 };
 
@@ -18,6 +18,7 @@ pub struct State {
     svid: ArcSwapOption<Svid>,
     changes: watch::Sender<u64>,
     cp_connected: AtomicBool,
+    refused: Mutex<Option<String>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
 }
@@ -31,6 +32,7 @@ impl State {
             svid: ArcSwapOption::empty(),
             changes,
             cp_connected: AtomicBool::new(false),
+            refused: Mutex::new(None),
             metrics: Metrics::new(),
         })
     }
@@ -69,6 +71,16 @@ impl State {
         self.metrics.control_plane_connected.set(i64::from(connected));
     }
 
+    /// Records why the control plane refused this proxy (`None` once it accepts it again).
+    pub fn set_refused(&self, reason: Option<String>) {
+        *self.refused.lock().expect("refusal lock") = reason;
+    }
+
+    /// Why the control plane refused this proxy, while it does.
+    pub fn refused(&self) -> Option<String> {
+        self.refused.lock().expect("refusal lock").clone()
+    }
+
     /// Whether the discovery stream is up.
     pub fn cp_connected(&self) -> bool {
         self.cp_connected.load(Ordering::Relaxed)
@@ -86,9 +98,12 @@ impl State {
         (left < lifetime / 4).then_some((svid, left))
     }
 
-    /// Why the proxy is not ready, or `None` when it is: it needs a configuration and, when
-    /// the mesh has mTLS, a certificate valid now.
+    /// Why the proxy is not ready, or `None` when it is: the control plane must not have refused
+    /// it, and it needs a configuration and, when the mesh has mTLS, a certificate valid now.
     pub fn not_ready(&self) -> Option<String> {
+        if let Some(reason) = self.refused() {
+            return Some(format!("the control plane refused this proxy: {reason}"));
+        }
         let Some(config) = self.config() else { return Some("no configuration from the control plane yet".into()) };
         if config.mode == crate::config::Mode::Disabled {
             return None;

@@ -47,6 +47,10 @@ pub fn server_config(state: Arc<State>, allow_tls12: bool) -> Arc<ServerConfig> 
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(CurrentSvid(state)));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    // A resumed session skips certificate verification: a revoked, expired or no longer trusted
+    // caller would get back in with its old session. Every handshake is a full one.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Arc::new(config)
 }
 
@@ -62,6 +66,8 @@ pub fn client_config(state: Arc<State>, expected: SpiffeId, allow_tls12: bool, a
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(CurrentSvid(state)));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // As on the server side: no resumption, so every connection verifies the peer afresh.
+    config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
 }
 
@@ -161,27 +167,33 @@ pub struct WrongIdentity {
     got: String,
 }
 
-/// Checks a peer's certificate against the current trust bundle; its SPIFFE ID when good.
+/// A peer presented a certificate whose dataplane token was revoked.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate {serial} was revoked")]
+pub struct Revoked {
+    serial: String,
+}
+
+/// Checks a peer's certificate against the current trust bundle and revocations; its SPIFFE
+/// ID when good.
 fn verify_peer(state: &State, end_entity: &CertificateDer<'_>, now: UnixTime) -> Result<SpiffeId, Error> {
     let config = state.config().ok_or_else(|| Error::General("no configuration from the control plane yet".into()))?;
     let now = DateTime::from_timestamp(now.as_secs() as i64, 0).unwrap_or_default();
-    config.bundle.verify_svid(end_entity, now).map_err(|e| match e {
+    let verified = config.bundle.verify_peer(end_entity, now).map_err(|e| match e {
         VerifyError::UnknownIssuer { .. } => Error::InvalidCertificate(CertificateError::UnknownIssuer),
         VerifyError::Expired { .. } => Error::InvalidCertificate(CertificateError::Expired),
         VerifyError::NotYetValid { .. } => Error::InvalidCertificate(CertificateError::NotValidYet),
         VerifyError::Malformed { .. } => Error::InvalidCertificate(CertificateError::BadEncoding),
         other_error => other(other_error),
-    })
+    })?;
+    if config.revoked_serials.contains(&verified.serial) {
+        return Err(other(Revoked { serial: verified.serial }));
+    }
+    Ok(verified.spiffe_id)
 }
 
 fn other(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-}
-
-/// The peer's SPIFFE ID of an established connection (its certificate was verified in the handshake).
-pub fn peer_id(state: &State, connection: &rustls::CommonState) -> Option<SpiffeId> {
-    let leaf = connection.peer_certificates()?.first()?;
-    state.config()?.bundle.spiffe_id(leaf).ok()
 }
 
 /// A handshake failure in words, with the peer's identity problem spelled out.
@@ -207,6 +219,7 @@ pub fn failure_reason(error: &std::io::Error) -> &'static str {
         Error::InvalidCertificate(CertificateError::Expired) => "expired_certificate",
         Error::InvalidCertificate(CertificateError::NotValidYet) => "certificate_not_yet_valid",
         Error::InvalidCertificate(CertificateError::Other(e)) if e.0.is::<WrongIdentity>() => "wrong_identity",
+        Error::InvalidCertificate(CertificateError::Other(e)) if e.0.is::<Revoked>() => "revoked",
         Error::InvalidCertificate(_) => "invalid_certificate",
         Error::NoCertificatesPresented => "no_client_certificate",
         Error::InvalidMessage(_) => "not_tls",

@@ -1,8 +1,10 @@
 //! The CLI's client of the control plane's REST API.
 
 use anyhow::{Context, bail};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use ward_api::names::check_name;
 
 use crate::settings::Connection;
 
@@ -55,6 +57,58 @@ impl Client {
     }
 }
 
+/// What is left as it is in a path segment or query value: RFC 3986's unreserved characters.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// One segment of an API path.
+#[derive(Debug, Clone, Copy)]
+pub enum Segment<'a> {
+    /// A fixed word of the API, such as `meshes`.
+    Fixed(&'a str),
+    /// A mesh or resource name the user gave; `what` says where it came from (e.g. `--mesh`).
+    Name {
+        /// The argument or field the name came from, for the error.
+        what: &'static str,
+        /// The name.
+        value: &'a str,
+    },
+}
+
+/// A name that cannot be a mesh or resource name, refused before any request is sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {value:?}: {reason}")]
+pub struct BadName {
+    /// The argument or field the name came from.
+    pub what: &'static str,
+    /// The name.
+    pub value: String,
+    /// Why it is not a valid name.
+    pub reason: String,
+}
+
+/// The API path `/seg/seg/...`: every name is checked as a resource name, so `..` or `/` can
+/// never move the request elsewhere, and every segment is percent-encoded.
+pub fn api_path(segments: &[Segment<'_>]) -> Result<String, BadName> {
+    let mut path = String::new();
+    for segment in segments {
+        let text = match *segment {
+            Segment::Fixed(word) => word,
+            Segment::Name { what, value } => {
+                check_name(value).map_err(|reason| BadName { what, value: value.to_string(), reason })?;
+                value
+            }
+        };
+        path.push('/');
+        path.extend(utf8_percent_encode(text, UNRESERVED));
+    }
+    Ok(path)
+}
+
+/// `text` percent-encoded for a query value.
+pub fn query_value(text: &str) -> String {
+    utf8_percent_encode(text, UNRESERVED).to_string()
+}
+
 /// The message for an error answer: the API's `details`, else the status and body.
 fn explain(status: StatusCode, body: &str) -> String {
     match serde_json::from_str::<Value>(body)
@@ -66,5 +120,20 @@ fn explain(status: StatusCode, body: &str) -> String {
         }
         Some(details) => format!("{details} ({})", status.as_u16()),
         None => format!("the API answered {status}: {}", body.trim()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Segment::*, *};
+
+    #[test]
+    fn names_are_checked_and_every_segment_is_encoded() {
+        let path = api_path(&[Fixed("meshes"), Name { what: "mesh", value: "a.b_c-1" }, Fixed("_cas")]);
+        assert_eq!(path.unwrap(), "/meshes/a.b_c-1/_cas");
+        let err = api_path(&[Fixed("meshes"), Name { what: "name", value: "../../victim" }]).unwrap_err();
+        assert_eq!(err.to_string(), "name \"../../victim\": must start and end with a letter or digit");
+        assert_eq!(api_path(&[Fixed("a b/.."), Fixed("~x")]).unwrap(), "/a%20b%2F../~x");
+        assert_eq!(query_value("spiffe://m/web?x"), "spiffe%3A%2F%2Fm%2Fweb%3Fx");
     }
 }

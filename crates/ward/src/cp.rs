@@ -2,8 +2,10 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use anyhow::Context;
 use clap::Subcommand;
 use ipnet::Ipv4Net;
+use ward_api::duration::KumaDuration;
 use ward_cp::run::{CpConfig, run as run_cp};
 
 /// `ward cp ...`.
@@ -30,6 +32,13 @@ pub enum CpCommand {
         /// IPv4 range the services' virtual IPs (`<service>.mesh`) come from.
         #[arg(long, default_value = "240.0.0.0/4", value_parser = parse_vip_range)]
         vip_cidr: Ipv4Net,
+        /// Directory whose files `provided` CA backends may name (`conf.cert.file`, `conf.key.file`),
+        /// and only a global admin; without it no file is read.
+        #[arg(long)]
+        provided_ca_dir: Option<PathBuf>,
+        /// On SIGTERM or SIGINT, how long open API requests may take before the process exits.
+        #[arg(long, default_value = "10s", value_parser = KumaDuration::parse)]
+        shutdown_grace: KumaDuration,
     },
 }
 
@@ -44,10 +53,43 @@ fn parse_vip_range(text: &str) -> Result<Ipv4Net, String> {
 
 /// Runs the control plane until SIGINT or SIGTERM.
 pub async fn run(command: CpCommand) -> anyhow::Result<()> {
-    let CpCommand::Run { data_dir, api_address, dp_server_address, dp_server_hostnames, kek_file, vip_cidr } = command;
-    let config =
-        CpConfig { data_dir, api_address, dp_server_address, dp_server_hostnames, kek_file, vip_range: vip_cidr };
-    run_cp(config, shutdown_signal()).await
+    let CpCommand::Run {
+        data_dir,
+        api_address,
+        dp_server_address,
+        dp_server_hostnames,
+        kek_file,
+        vip_cidr,
+        provided_ca_dir,
+        shutdown_grace,
+    } = command;
+    let config = CpConfig {
+        data_dir,
+        api_address,
+        dp_server_address,
+        dp_server_hostnames,
+        kek_file,
+        vip_range: vip_cidr,
+        provided_ca_dir,
+        shutdown_grace: shutdown_grace.get(),
+    };
+    // Listening starts before anything else, so a signal during start-up still stops cleanly.
+    let stop = shutdown_requested().context("listening for SIGINT and SIGTERM")?;
+    run_cp(config, stop).await
+}
+
+/// Listens for SIGINT and SIGTERM from this call on (so that one arriving early is not lost);
+/// the future completes on the first.
+pub fn shutdown_requested() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -360,3 +360,296 @@ fn a_bad_virtual_ip_range_is_refused_before_anything_starts() {
     }
     assert!(!data_dir.path().join("never").exists(), "nothing was created");
 }
+
+#[tokio::test]
+async fn names_that_are_not_resource_names_never_reach_a_url() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    cp.ward_stdin(&["apply", "-f", "-"], MARKETPLACE).ok();
+    cp.ward_stdin(&["apply", "-f", "-"], "type: Mesh\nname: victim\n").ok();
+    let before = snapshot(&cp).await;
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["delete", "meshtrafficpermission", "../../victim", "-m", "marketplace"], "name \"../../victim\": must"),
+        (&["delete", "mesh", "x/../victim"], "name \"x/../victim\": must"),
+        (&["delete", "dataplane", "users-1", "-m", ".."], "mesh \"..\": must"),
+        (&["get", "dataplane", "a/b", "-m", "marketplace"], "name \"a/b\": must"),
+        (&["get", "dataplanes", "-m", "victim?x=1"], "mesh \"victim?x=1\": must"),
+        (&["inspect", "dataplane", "%2e%2e", "-m", "marketplace"], "dataplane \"%2e%2e\": must"),
+        (&["explain", "users-1", "--caller", "users", "-m", "../victim"], "mesh \"../victim\": must"),
+        (&["rotate", "signing-key", "-m", "../victim"], "mesh \"../victim\": must"),
+    ];
+    for (args, want) in cases {
+        let err = cp.ward(args).fails();
+        assert!(err.contains(want), "ward {args:?}: stderr was\n{err}\nwanted: {want}");
+    }
+
+    // The server refuses such names too, whoever sends them.
+    let url = |path: &str| format!("{}{path}", cp.address);
+    let admin = cp.admin_token.as_str();
+    let http_cases: Vec<(&str, reqwest::RequestBuilder, &str)> = vec![
+        (
+            "encoded dot-dot slash in a name",
+            http()
+                .delete(url("/meshes/marketplace/meshtrafficpermissions/%2E%2E%2F%2E%2E%2Fvictim"))
+                .bearer_auth(admin),
+            "URL path: name: must",
+        ),
+        ("slash in a mesh", http().get(url("/meshes/a%2Fb/dataplanes")).bearer_auth(admin), "URL path: mesh: must"),
+        (
+            "space in a mesh name",
+            http().put(url("/meshes/bad%20name")).bearer_auth(admin).json(&json!({"type": "Mesh"})),
+            "URL path: name: must",
+        ),
+    ];
+    for (what, request, want) in http_cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{what}");
+        let body: Value = response.json().await.unwrap();
+        let details = body["details"].as_str().unwrap_or_default();
+        assert!(details.starts_with(want), "{what}: details were {details:?}, wanted {want:?}");
+    }
+    assert_eq!(snapshot(&cp).await, before, "nothing was deleted or changed");
+}
+
+/// A Mesh `team` whose one backend is a provided CA read from files.
+fn provided_mesh(cert: &str, key: &str) -> String {
+    format!(
+        "type: Mesh\nname: team\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: provided\n    \
+         conf:\n      cert: {{file: '{cert}'}}\n      key: {{file: '{key}'}}\n"
+    )
+}
+
+#[tokio::test]
+async fn provided_ca_files_are_read_only_for_global_admins_and_only_from_the_named_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let ca_dir = root.path().join("provided-cas");
+    std::fs::create_dir(&ca_dir).unwrap();
+    let options = ward_pki::BuiltinCaOptions { rsa_bits: None, lifetime: Duration::from_secs(30 * 86_400) };
+    let (ca, _) = ward_pki::generate_builtin("team", &options, chrono::Utc::now()).unwrap();
+    std::fs::write(ca_dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(ca_dir.join("ca.key"), &ca.key_pem).unwrap();
+    std::fs::write(root.path().join("outside.key"), &ca.key_pem).unwrap();
+    std::os::unix::fs::symlink(root.path().join("outside.key"), ca_dir.join("link.key")).unwrap();
+    let dir = ca_dir.display().to_string();
+    let cp = ControlPlane::start_with_args(
+        root.path().join("data"),
+        root.path(),
+        common::free_port(),
+        common::free_port(),
+        &["--provided-ca-dir", &dir],
+    );
+    let team = cp
+        .ward(&["generate", "user-token", "--name", "team", "--role", "admin", "--mesh", "team", "--valid-for", "1h"])
+        .ok();
+    let team = team.trim();
+    let before = snapshot(&cp).await;
+
+    // A mesh-scoped admin may name no file at all, existing or not, inside the directory or not.
+    let scoped_refusal = "meshes/team: mtls.backends[0].conf.cert.file: only a global admin may name a file";
+    let in_dir = |name: &str| format!("{dir}/{name}");
+    for (cert, key) in [
+        ("ca.pem".to_string(), "ca.key".to_string()),
+        (in_dir("ca.pem"), in_dir("ca.key")),
+        ("/etc/passwd".into(), "/nonexistent".into()),
+        ("/nonexistent".into(), "/etc/passwd".into()),
+    ] {
+        let err = cp.run(Some(team), &["apply", "-f", "-"], Some(&provided_mesh(&cert, &key))).fails();
+        assert!(err.contains(scoped_refusal), "cert {cert}, key {key}: {err}");
+        assert!(!err.contains("os error") && !err.contains("No such file"), "nothing about the host leaks: {err}");
+    }
+
+    // A global admin reads only from the directory, and every failure reads the same.
+    let unreadable = |path: &str| {
+        format!("meshes/team: mtls.backends[0].conf.key.file: cannot read {path:?} from the provided CA directory")
+    };
+    for key in [
+        "/etc/passwd",
+        "../outside.key",
+        "link.key",
+        "missing.key",
+        ".",
+        &root.path().join("outside.key").display().to_string(),
+    ] {
+        let err = cp.ward_stdin(&["apply", "-f", "-"], &provided_mesh("ca.pem", key)).fails();
+        assert!(err.contains(&unreadable(key)), "key {key}: {err}");
+        assert!(!err.contains("os error") && !err.contains("No such file"), "nothing about the host leaks: {err}");
+    }
+    assert_eq!(snapshot(&cp).await, before, "nothing refused was stored");
+
+    let out = cp.ward_stdin(&["apply", "-f", "-"], &provided_mesh("ca.pem", "ca.key")).ok();
+    assert_eq!(out, "Mesh team created\n");
+    let cas: Value = http()
+        .get(format!("{}/meshes/team/_cas", cp.address))
+        .bearer_auth(&cp.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cas["backends"][0]["enabled"], true, "{cas}");
+
+    // Without --provided-ca-dir no file is read, and the refusal says how to allow it.
+    let other = tempfile::tempdir().unwrap();
+    let plain = ControlPlane::start(other.path());
+    let err = plain.ward_stdin(&["apply", "-f", "-"], &provided_mesh(&in_dir("ca.pem"), &in_dir("ca.key"))).fails();
+    assert!(
+        err.contains("meshes/team: mtls.backends[0].conf.cert.file:") && err.contains("--provided-ca-dir"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn durations_past_x509_long_labels_and_foreign_yaml_tags_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    cp.ward_stdin(&["apply", "-f", "-"], MARKETPLACE).ok();
+    let before = snapshot(&cp).await;
+
+    let long = "x".repeat(64);
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "CA lifetime past 9999-12-31",
+            "type: Mesh\nname: m\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    \
+             conf: {caCert: {expiration: 70000000h}}\n"
+                .into(),
+            "meshes/m: mtls.backends[0].conf.caCert.expiration: ",
+        ),
+        (
+            "label value of 64 characters",
+            format!("type: Mesh\nname: m\nlabels: {{team: {long}}}\n"),
+            "meshes/m: labels.team: ",
+        ),
+        ("label name of 64 characters", format!("type: Mesh\nname: m\nlabels: {{{long}: a}}\n"), "meshes/m: labels."),
+        (
+            "label prefix of 254 characters",
+            format!("type: Mesh\nname: m\nlabels: {{{}.io/team: a}}\n", "a".repeat(251)),
+            "meshes/m: labels.",
+        ),
+        ("label with a space", "type: Mesh\nname: m\nlabels: {'a b': c}\n".into(), "meshes/m: labels.a b: "),
+        (
+            "python object tag",
+            "type: Mesh\nname: m\nlabels: !!python/object:os.system {team: a}\n".into(),
+            "document 1: labels: tag !!python/object:os.system",
+        ),
+        (
+            "application tag in a second document",
+            "type: Mesh\nname: a\n---\ntype: Mesh\nname: b\nmtls:\n  backends:\n  - !ca {name: x, type: builtin}\n"
+                .into(),
+            "document 2: mtls.backends[0]: tag !ca",
+        ),
+        ("tag on a scalar", "type: Mesh\nname: !!binary bWVzaA==\n".into(), "document 1: name: tag !!binary"),
+    ];
+    for (what, yaml, want) in &cases {
+        let err = cp.ward_stdin(&["apply", "-f", "-"], yaml).fails();
+        assert!(err.contains(want), "{what}: stderr was\n{err}\nwanted: {want}");
+    }
+    // The server checks the same without the CLI.
+    let response = http()
+        .put(format!("{}/meshes/m", cp.address))
+        .bearer_auth(&cp.admin_token)
+        .header("content-type", "application/yaml")
+        .body("type: Mesh\nname: m\nnetworking: !!python/object/apply:os.system ['true']\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["details"].as_str().unwrap().contains("document 1: networking: tag !!python/object/apply:os.system"),
+        "{body}"
+    );
+    assert_eq!(snapshot(&cp).await, before, "nothing refused was stored");
+}
+
+/// A Mesh `m` with builtin mTLS and a Dataplane `web-1` on free loopback ports.
+fn mesh_and_dataplane() -> (String, String) {
+    let mesh = "type: Mesh\nname: m\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n";
+    let dataplane = format!(
+        "type: Dataplane\nmesh: m\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
+         servicePort: {}\n    tags: {{kuma.io/service: web}}\n",
+        common::free_port(),
+        common::free_port()
+    );
+    (mesh.into(), dataplane)
+}
+
+/// Waits up to 60 s until `ward inspect` says the dataplane is (`true`) or is not online.
+fn wait_online(cp: &ControlPlane, want: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cp.ward(&["inspect", "dataplane", "web-1", "-m", "m"]).ok();
+        if out.contains("status:      online") == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "dataplane online={want} not seen within 60s:\n{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_control_plane_stops_on_sigterm_and_sigint_with_a_proxy_connected() {
+    use nix::sys::signal::Signal;
+    let root = tempfile::tempdir().unwrap();
+    let (api_port, dp_port) = (common::free_port(), common::free_port());
+    let data_dir = root.path().join("data");
+    let mut cp = ControlPlane::start_on(data_dir.clone(), root.path(), api_port, dp_port);
+    let (mesh, dataplane) = mesh_and_dataplane();
+    cp.apply(&mesh);
+    cp.apply(&dataplane);
+    let mut proxy = cp.start_proxy(root.path(), "web-1", &dataplane, &[]);
+    wait_online(&cp, true);
+    let serial = proxy.serial().expect("the proxy holds a certificate");
+
+    // Default grace: 10 s. The open discovery stream must not hold the process.
+    cp.signal(Signal::SIGTERM);
+    let status = cp.wait_exit(Duration::from_secs(12));
+    assert!(status.is_some(), "still running 12 s after SIGTERM:\n{}", cp.log());
+    assert!(status.unwrap().success(), "exit status {status:?}:\n{}", cp.log());
+    assert!(cp.log().contains("control plane stopped"), "{}", cp.log());
+    assert!(!cp.log().contains("end of the grace period"), "the stream was ended, not waited for:\n{}", cp.log());
+
+    // The proxy keeps serving with what it had.
+    assert!(proxy.wait_exit(Duration::ZERO).is_none(), "the proxy keeps running:\n{}", proxy.log());
+    assert_eq!(proxy.serial(), Some(serial), "the proxy keeps its certificate");
+    assert_eq!(proxy.admin_get("/ready").0, 200, "the proxy still serves:\n{}", proxy.log());
+
+    // It reconnects to the next control plane on the same data dir (the lock was released).
+    let mut cp = ControlPlane::start_with_args(data_dir, root.path(), api_port, dp_port, &["--shutdown-grace", "3s"]);
+    wait_online(&cp, true);
+    cp.signal(Signal::SIGINT);
+    let status = cp.wait_exit(Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "exit {status:?} after SIGINT with a 3 s grace:\n{}", cp.log());
+}
+
+#[test]
+fn a_second_control_plane_on_the_same_data_dir_refuses_to_start_naming_the_first() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    let mut second = std::process::Command::new(common::WARD)
+        .args(["cp", "run", "--data-dir"])
+        .arg(&cp.data_dir)
+        .args(["--api-address", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--dp-server-address", &format!("127.0.0.1:{}", common::free_port())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let output = second.wait_with_output().unwrap();
+            panic!("a second control plane runs on the same data dir:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let want = format!("is in use by process {}", cp.pid());
+    assert!(stderr.contains("--data-dir") && stderr.contains(&want), "wanted {want:?} in:\n{stderr}");
+    // The first one was not disturbed.
+    assert!(cp.ward(&["get", "meshes"]).ok().starts_with("NAME"));
+}

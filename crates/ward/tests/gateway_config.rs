@@ -318,3 +318,80 @@ upstreams:
         assert!(out.ends_with("is valid\n"), "{out}");
     }
 }
+
+/// Consumers the loader once crashed on (an unknown field beside nested credentials):
+/// each is refused with every error and its entity path, and nothing else changes.
+const BROKEN_CONSUMERS: [(&str, &[&str]); 2] = [
+    (
+        // Kong's hmac-auth credentials, which Ward does not have, beside nested acls.
+        r#"
+_format_version: "3.0"
+consumers:
+- username: alice
+  hmacauth_credentials:
+  - {username: alice, secret: s3cret}
+  acls:
+  - group: admins
+"#,
+        &["consumers[0].hmacauth_credentials: unknown field"],
+    ),
+    (
+        // A typo, with every kind of nested credential, one of them broken too.
+        r#"
+_format_version: "3.0"
+consumers:
+- usrname: bob
+  acls: [{group: admins}]
+  keyauth_credentials: [{key: bob-key, colour: red}]
+  basicauth_credentials: [{username: bob, password: pw}]
+  jwt_secrets: [{key: bob-iss}]
+"#,
+        &["consumers[0].usrname: unknown field", "consumers[0].keyauth_credentials[0].colour: unknown field"],
+    ),
+];
+
+#[tokio::test]
+async fn broken_consumers_are_refused_by_check_run_and_the_admin_api() {
+    for (text, expected) in BROKEN_CONSUMERS {
+        let check = ward_with_config(text, &["gateway", "check", "--config", "{config}"]);
+        assert_eq!(check.0.status.code(), Some(1), "ward gateway check:\n{}", check.stderr());
+        let run = ward_with_config(text, &["gateway", "run", "--config", "{config}", "--proxy-listen", "127.0.0.1:0"]);
+        assert_eq!(run.0.status.code(), Some(1), "ward gateway run:\n{}", run.stderr());
+        for want in expected {
+            assert!(check.stderr().contains(want), "check misses '{want}':\n{}", check.stderr());
+            assert!(run.stderr().contains(want), "run misses '{want}':\n{}", run.stderr());
+        }
+    }
+
+    let upstream = Upstream::start("echo").await;
+    let gw = GatewayProcess::start(&config(&upstream.url(), "/kept"));
+    let client = http_client();
+    for (text, expected) in BROKEN_CONSUMERS {
+        let r =
+            client.post(gw.admin_url("/config")).body(text).send().await.expect("an answer, not a dropped connection");
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        let errors: Vec<String> = body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{}: {}", e["path"].as_str().unwrap(), e["message"].as_str().unwrap()))
+            .collect();
+        for want in expected {
+            assert!(errors.iter().any(|e| e.starts_with(want)), "POST /config misses '{want}': {errors:?}");
+        }
+        assert_eq!(status_of(&gw.url("/kept")).await, 200, "the configuration in force stopped serving");
+    }
+    // The reload task survives a broken file on SIGHUP too, and still loads a good one after.
+    gw.reload_file(BROKEN_CONSUMERS[0].0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("hmacauth_credentials: unknown field") {
+        assert!(Instant::now() < deadline, "no refusal logged for the SIGHUP reload:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.reload_file(&config(&upstream.url(), "/after"));
+    while status_of(&gw.url("/after")).await != 200 {
+        assert!(Instant::now() < deadline, "SIGHUP no longer reloads after a broken file:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

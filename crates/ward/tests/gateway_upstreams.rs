@@ -235,3 +235,46 @@ services:
     // A fast answer from the same service is unaffected.
     assert_eq!(client.get(gw.url("/slow")).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn error_bodies_name_no_upstream_address() {
+    let closed_port = common::free_port();
+    let config = format!(
+        r#"
+_format_version: "3.0"
+upstreams:
+- name: empty
+  targets:
+  - {{target: "127.0.0.1:{closed_port}", weight: 0}}
+services:
+- name: refused
+  url: http://127.0.0.1:{closed_port}
+  retries: 0
+  routes: [{{name: refused, paths: [/refused]}}]
+- name: nobody
+  host: empty
+  routes: [{{name: nobody, paths: [/nobody]}}]
+"#
+    );
+    let gw = GatewayProcess::start(&config);
+    let table = [
+        ("/refused", 502, "An invalid response was received from the upstream server"),
+        ("/nobody", 503, "failure to get a peer from the ring-balancer"),
+    ];
+    for (path, status, message) in table {
+        let r = http_client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let body = r.text().await.unwrap();
+        assert_eq!(body, serde_json::json!({ "message": message }).to_string(), "{path}");
+        for secret in [closed_port.to_string(), "127.0.0.1".to_string(), "refused".to_string(), "os error".to_string()]
+        {
+            assert!(!body.contains(&secret), "{path}: the body tells the caller '{secret}': {body}");
+        }
+    }
+    // The operator still learns what happened, from the log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(gw.log().contains(&format!("127.0.0.1:{closed_port}")) && gw.log().contains("upstream 'empty'")) {
+        assert!(Instant::now() < deadline, "the log does not say which upstream failed:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -230,11 +230,11 @@ async fn provided_cas_are_checked_before_anything_is_stored() {
             "meshes/shop: mtls.backends[0].conf.cert: no PEM CERTIFICATE block found",
         ),
         (
-            "unreadable file",
+            "file without --provided-ca-dir",
             json!({"type": "Mesh", "name": "shop", "mtls": {"backends": [{"name": "ca", "type": "provided",
                 "conf": {"cert": {"file": "/nonexistent/ca.pem"}, "key": {"inlineString": good.key_pem}}}]}})
             .to_string(),
-            "meshes/shop: mtls.backends[0].conf.cert: cannot read file \"/nonexistent/ca.pem\"",
+            "meshes/shop: mtls.backends[0].conf.cert.file: no file is read: the control plane runs without --provided-ca-dir",
         ),
     ];
     for (what, yaml, want) in cases {

@@ -57,7 +57,7 @@ fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 }
 
 /// `curl` as the application's user: the status code and body, or curl's exit code on failure.
-fn curl(host: &Host, url: &str) -> Result<(u16, String), i32> {
+fn curl(host: &Host<'_>, url: &str) -> Result<(u16, String), i32> {
     let output = host.exec_as(
         APP_UID,
         Command::new("curl").args(["-sS", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}", url]),
@@ -78,7 +78,7 @@ struct ControlPlane {
 }
 
 impl ControlPlane {
-    fn start(cp: &Host) -> ControlPlane {
+    fn start(cp: &Host<'_>) -> ControlPlane {
         let data_dir = tempfile::tempdir().unwrap();
         let process = cp.spawn(Command::new(WARD).args([
             "cp",
@@ -102,11 +102,11 @@ impl ControlPlane {
         control_plane
     }
 
-    fn ward(&self, cp: &Host, args: &[&str]) -> Output {
+    fn ward(&self, cp: &Host<'_>, args: &[&str]) -> Output {
         cp.exec(Command::new(WARD).args(args).env("WARD_CP_ADDRESS", CP_API).env("WARD_API_TOKEN", &self.token))
     }
 
-    fn apply(&self, cp: &Host, shared: &Path, yaml: &str) {
+    fn apply(&self, cp: &Host<'_>, shared: &Path, yaml: &str) {
         let file = write_shared(shared, "apply.yaml", yaml);
         succeeds("ward apply", self.ward(cp, &["apply", "-f", &file.display().to_string()]));
     }
@@ -134,7 +134,7 @@ fn dataplane(service: &str, address: IpAddr) -> String {
 fn start_service<'tb>(
     testbed: &'tb Testbed,
     service: &str,
-    cp_host: &Host,
+    cp_host: &Host<'_>,
     cp: &ControlPlane,
     shared: &Path,
 ) -> ServiceHost<'tb> {
@@ -217,7 +217,7 @@ struct Capture {
 }
 
 impl Capture {
-    fn start(host: &Host, dir: &Path) -> Capture {
+    fn start(host: &Host<'_>, dir: &Path) -> Capture {
         let file = dir.join(format!("{}.pcap", host.name()));
         let process = host.spawn(
             Command::new("tcpdump").args(["-i", host.interface(), "--immediate-mode", "-U", "-n", "-w"]).arg(&file),
@@ -251,7 +251,7 @@ fn the_marketplace_runs_transparently_across_hosts() {
     let cp_host = testbed.host("cp");
     let cp = ControlPlane::start(&cp_host);
     cp.apply(&cp_host, shared.path(), &common::marketplace::policies(None));
-    let hosts: Vec<ServiceHost> = ["users", "items", "invoices"]
+    let hosts: Vec<ServiceHost<'_>> = ["users", "items", "invoices"]
         .iter()
         .map(|s| start_service(&testbed, s, &cp_host, &cp, shared.path()))
         .collect();

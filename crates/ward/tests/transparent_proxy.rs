@@ -21,7 +21,7 @@ use ward_net::{
 use ward_testbed::{APP_UID, Host, PROXY_UID, Responder, Testbed, find_program, iptables_variants};
 
 /// Runs `ward ARGS` inside the host as root.
-fn ward(host: &Host, args: &str) -> Output {
+fn ward(host: &Host<'_>, args: &str) -> Output {
     host.exec(Command::new(WARD).args(args.split_whitespace()))
 }
 
@@ -40,20 +40,20 @@ fn fails(output: Output) -> String {
 }
 
 /// `ward install transparent-proxy` for the proxy's UID with this backend and further options.
-fn install(host: &Host, variant: &str, options: &str) -> Output {
+fn install(host: &Host<'_>, variant: &str, options: &str) -> Output {
     ward(host, &format!("install transparent-proxy --proxy-uid {PROXY_UID} --iptables-backend {variant} {options}"))
 }
 
 /// Runs an iptables program inside the host, failing the test when it fails.
 #[track_caller]
-fn iptables(host: &Host, program: &str, rule: &str) {
+fn iptables(host: &Host<'_>, program: &str, rule: &str) {
     let output = host.exec(Command::new(program).args(rule.split_whitespace()));
     assert!(output.status.success(), "{program} {rule}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// Every table of both families as the variant's `*-save` prints them, without the comments and
 /// packet counters that change by themselves.
-fn tables(host: &Host, variant: &str) -> String {
+fn tables(host: &Host<'_>, variant: &str) -> String {
     let mut all = String::new();
     for program in [format!("iptables-{variant}-save"), format!("ip6tables-{variant}-save")] {
         let output = host.exec(&Command::new(&program));
@@ -70,7 +70,7 @@ fn tables(host: &Host, variant: &str) -> String {
 
 /// A rule of the user's own in each family's nat and filter tables, which install and uninstall
 /// must leave alone.
-fn add_foreign_rules(host: &Host, variant: &str) {
+fn add_foreign_rules(host: &Host<'_>, variant: &str) {
     for program in [format!("iptables-{variant}"), format!("ip6tables-{variant}")] {
         iptables(host, &program, "-t nat -N USER_CHAIN");
         iptables(host, &program, "-t nat -A USER_CHAIN -p tcp --dport 9999 -j RETURN");
@@ -81,7 +81,7 @@ fn add_foreign_rules(host: &Host, variant: &str) {
 }
 
 /// A stand-in proxy listener on `port` of every address: answers "`name` <original destination>".
-fn proxy_listener(host: &Host, name: &'static str, port: u16) -> Responder {
+fn proxy_listener(host: &Host<'_>, name: &'static str, port: u16) -> Responder {
     host.respond(SocketAddr::new("::".parse().unwrap(), port), move |stream| match original_dst(stream) {
         Ok(original) => format!("{name} {original}"),
         Err(e) => format!("{name} without original destination: {e}"),
@@ -89,13 +89,13 @@ fn proxy_listener(host: &Host, name: &'static str, port: u16) -> Responder {
 }
 
 /// A stand-in application on `port` of every address: answers with its name.
-fn application(host: &Host, name: &'static str, port: u16) -> Responder {
+fn application(host: &Host<'_>, name: &'static str, port: u16) -> Responder {
     host.respond(SocketAddr::new("::".parse().unwrap(), port), move |_| name.to_string())
 }
 
 /// What a client running as `uid` in `host` reads from `ip:port`.
 #[track_caller]
-fn ask(host: &Host, uid: u32, ip: IpAddr, port: u16) -> String {
+fn ask(host: &Host<'_>, uid: u32, ip: IpAddr, port: u16) -> String {
     host.tcp_read_as(uid, SocketAddr::new(ip, port)).unwrap_or_else(|e| format!("error: {e}"))
 }
 
@@ -201,7 +201,7 @@ fn excluded_outbound_ports_and_addresses_are_not_redirected() {
 }
 
 /// Sends one datagram from a socket owned by `uid` inside the host and returns the answer.
-fn ask_udp(host: &Host, uid: u32, to: SocketAddr) -> String {
+fn ask_udp(host: &Host<'_>, uid: u32, to: SocketAddr) -> String {
     host.in_netns_as(uid, || {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         // Guards against a hang only: a lost answer fails the test either way.
@@ -217,7 +217,7 @@ fn ask_udp(host: &Host, uid: u32, to: SocketAddr) -> String {
 }
 
 /// A stand-in DNS server that answers the next `count` datagrams with `name`.
-fn udp_server(host: &Host, name: &'static str, at: &str, count: usize) -> std::thread::JoinHandle<()> {
+fn udp_server(host: &Host<'_>, name: &'static str, at: &str, count: usize) -> std::thread::JoinHandle<()> {
     let socket = host.in_netns(|| UdpSocket::bind(at)).unwrap();
     std::thread::spawn(move || {
         let mut buffer = [0; 64];
@@ -368,7 +368,7 @@ fn a_failure_half_way_leaves_nothing_and_names_what_failed() {
 fn detection_installs_where_the_hosts_rules_already_are() {
     let variants = iptables_variants();
     assert_eq!(variants, ["nft", "legacy"], "this test needs both iptables backends (the iptables package has both)");
-    let has_ward = |host: &Host, variant: &str| tables(host, variant).contains("WARD_OUTBOUND");
+    let has_ward = |host: &Host<'_>, variant: &str| tables(host, variant).contains("WARD_OUTBOUND");
 
     let testbed = Testbed::new("detect_fresh");
     let fresh = testbed.host("fresh");

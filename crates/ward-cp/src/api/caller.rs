@@ -5,6 +5,7 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use super::{ApiError, ApiState};
 use crate::{
     auth::{AuthError, Role, UserClaims},
+    provided_files::Requester,
     store::Actor,
 };
 
@@ -53,6 +54,11 @@ impl Caller {
             )));
         }
         Ok(())
+    }
+
+    /// Whether the token may have files of the host read (a global admin's).
+    pub fn requester(&self) -> Requester {
+        if self.0.role == Role::Admin && self.0.meshes.is_none() { Requester::GlobalAdmin } else { Requester::Other }
     }
 
     fn admin_role(&self) -> Result<(), ApiError> {

@@ -165,6 +165,7 @@ pub async fn dataplane_overview(
         "dataplane": dataplane.to_json(),
         "online": session.is_some(),
         "session": session,
+        "refused": state.online.refusal(&mesh, &name),
         "certificate": certificate,
     })))
 }

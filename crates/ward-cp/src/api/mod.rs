@@ -4,6 +4,7 @@ mod admin;
 mod caller;
 mod error;
 mod identity;
+mod path_names;
 mod resources;
 
 use axum::{
@@ -52,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/meshes/{mesh}/dataplanes/{name}/_authorization", get(resources::authorization))
         .route("/meshes/{mesh}/dataplanes/{name}/_overview", get(identity::dataplane_overview))
+        .route_layer(axum::middleware::from_fn(path_names::check))
         .fallback(|| async { ApiError::not_found("no such API path") })
         .with_state(state)
 }

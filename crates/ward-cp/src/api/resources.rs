@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use ward_api::{Resource, ResourceType, dataplane::SERVICE_TAG, parse, policy};
+use ward_api::{Resource, ResourceType, Spec, SpiffeId, parse, policy};
 
 use super::{ApiError, ApiState, Caller, MAX_BODY_BYTES};
 use crate::store::Written;
@@ -173,7 +173,7 @@ pub async fn put_mesh(
     caller.write(&name)?;
     let doc = read_document(&headers, body).await?;
     let mut resource = resource_for_path(doc, ResourceType::Mesh, &name, &name)?;
-    let cas = state.identity.prepare_mesh(&mut resource).await?;
+    let cas = state.identity.prepare_mesh(&mut resource, caller.requester()).await?;
     let written = state.store.put_with_cas(resource, &cas, &caller.actor()).await?;
     Ok(written_response(written))
 }
@@ -218,8 +218,11 @@ pub async fn delete_in_mesh(
 
 /// `?caller=` of an authorization question: a service name or a SPIFFE ID.
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CallerQuery {
     caller: String,
+    /// A Dataplane of the caller's service whose tags the decision uses, as its proxy's would.
+    caller_dataplane: Option<String>,
 }
 
 /// `GET /meshes/{mesh}/dataplanes/{name}/_authorization?caller=X`: would `caller` be let
@@ -231,24 +234,48 @@ pub async fn authorization(
     Query(query): Query<CallerQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.read(&mesh)?;
-    let who = if query.caller.starts_with("spiffe://") {
-        policy::Caller::Spiffe(query.caller.clone())
+    let id = if query.caller.starts_with("spiffe://") {
+        SpiffeId::parse(&query.caller).map_err(|e| ApiError::bad_field("_authorization", "caller", &e.to_string()))?
     } else {
         ward_api::names::check_service(&query.caller)
             .map_err(|e| ApiError::bad_field("_authorization", "caller", &e))?;
-        policy::Caller::Tags([(SERVICE_TAG.to_string(), query.caller.clone())].into())
+        SpiffeId::for_service(&mesh, &query.caller)
+            .map_err(|e| ApiError::bad_field("_authorization", "caller", &e.to_string()))?
     };
+    // Without a dataplane, only the caller's service is known: policies that look at more tags
+    // are decided as an inbound decides a caller whose tags it does not know.
+    let tags = match &query.caller_dataplane {
+        None => None,
+        Some(name) => {
+            let found = state.store.get(ResourceType::Dataplane, &mesh, name).await?;
+            let Some(Spec::Dataplane(dp)) = found.map(|r| r.spec) else {
+                return Err(ApiError::bad_field(
+                    "_authorization",
+                    "callerDataplane",
+                    &format!("dataplanes/{name} not found in mesh {mesh:?}"),
+                ));
+            };
+            Some(policy::caller_tags(&dp, id.service().unwrap_or_default()))
+        }
+    };
+    let who = policy::Caller::Workload { id, tags };
     let dataplane = state
         .store
         .get(ResourceType::Dataplane, &mesh, &name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("dataplanes/{name} not found in mesh {mesh:?}")))?;
-    let decision = policy::decide(&state.store.mesh_resources(&mesh).await?, &who, &dataplane);
+    let resources = state.store.mesh_resources(&mesh).await?;
+    let decision = policy::decide(&resources, &who, &dataplane);
+    let depends_on: Vec<&ward_api::dataplane::Tags> = match &who {
+        policy::Caller::Workload { tags: None, .. } => policy::tag_selectors(&resources),
+        _ => Vec::new(),
+    };
     Ok(Json(json!({
         "caller": query.caller,
         "dataplane": name,
         "action": decision.action,
         "policy": decision.policy.as_ref().map(ToString::to_string),
         "explanation": decision.to_string(),
+        "dependsOnCallerTags": depends_on,
     })))
 }

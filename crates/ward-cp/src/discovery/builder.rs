@@ -55,6 +55,18 @@ impl Snapshots {
         receiver
     }
 
+    /// Has the snapshot of `mesh` rebuilt, for a change the store's feed does not carry (a
+    /// certificate issued).
+    pub fn rebuild(&self, mesh: &str) {
+        let _ = self.wanted.send(mesh.to_string());
+    }
+
+    /// Drops every mesh's channel: each open stream ends, telling its proxy that the control
+    /// plane is shutting down.
+    pub fn close(&self) {
+        self.channels.lock().expect("snapshot channels lock").clear();
+    }
+
     fn watched(&self) -> HashSet<String> {
         let mut channels = self.channels.lock().expect("snapshot channels lock");
         channels.retain(|_, sender| sender.receiver_count() > 0);
@@ -78,6 +90,7 @@ async fn run(
     vip_range: Ipv4Net,
 ) {
     let mut store_changes = store.subscribe();
+    let mut revocations = identity.revocations();
     let mut seen_revision = store_changes.borrow_and_update().revision;
     let mut version = 0u64;
     // Meshes whose last build failed: their proxies still wait for them, so they are built again.
@@ -100,6 +113,11 @@ async fn run(
                     if let Some((_, _, mesh, _)) = change.what { dirty.insert(mesh); }
                 }
                 Some(mesh) = online_changes.recv() => { dirty.insert(mesh); }
+                // A revoked token's certificates are pushed to every proxy of its mesh.
+                changed = revocations.changed() => {
+                    if changed.is_err() { return; }
+                    everything = true;
+                }
                 Some(mesh) = wanted.recv() => { dirty.insert(mesh); }
                 _ = &mut deadline, if started => break,
             }

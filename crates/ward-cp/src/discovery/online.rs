@@ -33,10 +33,21 @@ pub struct SessionInfo {
     pub cancel: CancellationToken,
 }
 
+/// Why the control plane last turned a proxy away.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The reason the proxy was told.
+    pub reason: String,
+}
+
 /// The connected proxies, by mesh and dataplane name; tells the snapshot builder of every change.
 #[derive(Clone)]
 pub struct Online {
     sessions: Arc<Mutex<HashMap<(String, String), SessionInfo>>>,
+    refusals: Arc<Mutex<HashMap<(String, String), Refusal>>>,
     next_id: Arc<AtomicU64>,
     changed: mpsc::UnboundedSender<String>,
 }
@@ -45,7 +56,12 @@ impl Online {
     /// An empty registry, and the receiver of the names of meshes whose set of proxies changed.
     pub fn new() -> (Self, mpsc::UnboundedReceiver<String>) {
         let (changed, receiver) = mpsc::unbounded_channel();
-        let online = Online { sessions: Default::default(), next_id: Arc::new(AtomicU64::new(1)), changed };
+        let online = Online {
+            sessions: Default::default(),
+            refusals: Default::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            changed,
+        };
         (online, receiver)
     }
 
@@ -53,7 +69,9 @@ impl Online {
     pub fn connect(&self, mesh: &str, name: &str, mut info: SessionInfo) -> u64 {
         info.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = info.id;
-        let replaced = self.lock().insert((mesh.to_string(), name.to_string()), info);
+        let key = (mesh.to_string(), name.to_string());
+        self.refusals.lock().expect("refusals lock").remove(&key);
+        let replaced = self.lock().insert(key, info);
         if let Some(old) = replaced {
             tracing::info!(mesh, dataplane = name, "a new stream replaces the proxy's previous one");
             old.cancel.cancel();
@@ -76,6 +94,19 @@ impl Online {
     /// The session of `mesh/name`, when connected.
     pub fn get(&self, mesh: &str, name: &str) -> Option<SessionInfo> {
         self.lock().get(&(mesh.to_string(), name.to_string())).cloned()
+    }
+
+    /// Remembers why a proxy of `mesh/name` was turned away (its token refused or revoked), until
+    /// it connects again; the registry keeps one per dataplane of a mesh that exists.
+    pub fn refuse(&self, mesh: &str, name: &str, reason: &str) {
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let refusal = Refusal { at, reason: reason.to_string() };
+        self.refusals.lock().expect("refusals lock").insert((mesh.to_string(), name.to_string()), refusal);
+    }
+
+    /// Why a proxy of `mesh/name` was last turned away, when it was and has not connected since.
+    pub fn refusal(&self, mesh: &str, name: &str) -> Option<Refusal> {
+        self.refusals.lock().expect("refusals lock").get(&(mesh.to_string(), name.to_string())).cloned()
     }
 
     /// Names of the connected dataplanes of `mesh`.

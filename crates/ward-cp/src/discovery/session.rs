@@ -15,7 +15,7 @@ use ward_proto::discovery::{
 };
 
 use super::{Discovery, online::SessionInfo, snapshot::SharedSnapshot};
-use crate::store::{Actor, DataplaneCert, StoreError};
+use crate::store::{Actor, DataplaneCert, IssuedCert, StoreError};
 
 /// How long a new stream may take to send its Register message.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,11 +51,18 @@ impl Session {
         };
         let (dataplane, service) = read_dataplane(&register)?;
         let (mesh, name) = (dataplane.meta.mesh.clone(), dataplane.meta.name.clone());
-        let claims = discovery
-            .identity
-            .verify_token(&token, &mesh, &name, &service)
-            .await
-            .map_err(|e| Status::permission_denied(format!("dataplane token refused: {e}")))?;
+        let claims = match discovery.identity.verify_token(&token, &mesh, &name, &service).await {
+            Ok(claims) => claims,
+            Err(e) => {
+                let reason = format!("dataplane token refused: {e}");
+                tracing::warn!(%mesh, dataplane = %name, %reason, "proxy refused");
+                // Only for dataplanes that exist, so a caller cannot fill the registry with names.
+                if discovery.store.get(ResourceType::Dataplane, &mesh, &name).await.is_ok_and(|d| d.is_some()) {
+                    discovery.online.refuse(&mesh, &name, &reason);
+                }
+                return Err(Status::permission_denied(reason));
+            }
+        };
         store_dataplane(&discovery, dataplane).await?;
 
         let cancel = CancellationToken::new();
@@ -118,7 +125,9 @@ impl Session {
                 }
                 _ = revocations.changed() => {
                     if self.discovery.identity.is_revoked(&self.claims.jti) {
-                        return Err(Status::permission_denied(format!("dataplane token {} has been revoked", self.claims.jti)));
+                        let reason = format!("dataplane token refused: token {} has been revoked", self.claims.jti);
+                        self.discovery.online.refuse(&self.claims.mesh, &self.claims.name, &reason);
+                        return Err(Status::permission_denied(reason));
                     }
                 }
                 _ = self.cancel.cancelled() => return Err(Status::aborted("a newer stream of this dataplane replaced this one")),
@@ -196,6 +205,17 @@ impl Session {
         };
         if let Err(e) = self.discovery.store.record_dataplane_cert(&claims.mesh, &claims.name, &record).await {
             tracing::warn!(error = %e, "cannot record the issued certificate");
+        }
+        let issued = IssuedCert {
+            serial: svid.serial_hex.clone(),
+            dataplane: claims.name.clone(),
+            token_id: claims.jti.clone(),
+            not_after: svid.not_after,
+        };
+        match self.discovery.store.record_issued_cert(&claims.mesh, &issued).await {
+            // Peers whose permissions look at callers' tags learn this serial's.
+            Ok(()) => self.discovery.snapshots.rebuild(&claims.mesh),
+            Err(e) => return refuse(format!("cannot record the certificate: {e}")),
         }
         control_message::Message::Certificate(Certificate {
             chain_pem: svid.chain_pem,

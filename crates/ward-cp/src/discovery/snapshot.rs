@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use chrono::Utc;
 use ipnet::Ipv4Net;
 use ward_api::{
     Resource, ResourceType, Spec,
@@ -14,11 +15,11 @@ use ward_api::{
     mesh::Mesh,
     policy,
 };
-use ward_proto::discovery::{Endpoint, MtlsMode, ProxyConfig, Service};
+use ward_proto::discovery::{Endpoint, MtlsMode, PeerCertificate, ProxyConfig, Service, TagSet};
 
 use crate::{
     identity::{BackendCa, Identity, IdentityError},
-    store::Store,
+    store::{IssuedCert, Store},
 };
 
 /// One mesh at one moment.
@@ -38,6 +39,10 @@ pub struct MeshSnapshot {
     pub dataplanes: HashMap<String, Resource>,
     /// Every service with a dataplane, with the endpoints of its connected ones.
     pub services: BTreeMap<String, Service>,
+    /// Certificates issued in the mesh and still valid, whose token is not revoked.
+    pub issued: Vec<IssuedCert>,
+    /// Serials of certificates still valid whose token was revoked.
+    pub revoked_serials: Vec<String>,
 }
 
 impl MeshSnapshot {
@@ -95,7 +100,20 @@ impl MeshSnapshot {
                 s.virtual_ip = ip.to_string();
             }
         }
-        Ok(MeshSnapshot { version, mesh: Some(mesh), signer, trust_bundle_pem, permissions, dataplanes, services })
+        let (revoked, issued): (Vec<IssuedCert>, Vec<IssuedCert>) =
+            store.issued_certs(name, Utc::now()).await?.into_iter().partition(|c| identity.is_revoked(&c.token_id));
+        let revoked_serials = revoked.into_iter().map(|c| c.serial).collect();
+        Ok(MeshSnapshot {
+            version,
+            mesh: Some(mesh),
+            signer,
+            trust_bundle_pem,
+            permissions,
+            dataplanes,
+            services,
+            issued,
+            revoked_serials,
+        })
     }
 
     /// The configuration of dataplane `name`; `None` when it is not in the mesh (any more).
@@ -109,12 +127,9 @@ impl MeshSnapshot {
             Some(b) if b.is_permissive() => MtlsMode::Permissive,
             Some(_) => MtlsMode::Strict,
         };
-        let permissions_json = self
-            .permissions
-            .iter()
-            .filter(|p| policy::applies_to(p, resource))
-            .map(|p| p.to_json().to_string())
-            .collect();
+        let permissions: Vec<Resource> =
+            self.permissions.iter().filter(|p| policy::applies_to(p, resource)).cloned().collect();
+        let permissions_json = permissions.iter().map(|p| p.to_json().to_string()).collect();
         // A transparent proxy or a gateway may be asked for any service; otherwise only its
         // outbounds are reachable.
         let wanted: Vec<&str> = if dp.networking.transparent_proxying.is_some() || dp.networking.gateway.is_some() {
@@ -139,7 +154,36 @@ impl MeshSnapshot {
             services,
             passthrough: mesh.passthrough(),
             enabled_backend: backend.map(|b| b.name.clone()).unwrap_or_default(),
+            peer_certificates: self.peer_certificates(&permissions),
+            revoked_serials: self.revoked_serials.clone(),
         })
+    }
+
+    /// The certificates whose holders' tags `permissions` may look at: none when they look at
+    /// no tag beyond the service; else those of the services their tag selectors name (or all,
+    /// when a selector names no service).
+    fn peer_certificates(&self, permissions: &[Resource]) -> Vec<PeerCertificate> {
+        let selectors = policy::tag_selectors(permissions);
+        if selectors.is_empty() {
+            return Vec::new();
+        }
+        let services: Option<HashSet<&str>> =
+            selectors.iter().map(|t| t.get(SERVICE_TAG).filter(|s| *s != "*").map(String::as_str)).collect();
+        self.issued
+            .iter()
+            .filter_map(|cert| {
+                let Spec::Dataplane(dp) = &self.dataplanes.get(&cert.dataplane)?.spec else { return None };
+                let service = dp.service();
+                if services.as_ref().is_some_and(|s| !s.contains(service)) {
+                    return None;
+                }
+                let tags = policy::caller_tags(dp, service)
+                    .into_iter()
+                    .map(|t| TagSet { tags: t.into_iter().collect() })
+                    .collect();
+                Some(PeerCertificate { serial: cert.serial.clone(), dataplane: cert.dataplane.clone(), tags })
+            })
+            .collect()
     }
 }
 

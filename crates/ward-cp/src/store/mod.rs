@@ -15,9 +15,11 @@ use tokio::sync::{Mutex, watch};
 use ward_api::{Meta, Resource, ResourceType, Spec, parse};
 
 mod identity;
+mod issued_certs;
 mod virtual_ips;
 
 pub use identity::{DataplaneCert, MeshCa, StoredSigningKey};
+pub use issued_certs::IssuedCert;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

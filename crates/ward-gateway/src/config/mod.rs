@@ -129,7 +129,8 @@ pub(crate) fn parse(text: &str) -> Result<(Declaration, ConfigErrors), ConfigErr
     collector.consumers(items);
     let items = take_list(&mut top, "plugins", "", &mut collector.errors);
     collector.plugins(items, Links::default());
-    collector.credentials(&mut top, "", None);
+    let credentials = Credentials::take(&mut top, "", &mut collector.errors);
+    collector.credentials(credentials, None);
     let items = take_list(&mut top, "certificates", "", &mut collector.errors);
     collector.certificates(items);
     let items = take_list(&mut top, "snis", "", &mut collector.errors);
@@ -239,6 +240,26 @@ enum Owner {
     Target,
 }
 
+/// The credential lists of a consumer, or of the top level, each element with its path.
+struct Credentials {
+    keyauth: Vec<(String, Value)>,
+    basicauth: Vec<(String, Value)>,
+    jwt: Vec<(String, Value)>,
+    acls: Vec<(String, Value)>,
+}
+
+impl Credentials {
+    /// Removes the credential lists from `obj` (written at `prefix`).
+    fn take(obj: &mut Map<String, Value>, prefix: &str, errors: &mut ConfigErrors) -> Credentials {
+        Credentials {
+            keyauth: take_list(obj, "keyauth_credentials", prefix, errors),
+            basicauth: take_list(obj, "basicauth_credentials", prefix, errors),
+            jwt: take_list(obj, "jwt_secrets", prefix, errors),
+            acls: take_list(obj, "acls", prefix, errors),
+        }
+    }
+}
+
 struct Collector {
     decl: Declaration,
     errors: ConfigErrors,
@@ -326,45 +347,62 @@ impl Collector {
         for (path, value) in items {
             let Some(mut obj) = object(value, &path, &mut self.errors) else { continue };
             let plugins = take_list(&mut obj, "plugins", &path, &mut self.errors);
-            let index = self.decl.consumers.len();
-            self.credentials(&mut obj, &path, Some(index));
-            let Some(item) = typed::<schema::Consumer>(Value::Object(obj), &path, &mut self.errors) else { continue };
+            let credentials = Credentials::take(&mut obj, &path, &mut self.errors);
+            let Some(item) = typed::<schema::Consumer>(Value::Object(obj), &path, &mut self.errors) else {
+                self.detached(|c| {
+                    c.credentials(credentials, Some(0));
+                    c.plugins(plugins, Links { consumer: Some(0), ..Links::default() });
+                });
+                continue;
+            };
             if item.username.is_none() && item.custom_id.is_none() {
                 self.errors.add(&path, "at least one of username or custom_id is required");
             }
             let natural = item.username.as_deref().or(item.custom_id.as_deref());
             let id = self.id("consumers", item.id.as_deref(), natural, &path);
+            let index = self.decl.consumers.len();
             self.decl.consumers.push(Entity { path, id, item, links: Links::default() });
+            self.credentials(credentials, Some(index));
             self.plugins(plugins, Links { consumer: Some(index), ..Links::default() });
         }
     }
 
-    /// Credentials at the top level (`consumer` set) or nested in a consumer.
-    fn credentials(&mut self, obj: &mut Map<String, Value>, prefix: &str, consumer: Option<usize>) {
+    /// Reads what is nested in an entity that could not be read, so that its errors are
+    /// listed too, into a declaration that is then dropped: nothing of it can end up
+    /// attached to another entity (the parent index it is given exists nowhere).
+    fn detached(&mut self, read: impl FnOnce(&mut Collector)) {
+        let errors = std::mem::take(&mut self.errors);
+        let mut scratch = Collector { decl: Declaration::default(), errors, pending: Vec::new() };
+        read(&mut scratch);
+        self.errors = scratch.errors;
+    }
+
+    /// Credentials at the top level (`consumer` none) or nested in consumer `consumer`.
+    fn credentials(&mut self, lists: Credentials, consumer: Option<usize>) {
         let nested = consumer.is_some();
         let links = Links { consumer, ..Links::default() };
-        for (path, value) in take_list(obj, "keyauth_credentials", prefix, &mut self.errors) {
+        for (path, value) in lists.keyauth {
             let Some(item) = typed::<schema::KeyAuthCredential>(value, &path, &mut self.errors) else { continue };
             let id = self.id("keyauth_credentials", item.id.as_deref(), None, &path);
             let index = self.decl.keyauth_credentials.len();
             self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::KeyAuth, index), &path);
             self.decl.keyauth_credentials.push(Entity { path, id, item, links });
         }
-        for (path, value) in take_list(obj, "basicauth_credentials", prefix, &mut self.errors) {
+        for (path, value) in lists.basicauth {
             let Some(item) = typed::<schema::BasicAuthCredential>(value, &path, &mut self.errors) else { continue };
             let id = self.id("basicauth_credentials", item.id.as_deref(), Some(&item.username.clone()), &path);
             let index = self.decl.basicauth_credentials.len();
             self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::BasicAuth, index), &path);
             self.decl.basicauth_credentials.push(Entity { path, id, item, links });
         }
-        for (path, value) in take_list(obj, "jwt_secrets", prefix, &mut self.errors) {
+        for (path, value) in lists.jwt {
             let Some(item) = typed::<schema::JwtSecret>(value, &path, &mut self.errors) else { continue };
             let id = self.id("jwt_secrets", item.id.as_deref(), item.key.as_deref(), &path);
             let index = self.decl.jwt_secrets.len();
             self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::Jwt, index), &path);
             self.decl.jwt_secrets.push(Entity { path, id, item, links });
         }
-        for (path, value) in take_list(obj, "acls", prefix, &mut self.errors) {
+        for (path, value) in lists.acls {
             let Some(item) = typed::<schema::Acl>(value, &path, &mut self.errors) else { continue };
             let id = self.id("acls", item.id.as_deref(), None, &path);
             let index = self.decl.acls.len();
@@ -632,6 +670,27 @@ keyauth_credentials:
             for want in *expected {
                 assert!(got.iter().any(|g| g.starts_with(want)), "{text}\nwanted {want}\ngot {got:?}");
             }
+        }
+    }
+
+    #[test]
+    fn credentials_of_an_unreadable_consumer_belong_to_no_consumer() {
+        // (configuration, how many consumers it has, then its credentials' consumers)
+        let table: &[(&str, usize, &[Option<usize>])] = &[
+            ("consumers:\n- username: a\n  hmacauth_credentials: []\n  acls: [{group: g}]\n", 0, &[]),
+            ("consumers:\n- username: a\n  typo: 1\n  acls: [{group: g}]\n- username: b\n", 1, &[]),
+            (
+                "consumers:\n- username: a\n  acls: [{group: g}]\n- usrname: b\n  acls: [{group: h}]\n- username: c\n  acls: [{group: i}]\n",
+                2,
+                &[Some(0), Some(1)],
+            ),
+        ];
+        for (text, consumers, links) in table {
+            let (decl, errors) = parse(&format!("_format_version: \"3.0\"\n{text}")).unwrap();
+            assert!(!errors.is_empty(), "{text}");
+            assert_eq!(decl.consumers.len(), *consumers, "{text}");
+            let got: Vec<Option<usize>> = decl.acls.iter().map(|e| e.links.consumer).collect();
+            assert_eq!(got, *links, "{text}");
         }
     }
 

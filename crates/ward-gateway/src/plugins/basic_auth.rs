@@ -28,35 +28,6 @@ struct Config {
     realm: String,
 }
 
-/// A basic-auth credential: whose it is, its username, and Kong's digest of its password.
-#[derive(Debug)]
-pub(crate) struct Credential {
-    pub consumer: usize,
-    digest: String,
-}
-
-/// Kong's password digest: hex SHA-1 of the password followed by the consumer id.
-fn kong_digest(password: &str, consumer_id: &str) -> String {
-    let d = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
-        format!("{password}{consumer_id}").as_bytes(),
-    );
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-impl Credential {
-    /// A credential whose `password` is plain text (`transform`, Kong's default) or already Kong's digest.
-    pub fn new(consumer: usize, consumer_id: &str, password: &str, transform: bool) -> Self {
-        let digest = if transform { kong_digest(password, consumer_id) } else { password.to_ascii_lowercase() };
-        Credential { consumer, digest }
-    }
-
-    fn accepts(&self, password: &str, consumer_id: &str) -> bool {
-        let given = kong_digest(password, consumer_id);
-        aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), self.digest.as_bytes()).is_ok()
-    }
-}
-
 /// A compiled basic-auth configuration.
 pub(crate) struct BasicAuth {
     anonymous: Option<usize>,
@@ -122,21 +93,5 @@ impl BasicAuth {
             return Err(unauthorized());
         }
         Ok((credential.consumer, user))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kong_compatible_digest() {
-        // Kong stores sha1(password .. consumer_id); a file written with _transform: false carries it.
-        let c = Credential::new(0, "4d924084-1adb-40a5-c042-63b19db421d1", "kong", true);
-        assert_eq!(c.digest, kong_digest("kong", "4d924084-1adb-40a5-c042-63b19db421d1"));
-        assert!(c.accepts("kong", "4d924084-1adb-40a5-c042-63b19db421d1"));
-        assert!(!c.accepts("kong ", "4d924084-1adb-40a5-c042-63b19db421d1"));
-        let hashed = Credential::new(0, "x", &kong_digest("secret", "x").to_uppercase(), false);
-        assert!(hashed.accepts("secret", "x"));
     }
 }

@@ -101,7 +101,8 @@ pub(super) fn compile(cx: &mut Compile<'_>, value: Value) -> Option<Plugin> {
             let looks_like_regex =
                 o.chars().any(|ch| !(ch.is_ascii_alphanumeric() || matches!(ch, '.' | ':' | '/' | '-')));
             if looks_like_regex {
-                match Regex::new(&format!("^(?:{o})$")) {
+                // Checked alone first: `a)|(b` would otherwise escape the anchoring group.
+                match Regex::new(o).and_then(|_| Regex::new(&format!("^(?:{o})$"))) {
                     Ok(regex) => list.push(Origin::Pattern { regex, by_host: !o.contains(':') }),
                     Err(e) => cx.error(
                         &format!("origins[{i}]"),

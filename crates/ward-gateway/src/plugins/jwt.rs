@@ -9,14 +9,12 @@ use std::sync::LazyLock;
 
 use base64::Engine;
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{Compile, Plugin, already_authenticated, conclude};
-use crate::config::schema;
-use crate::error::ConfigErrors;
+use crate::consumers::credentials;
 use crate::exchange::Exchange;
 use crate::reply::Reply;
 
@@ -57,77 +55,6 @@ struct Config {
     #[serde(default)]
     maximum_expiration: f64,
     realm: Option<String>,
-}
-
-/// Kong's algorithm names, and what each needs to verify a signature.
-const ALGORITHMS: [(&str, Algorithm); 12] = [
-    ("HS256", Algorithm::HS256),
-    ("HS384", Algorithm::HS384),
-    ("HS512", Algorithm::HS512),
-    ("RS256", Algorithm::RS256),
-    ("RS384", Algorithm::RS384),
-    ("RS512", Algorithm::RS512),
-    ("PS256", Algorithm::PS256),
-    ("PS384", Algorithm::PS384),
-    ("PS512", Algorithm::PS512),
-    ("ES256", Algorithm::ES256),
-    ("ES384", Algorithm::ES384),
-    ("EdDSA", Algorithm::EdDSA),
-];
-
-/// A consumer's JWT secret, with its verification keys prepared at load.
-pub(crate) struct Secret {
-    pub consumer: usize,
-    /// What the key claim must say.
-    pub key: String,
-    algorithm: Algorithm,
-    /// The algorithm's name as a token header must give it.
-    algorithm_name: &'static str,
-    plain: DecodingKey,
-    /// The HMAC secret base64-decoded, for plugins with `secret_is_base64`.
-    base64: Option<DecodingKey>,
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Secret").field("key", &self.key).field("algorithm", &self.algorithm_name).finish()
-    }
-}
-
-impl Secret {
-    /// Prepares a `jwt_secrets` entry, recording problems under `path`.
-    pub fn compile(consumer: usize, s: &schema::JwtSecret, path: &str, errors: &mut ConfigErrors) -> Option<Secret> {
-        let name = s.algorithm.as_deref().unwrap_or("HS256");
-        let Some(&(algorithm_name, algorithm)) = ALGORITHMS.iter().find(|(n, _)| *n == name) else {
-            let names: Vec<&str> = ALGORITHMS.iter().map(|(n, _)| *n).collect();
-            errors.add(format!("{path}.algorithm"), format!("'{name}' is not supported ({})", names.join(", ")));
-            return None;
-        };
-        let key = s.key.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let (plain, base64) = if name.starts_with("HS") {
-            let secret = s.secret.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-            let decoded = base64::engine::general_purpose::STANDARD.decode(secret.as_bytes()).ok();
-            (DecodingKey::from_secret(secret.as_bytes()), decoded.map(|d| DecodingKey::from_secret(&d)))
-        } else {
-            let Some(pem) = &s.rsa_public_key else {
-                errors.add(format!("{path}.rsa_public_key"), format!("is required for {name}"));
-                return None;
-            };
-            let parsed = match name {
-                n if n.starts_with("RS") || n.starts_with("PS") => DecodingKey::from_rsa_pem(pem.as_bytes()),
-                n if n.starts_with("ES") => DecodingKey::from_ec_pem(pem.as_bytes()),
-                _ => DecodingKey::from_ed_pem(pem.as_bytes()),
-            };
-            match parsed {
-                Ok(k) => (k, None),
-                Err(e) => {
-                    errors.add(format!("{path}.rsa_public_key"), format!("is not a {name} public key in PEM: {e}"));
-                    return None;
-                }
-            }
-        };
-        Some(Secret { consumer, key, algorithm, algorithm_name, plain, base64 })
-    }
 }
 
 /// A compiled jwt configuration.
@@ -222,7 +149,10 @@ fn parse(token: &str) -> Result<Token<'_>, &'static str> {
     if base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature.trim_end_matches('=')).is_err() {
         return Err("invalid signature");
     }
-    let known = header.get("alg").and_then(Value::as_str).is_some_and(|a| ALGORITHMS.iter().any(|(n, _)| *n == a));
+    let known = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .is_some_and(|a| credentials::JWT_ALGORITHMS.iter().any(|(n, _)| *n == a));
     if !known {
         return Err("invalid alg");
     }

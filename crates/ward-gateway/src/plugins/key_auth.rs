@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Compile, Plugin, already_authenticated, conclude};
+use crate::consumers::credentials;
 use crate::exchange::{BodyError, Exchange};
 use crate::reply::Reply;
 
@@ -39,19 +40,6 @@ struct Config {
     #[serde(default = "yes")]
     run_on_preflight: bool,
     realm: Option<String>,
-}
-
-/// A key-auth credential: whose it is and its id (sent as X-Credential-Identifier).
-#[derive(Debug)]
-pub(crate) struct Credential {
-    pub consumer: usize,
-    pub id: String,
-}
-
-/// The digest a key is indexed by.
-pub(crate) fn digest(key: &str) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
-    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 /// A compiled key-auth configuration.
@@ -170,7 +158,7 @@ impl KeyAuth {
         let Some(key) = key.filter(|k| !k.is_empty()) else {
             return Err(self.unauthorized("No API key found in request"));
         };
-        match ex.consumers.keys.get(&digest(&key)) {
+        match ex.consumers.keys.get(&credentials::key_digest(&key)) {
             Some(c) => Ok((c.consumer, c.id.clone())),
             None => Err(self.unauthorized("Unauthorized")),
         }

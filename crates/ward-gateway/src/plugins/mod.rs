@@ -30,8 +30,8 @@ use crate::config::Declaration;
 use crate::consumers::Consumers;
 use crate::error::ConfigErrors;
 use crate::exchange::Exchange;
-use crate::gateway::Shared;
 use crate::reply::Reply;
+use crate::runtime::Shared;
 use crate::tls::CaStore;
 
 /// A compiled plugin configuration.

@@ -44,6 +44,8 @@ pub(crate) enum HashOn {
 /// A compiled `upstreams` entity.
 #[derive(Debug)]
 pub(crate) struct Balancer {
+    /// The upstream's name.
+    pub name: String,
     pub host_header: Option<String>,
     targets: Vec<Target>,
     /// Slots of the ring, each a target index, spread by weight.
@@ -127,16 +129,16 @@ fn hash_on(
 /// A target written as `host:port` (port 8000 when absent, as Kong), IPv6 in brackets.
 fn parse_target(text: &str) -> Option<(String, u16)> {
     let (host, port) = match text.strip_prefix('[') {
-        Some(rest) => {
-            let (h, after) = rest.split_once(']')?;
-            (h.to_string(), after.strip_prefix(':').map(str::parse).transpose().ok()?)
-        }
+        Some(rest) => match rest.split_once(']')? {
+            (h, "") => (h.to_string(), None),
+            (h, after) => (h.to_string(), Some(after.strip_prefix(':')?.parse().ok()?)),
+        },
         None => match text.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p.parse().ok()?)),
             _ => (text.to_string(), None),
         },
     };
-    (!host.is_empty()).then_some((host, port.unwrap_or(8000)))
+    (!host.is_empty() && port != Some(0)).then_some((host, port.unwrap_or(8000)))
 }
 
 impl Balancer {
@@ -209,6 +211,7 @@ impl Balancer {
             errors.add(at("healthchecks.threshold"), "must be between 0 and 100");
         }
         Balancer {
+            name: u.name.clone(),
             host_header: u.host_header.clone(),
             ring: ring(&weights, u.slots.clamp(10, 65536) as usize),
             targets: list,
@@ -261,6 +264,7 @@ impl Balancer {
                     _ => self.next.fetch_add(1, Ordering::Relaxed),
                 };
                 let slots = self.ring.len();
+                let start = start % slots;
                 let walk = |want_fresh: bool| {
                     (0..slots)
                         .map(|k| self.ring[(start + k) % slots])
@@ -335,6 +339,32 @@ mod tests {
     }
 
     #[test]
+    fn any_request_hash_picks_a_target() {
+        let upstream = serde_json::json!({"name": "pool", "algorithm": "consistent-hashing", "hash_on": "ip"});
+        fn entity<T>(path: &str, item: T) -> Entity<T> {
+            Entity { path: path.into(), id: path.into(), item, links: Default::default() }
+        }
+        let upstream = entity("upstreams[0]", serde_json::from_value(upstream).unwrap());
+        let targets: Vec<Entity<schema::Target>> = ["10.0.0.1:80", "10.0.0.2:80"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                entity(&format!("targets[{i}]"), serde_json::from_value(serde_json::json!({"target": t})).unwrap())
+            })
+            .collect();
+        let mut errors = ConfigErrors::default();
+        let balancer = Balancer::compile(&upstream, &targets.iter().collect::<Vec<_>>(), &mut errors);
+        assert!(errors.is_empty(), "{errors}");
+        // A hash is whatever the client's key hashes to, the largest ones too; with every
+        // target tried already, the walk goes round the whole ring before it picks one.
+        for hash in [0, 1, u64::MAX - 1, u64::MAX] {
+            for tried in [&[][..], &[0, 1]] {
+                assert!(balancer.pick(Some(hash), tried).is_some(), "{hash} {tried:?}");
+            }
+        }
+    }
+
+    #[test]
     fn targets_parse_like_kong() {
         let table = [
             ("10.0.0.1:9000", Some(("10.0.0.1", 9000))),
@@ -342,6 +372,10 @@ mod tests {
             ("[::1]:81", Some(("::1", 81))),
             ("[::1]", Some(("::1", 8000))),
             ("host:notaport", None),
+            ("[::1]x", None),
+            ("[::1]:", None),
+            ("h:0", None),
+            ("h:65536", None),
             ("", None),
         ];
         for (text, want) in table {

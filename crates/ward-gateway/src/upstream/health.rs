@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Request, Uri};
 use http_body_util::{BodyExt, Empty};
 
 use crate::config::schema;
@@ -46,7 +47,7 @@ pub(crate) struct Rules {
 pub(crate) struct Probe {
     pub kind: ProbeKind,
     pub timeout: Duration,
-    pub path: String,
+    pub path: PathAndQuery,
     pub headers: HeaderMap,
     /// The server name of https probes (the target's host when unset).
     pub sni: Option<String>,
@@ -74,8 +75,12 @@ pub(crate) struct Policy {
     pub trials: bool,
 }
 
+/// Longest interval or timeout of a health check, in seconds (Kong's bound).
+const MAX_SECONDS: f64 = 65_535.0;
+
+/// A positive number of seconds as a duration; none for zero (or anything unusable).
 fn seconds(s: f64) -> Option<Duration> {
-    (s > 0.0).then(|| Duration::from_secs_f64(s))
+    Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero())
 }
 
 impl Policy {
@@ -109,9 +114,22 @@ impl Policy {
                 "true is not supported (Ward reads no system trust store for probes): set it to false",
             );
         }
-        if !a.http_path.starts_with('/') {
-            errors.add(format!("{path}.active.http_path"), "must start with /");
+        for (field, value) in [
+            ("timeout", a.timeout),
+            ("healthy.interval", a.healthy.interval),
+            ("unhealthy.interval", a.unhealthy.interval),
+        ] {
+            if !(0.0..=MAX_SECONDS).contains(&value) {
+                errors.add(format!("{path}.active.{field}"), format!("must be between 0 and {MAX_SECONDS} (seconds)"));
+            }
         }
+        let probe_path = match a.http_path.parse::<PathAndQuery>() {
+            Ok(p) if a.http_path.starts_with('/') => p,
+            _ => {
+                errors.add(format!("{path}.active.http_path"), "must be a path starting with / (URI characters only)");
+                PathAndQuery::from_static("/")
+            }
+        };
         let mut headers = HeaderMap::new();
         for (name, values) in &a.headers {
             for v in values {
@@ -135,7 +153,7 @@ impl Policy {
         let active = (healthy_interval.is_some() || unhealthy_interval.is_some()).then(|| Probe {
             kind,
             timeout: seconds(a.timeout).unwrap_or(Duration::from_secs(1)),
-            path: a.http_path.clone(),
+            path: probe_path,
             headers,
             sni: a.https_sni.clone(),
             healthy_interval,
@@ -231,7 +249,7 @@ impl State {
                 c.tcp_failures = 0;
                 c.timeouts = 0;
                 c.http_failures = 0;
-                c.successes += 1;
+                c.successes = c.successes.saturating_add(1);
                 let enough = rules.successes > 0 && c.successes >= rules.successes;
                 if !healthy && (enough || (trials && c.in_trial)) {
                     *c = Counters::default();
@@ -246,7 +264,7 @@ impl State {
                     Failure::Timeout => (&mut c.timeouts, rules.timeouts),
                     Failure::Http => (&mut c.http_failures, rules.http_failures),
                 };
-                *count += 1;
+                *count = count.saturating_add(1);
                 if healthy && limit > 0 && *count >= limit {
                     *c = Counters { trial_at: now + FIRST_PAUSE_MS, pause: FIRST_PAUSE_MS, ..Counters::default() };
                     self.healthy.store(false, Ordering::Release);
@@ -263,13 +281,13 @@ impl State {
 
 /// Probes a target once.
 pub(crate) async fn probe(probe: &Probe, host: &str, port: u16) -> Observation {
-    let tls = (probe.kind == ProbeKind::Https).then(|| super::client_tls(None));
-    let connector = super::connector(tls, probe.timeout);
+    let tls = (probe.kind == ProbeKind::Https).then(|| super::connect::client_tls(None));
+    let connector = super::connect::connector(tls, probe.timeout);
     let attempt = async {
         let name = probe.sni.clone().unwrap_or_else(|| host.to_string());
         let conn = match connector.open_as(host.to_string(), port, name).await {
             Ok(c) => c,
-            Err(super::ConnectError::Timeout) => return Observation::Timeout,
+            Err(super::connect::ConnectError::Timeout) => return Observation::Timeout,
             Err(_) => return Observation::TcpFailure,
         };
         if probe.kind == ProbeKind::Tcp {
@@ -279,7 +297,8 @@ pub(crate) async fn probe(probe: &Probe, host: &str, port: u16) -> Observation {
             return Observation::TcpFailure;
         };
         tokio::spawn(connection);
-        let mut request = Request::get(probe.path.as_str()).body(Empty::new()).expect("valid probe request");
+        let mut request = Request::new(Empty::new());
+        *request.uri_mut() = Uri::from(probe.path.clone());
         *request.headers_mut() = probe.headers.clone();
         let authority = if port == 80 || port == 443 { host.to_string() } else { format!("{host}:{port}") };
         if let Ok(v) = http::HeaderValue::from_str(&authority) {
@@ -344,6 +363,22 @@ mod tests {
         ];
         for (o, healthy) in table {
             state.record(o, &r, false, 0);
+            assert_eq!(state.is_healthy(), healthy, "{o:?}");
+        }
+    }
+
+    #[test]
+    fn counts_stop_at_their_largest_value() {
+        // A target that answers well for ever keeps counting successes; so do failures.
+        let table = [
+            (Counters { successes: u32::MAX, ..Counters::default() }, Observation::Status(200), true),
+            (Counters { tcp_failures: u32::MAX, ..Counters::default() }, Observation::TcpFailure, false),
+            (Counters { timeouts: u32::MAX, ..Counters::default() }, Observation::Timeout, false),
+            (Counters { http_failures: u32::MAX, ..Counters::default() }, Observation::Status(500), false),
+        ];
+        for (counters, o, healthy) in table {
+            let state = State { healthy: AtomicBool::new(true), counters: Mutex::new(counters) };
+            state.record(o, &Rules { timeouts: 3, ..rules(3, 3, 3) }, true, 0);
             assert_eq!(state.is_healthy(), healthy, "{o:?}");
         }
     }

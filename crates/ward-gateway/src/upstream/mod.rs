@@ -1,5 +1,6 @@
-//! Upstreams: where a service's requests go, and the one place that connects to a
-//! chosen target and sends it a request.
+//! Upstreams: where a service's requests go, and the one place that calls them: pick a
+//! target (`balancer`), connect (`connect`), send within the timeouts (`watchdog`), report
+//! (`health`) and retry (`call`).
 //!
 //! A service's upstream is one of a small set of kinds: a plain host (the service's
 //! `url` or `host`), an `upstreams` entity whose targets a balancer chooses among, or a
@@ -7,30 +8,27 @@
 //! identity and subject to the permissions of that service's proxies.
 
 pub(crate) mod balancer;
+pub(crate) mod call;
+mod connect;
 pub(crate) mod health;
+mod watchdog;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Entity, schema};
 use crate::error::ConfigErrors;
 use crate::reply::{Body, Reply};
 use crate::tls::CaStore;
 use balancer::Balancer;
+use connect::{ConnectError, Connector, client_tls, connector};
 
 /// How long a service waits for its upstream (Kong's timeouts, in milliseconds in the file).
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +46,17 @@ pub(crate) enum Upstream {
     Balanced(Arc<Balancer>),
     /// A service of the mesh the gateway joined.
     Mesh { service: String, host: String, member: Arc<ward_proxy::member::Member> },
+}
+
+impl std::fmt::Display for Upstream {
+    /// What the logs call it (never what a client is told).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Host { host, port } => write!(f, "upstream {host}:{port}"),
+            Upstream::Balanced(b) => write!(f, "upstream '{}'", b.name),
+            Upstream::Mesh { service, .. } => write!(f, "mesh service '{service}'"),
+        }
+    }
 }
 
 /// A compiled service.
@@ -113,164 +122,25 @@ impl UpstreamError {
     }
 }
 
-/// Why a connection could not be made.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnectError {
-    #[error("the target has no host")]
-    NoHost,
-    #[error("resolving the target's name: {0}")]
-    NameResolution(io::Error),
-    #[error("{0}")]
-    Io(io::Error),
-    #[error("timed out")]
-    Timeout,
-}
-
-/// Anything a connection can be.
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
-
-/// An open connection to a target, plain or TLS.
-pub(crate) struct Conn(TokioIo<Box<dyn Io>>);
-
-impl hyper::rt::Read for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+/// The port an authority (`host:port`, `[v6]:port`) spells out: none when it has none, an
+/// error when it is not 1 to 65535 (which the URI parser lets through as "no port").
+fn written_port(authority: &str) -> Result<Option<u16>, ()> {
+    let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, rest)| rest);
+    let after_host = host_and_port.rsplit_once(']').map_or(host_and_port, |(_, rest)| rest);
+    match after_host.rsplit_once(':') {
+        None => Ok(None),
+        Some((_, port)) => port.parse::<u16>().ok().filter(|p| *p > 0).map(Some).ok_or(()),
     }
 }
 
-impl hyper::rt::Write for Conn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+/// Whether `host` names a host and nothing else (no port, user, path): a name or an IPv4
+/// address, or an IPv6 address with or without brackets.
+fn is_host(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if bare.parse::<std::net::Ipv6Addr>().is_ok() {
+        return true;
     }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-/// Opens connections to targets: DNS, TCP and (for https services) TLS, all within the
-/// service's connect timeout.
-#[derive(Clone)]
-pub(crate) struct Connector {
-    tls: Option<tokio_rustls::TlsConnector>,
-    timeout: Duration,
-}
-
-impl Connector {
-    async fn open(self, host: String, port: u16) -> Result<Conn, ConnectError> {
-        let name = host.clone();
-        self.open_as(host, port, name).await
-    }
-
-    /// Connects to `host:port`, naming `server_name` in the TLS hello.
-    async fn open_as(self, host: String, port: u16, server_name: String) -> Result<Conn, ConnectError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let lookup = tokio::time::timeout_at(deadline, tokio::net::lookup_host((host.as_str(), port)));
-        let addrs: Vec<_> =
-            lookup.await.map_err(|_| ConnectError::Timeout)?.map_err(ConnectError::NameResolution)?.collect();
-        let mut last = ConnectError::NameResolution(io::Error::new(io::ErrorKind::NotFound, "no address"));
-        let mut tcp = None;
-        for addr in addrs {
-            match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Ok(Err(e)) => last = ConnectError::Io(e),
-                Err(_) => return Err(ConnectError::Timeout),
-            }
-        }
-        let tcp = tcp.ok_or(last)?;
-        let _ = tcp.set_nodelay(true);
-        let Some(tls) = self.tls else { return Ok(Conn(TokioIo::new(Box::new(tcp)))) };
-        let name = ServerName::try_from(server_name)
-            .map_err(|e| ConnectError::Io(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-        let stream =
-            tokio::time::timeout_at(deadline, tls.connect(name, tcp)).await.map_err(|_| ConnectError::Timeout)?;
-        Ok(Conn(TokioIo::new(Box::new(stream.map_err(ConnectError::Io)?))))
-    }
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = Conn;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Conn, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let host =
-                uri.host().ok_or(ConnectError::NoHost)?.trim_start_matches('[').trim_end_matches(']').to_string();
-            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-            this.open(host, port).await
-        })
-    }
-}
-
-/// Accepts any upstream certificate: Kong's default (`tls_verify` unset or false).
-#[derive(Debug)]
-struct AnyServerCertificate {
-    signatures: ward_http::tls::HandshakeSignatures,
-}
-
-impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    ward_http::delegate_handshake_signatures!(signatures);
-}
-
-/// The TLS client side for an https service: verifying against `roots`, or (Kong's
-/// default) accepting any certificate.
-fn client_tls(roots: Option<rustls::RootCertStore>) -> tokio_rustls::TlsConnector {
-    let provider = crate::tls::provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("TLS 1.2 and 1.3 are supported");
-    let mut config = match roots {
-        Some(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
-        None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate {
-                signatures: ward_http::tls::HandshakeSignatures::of(&provider),
-            }))
-            .with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-/// A connector with the given TLS side and connect timeout.
-pub(crate) fn connector(tls: Option<tokio_rustls::TlsConnector>, timeout: Duration) -> Connector {
-    Connector { tls, timeout }
+    host.parse::<Authority>().is_ok_and(|a| a.host() == host && a.port().is_none())
 }
 
 /// Largest timeout Kong accepts (ms).
@@ -295,12 +165,27 @@ impl Service {
                     errors.add(at("url"), "cannot be combined with protocol, host, port or path");
                 }
                 match url.parse::<Uri>() {
-                    Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => (
-                        uri.scheme_str().unwrap_or_default().to_string(),
-                        Some(uri.host().unwrap_or_default().to_string()),
-                        uri.port_u16().map(u32::from),
-                        uri.path_and_query().map(|p| p.path().to_string()).filter(|p| p != "/" || url.ends_with('/')),
-                    ),
+                    Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => {
+                        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+                        if authority.contains('@') {
+                            errors.add(at("url"), "must not carry a user name or password");
+                        }
+                        let port = match written_port(authority) {
+                            Ok(port) => port.map(u32::from),
+                            Err(()) => {
+                                errors.add(at("url"), "the port must be between 1 and 65535");
+                                None
+                            }
+                        };
+                        (
+                            uri.scheme_str().unwrap_or_default().to_string(),
+                            Some(uri.host().unwrap_or_default().to_string()),
+                            port,
+                            uri.path_and_query()
+                                .map(|p| p.path().to_string())
+                                .filter(|p| p != "/" || url.ends_with('/')),
+                        )
+                    }
                     _ => {
                         errors.add(at("url"), format!("'{url}' is not an absolute URL"));
                         return None;
@@ -321,6 +206,9 @@ impl Service {
             errors.add(at("host"), "is required");
             return None;
         };
+        if !is_host(&host) {
+            errors.add(at("host"), format!("'{host}' is not a host name or IP address"));
+        }
         let mesh_service = host.strip_suffix(".mesh").map(str::to_string);
         match (&mesh_service, mesh) {
             (Some(_), None) => errors.add(
@@ -347,9 +235,9 @@ impl Service {
             }
         };
         if let Some(p) = &path
-            && !p.starts_with('/')
+            && !(p.starts_with('/') && p.parse::<PathAndQuery>().is_ok_and(|pq| pq.query().is_none()))
         {
-            errors.add(at("path"), "must start with /");
+            errors.add(at("path"), "must be a path starting with / (URI characters only, no query)");
         }
         let mut timeout = |field: &str, ms: u64| {
             if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
@@ -469,4 +357,41 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
         source = s.source();
     }
     if e.is_connect() { UpstreamError::Connect(e.to_string()) } else { UpstreamError::BadResponse(e.to_string()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_hosts_as_written() {
+        let ports: &[(&str, Result<Option<u16>, ()>)] = &[
+            ("h", Ok(None)),
+            ("h:9000", Ok(Some(9000))),
+            ("[::1]", Ok(None)),
+            ("[::1]:81", Ok(Some(81))),
+            ("u:p@h", Ok(None)),
+            ("u:p@h:82", Ok(Some(82))),
+            ("h:99999", Err(())),
+            ("h:0", Err(())),
+            ("h:", Err(())),
+        ];
+        for (authority, want) in ports {
+            assert_eq!(written_port(authority), *want, "{authority}");
+        }
+        let hosts = [
+            ("items.internal", true),
+            ("127.0.0.1", true),
+            ("::1", true),
+            ("[::1]", true),
+            ("pool_1", true),
+            ("a@evil.test", false),
+            ("a b", false),
+            ("h:80", false),
+            ("h/x", false),
+        ];
+        for (host, want) in hosts {
+            assert_eq!(is_host(host), want, "{host}");
+        }
+    }
 }

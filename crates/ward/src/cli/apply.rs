@@ -69,7 +69,7 @@ pub async fn run(client: &Client, args: ApplyArgs) -> anyhow::Result<()> {
     let total = resources.len();
     for (done, resource) in resources.iter().enumerate() {
         let meta = &resource.meta;
-        let path = resource_path(meta.ty, &meta.mesh, &meta.name);
+        let path = resource_path(meta.ty, &meta.mesh, &meta.name)?;
         match client.send(Method::PUT, &path, Some(&resource.to_json())).await {
             Ok(reply) => {
                 let verb = if reply.status == StatusCode::CREATED { "created" } else { "updated" };

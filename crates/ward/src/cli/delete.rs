@@ -22,7 +22,7 @@ pub struct DeleteArgs {
 /// Runs `ward delete`.
 pub async fn run(client: &Client, args: DeleteArgs) -> anyhow::Result<()> {
     let ty = parse_type(&args.ty)?;
-    client.send(Method::DELETE, &resource_path(ty, &args.mesh, &args.name), None).await?;
+    client.send(Method::DELETE, &resource_path(ty, &args.mesh, &args.name)?, None).await?;
     let place = if ty.is_mesh_scoped() { format!(" in mesh {}", args.mesh) } else { String::new() };
     println!("{} {}{place} deleted", ty.info().name, args.name);
     Ok(())

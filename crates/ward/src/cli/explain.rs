@@ -1,8 +1,9 @@
 //! `ward explain DATAPLANE --caller X`: would this caller get through, and why.
 
 use clap::Args;
+use ward_api::names::check_name;
 
-use crate::client::Client;
+use crate::client::{BadName, Client, Segment, api_path, query_value};
 
 /// `ward explain` arguments.
 #[derive(Debug, Args)]
@@ -12,6 +13,9 @@ pub struct ExplainArgs {
     /// The caller: a service name (e.g. `web`) or a SPIFFE ID.
     #[arg(long)]
     caller: String,
+    /// A Dataplane of the caller, whose tags decide permissions that look at more than the service.
+    #[arg(long)]
+    caller_dataplane: Option<String>,
     /// Mesh of the dataplane.
     #[arg(short, long, default_value = "default")]
     mesh: String,
@@ -19,18 +23,32 @@ pub struct ExplainArgs {
 
 /// Runs `ward explain` and prints e.g. `Allow by MeshTrafficPermission/allow-web`.
 pub async fn run(client: &Client, args: ExplainArgs) -> anyhow::Result<()> {
-    let answer = client.get_json(&authorization_path(&args.mesh, &args.dataplane, &args.caller)).await?;
+    let mut path = authorization_path(&args.mesh, &args.dataplane, &args.caller)?;
+    if let Some(name) = &args.caller_dataplane {
+        check_name(name).map_err(|reason| BadName { what: "caller dataplane", value: name.clone(), reason })?;
+        path += &format!("&callerDataplane={}", query_value(name));
+    }
+    let answer = client.get_json(&path).await?;
     println!("{}", answer["explanation"].as_str().unwrap_or("?"));
+    if let Some(selectors) = answer["dependsOnCallerTags"].as_array().filter(|s| !s.is_empty()) {
+        let list: Vec<String> = selectors.iter().map(|s| s.to_string()).collect();
+        println!(
+            "  (decided without the caller's tags, as a proxy does before it knows them: it depends on {}; \
+             name a dataplane with --caller-dataplane for its exact answer)",
+            list.join(", ")
+        );
+    }
     Ok(())
 }
 
 /// API path of the question "may `caller` reach `dataplane`?".
-pub fn authorization_path(mesh: &str, dataplane: &str, caller: &str) -> String {
-    let caller: String = caller
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
-        })
-        .collect();
-    format!("/meshes/{mesh}/dataplanes/{dataplane}/_authorization?caller={caller}")
+pub fn authorization_path(mesh: &str, dataplane: &str, caller: &str) -> Result<String, BadName> {
+    let path = api_path(&[
+        Segment::Fixed("meshes"),
+        Segment::Name { what: "mesh", value: mesh },
+        Segment::Fixed("dataplanes"),
+        Segment::Name { what: "dataplane", value: dataplane },
+        Segment::Fixed("_authorization"),
+    ])?;
+    Ok(format!("{path}?caller={}", query_value(caller)))
 }

@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 use serde_json::Value;
 use ward_api::ResourceType;
 
-use super::{parse_type, resource_path};
+use super::{mesh_path, parse_type, resource_path};
 use crate::client::Client;
 
 /// Output formats.
@@ -38,7 +38,7 @@ pub struct GetArgs {
 pub async fn run(client: &Client, args: GetArgs) -> anyhow::Result<()> {
     let ty = parse_type(&args.ty)?;
     let items = match &args.name {
-        Some(name) => vec![client.get_json(&resource_path(ty, &args.mesh, name)).await?],
+        Some(name) => vec![client.get_json(&resource_path(ty, &args.mesh, name)?).await?],
         None => list_all(client, ty, &args.mesh).await?,
     };
     match args.output {
@@ -57,7 +57,7 @@ pub async fn run(client: &Client, args: GetArgs) -> anyhow::Result<()> {
 async fn with_enabled_ca(client: &Client, mut meshes: Vec<Value>) -> anyhow::Result<Vec<Value>> {
     for mesh in &mut meshes {
         let name = mesh["name"].as_str().unwrap_or_default().to_string();
-        let cas = client.get_json(&format!("/meshes/{name}/_cas")).await?;
+        let cas = client.get_json(&mesh_path(&name, "_cas")?).await?;
         let enabled = cas["backends"].as_array().into_iter().flatten().find(|b| b["enabled"] == true).cloned();
         mesh["_ca"] = enabled.unwrap_or(Value::Null);
     }
@@ -66,7 +66,7 @@ async fn with_enabled_ca(client: &Client, mut meshes: Vec<Value>) -> anyhow::Res
 
 async fn list_all(client: &Client, ty: ResourceType, mesh: &str) -> anyhow::Result<Vec<Value>> {
     let mut path = if ty.is_mesh_scoped() {
-        format!("/meshes/{mesh}/{}?size=1000", ty.info().plural)
+        format!("{}?size=1000", mesh_path(mesh, ty.info().plural)?)
     } else {
         "/meshes?size=1000".into()
     };

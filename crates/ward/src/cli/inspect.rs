@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use crate::client::Client;
+use crate::client::{Client, Segment, api_path};
 
 /// `ward inspect ...`.
 #[derive(Debug, Subcommand)]
@@ -20,7 +20,14 @@ pub enum InspectCommand {
 /// Runs `ward inspect ...`.
 pub async fn run(client: &Client, command: InspectCommand) -> anyhow::Result<()> {
     let InspectCommand::Dataplane { name, mesh } = command;
-    let overview = client.get_json(&format!("/meshes/{mesh}/dataplanes/{name}/_overview")).await?;
+    let path = api_path(&[
+        Segment::Fixed("meshes"),
+        Segment::Name { what: "mesh", value: &mesh },
+        Segment::Fixed("dataplanes"),
+        Segment::Name { what: "dataplane", value: &name },
+        Segment::Fixed("_overview"),
+    ])?;
+    let overview = client.get_json(&path).await?;
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
     let session = &overview["session"];
     let status = if overview["online"] == true {
@@ -30,6 +37,9 @@ pub async fn run(client: &Client, command: InspectCommand) -> anyhow::Result<()>
             text(&session["proxyVersion"]),
             text(&session["tokenId"])
         )
+    } else if overview["refused"].is_object() {
+        let refused = &overview["refused"];
+        format!("offline: the control plane refused it at {}: {}", text(&refused["at"]), text(&refused["reason"]))
     } else {
         "offline".into()
     };

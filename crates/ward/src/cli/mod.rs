@@ -11,11 +11,29 @@ pub mod rotate;
 
 use ward_api::ResourceType;
 
-use crate::{client::Client, settings::Connection};
+use crate::{
+    client::{BadName, Client, Segment, api_path},
+    settings::Connection,
+};
 
-/// API path of one resource.
-pub fn resource_path(ty: ResourceType, mesh: &str, name: &str) -> String {
-    if ty.is_mesh_scoped() { format!("/meshes/{mesh}/{}/{name}", ty.info().plural) } else { format!("/meshes/{name}") }
+/// API path of one resource; refused when the mesh or the name is not a valid name.
+pub fn resource_path(ty: ResourceType, mesh: &str, name: &str) -> Result<String, BadName> {
+    let name = Segment::Name { what: "name", value: name };
+    if ty.is_mesh_scoped() {
+        api_path(&[
+            Segment::Fixed("meshes"),
+            Segment::Name { what: "mesh", value: mesh },
+            Segment::Fixed(ty.info().plural),
+            name,
+        ])
+    } else {
+        api_path(&[Segment::Fixed("meshes"), name])
+    }
+}
+
+/// API path of a mesh's collection or sub-resource `word` (e.g. `_cas`, `signing-keys`).
+pub fn mesh_path(mesh: &str, word: &str) -> Result<String, BadName> {
+    api_path(&[Segment::Fixed("meshes"), Segment::Name { what: "mesh", value: mesh }, Segment::Fixed(word)])
 }
 
 /// Reads a resource type from a CLI word, listing the choices when it is unknown.

@@ -24,7 +24,7 @@ pub enum RotateCommand {
 /// Runs `ward rotate ...`.
 pub async fn run(client: &Client, command: RotateCommand) -> anyhow::Result<()> {
     let RotateCommand::SigningKey { mesh, retire_older } = command;
-    let path = format!("/meshes/{mesh}/signing-keys");
+    let path = super::mesh_path(&mesh, "signing-keys")?;
     let reply = client.send(Method::POST, &path, Some(&json!({ "retireOlder": retire_older }))).await?;
     let answer: serde_json::Value = serde_json::from_str(&reply.body)?;
     let kid = answer["kid"].as_str().unwrap_or("?");

@@ -20,6 +20,8 @@ use processes::Processes;
 const MARKETPLACE: &str = include_str!("../../../../examples/marketplace.yaml");
 /// The marketplace's edge gateway.
 const GATEWAY: &str = include_str!("../../../../examples/marketplace-gateway.yml");
+/// How long one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The demo consumer's API key, as the gateway example defines it.
 const DEMO_KEY: &str = "demo-key";
 
@@ -38,14 +40,30 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let ports = Ports::new(args.port_base)?;
     ports.check_free()?;
+    // From here on, Ctrl-C or SIGTERM stops every process the demo started, whenever it comes.
+    let stop = crate::cp::shutdown_requested().context("listening for SIGINT and SIGTERM")?;
+    tokio::pin!(stop);
     let dir = tempfile::Builder::new().prefix("ward-demo-").tempdir().context("creating a temporary directory")?;
     let mut processes = Processes::new(dir.path());
-    let outcome = start_and_tour(&mut processes, dir.path(), ports).await;
+    let outcome = tokio::select! {
+        outcome = start_and_tour(&mut processes, dir.path(), ports) => Some(outcome),
+        () = &mut stop => None,
+    };
+    let Some(outcome) = outcome else {
+        processes.stop();
+        eprintln!("stopped before the tour was done; every process the demo started is stopped");
+        return Ok(());
+    };
     let all_matched = match outcome {
         Ok(all) => all,
         Err(e) => {
             processes.stop();
-            return Err(e.context(format!("the demo's logs are in {}", dir.path().display())));
+            let e = e.context(format!("the demo's logs are in {}", dir.path().display()));
+            // With every child stopped, a port still in use was taken by something else meanwhile.
+            return Err(match ports.first_busy() {
+                Some(busy) => e.context(busy),
+                None => e,
+            });
         }
     };
     if args.check {
@@ -57,7 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     print_try_it(ports, dir.path());
-    crate::cp::shutdown_signal().await;
+    stop.await;
     eprintln!("stopping every process the demo started...");
     processes.stop();
     match ports.busy().as_slice() {
@@ -95,7 +113,7 @@ async fn start_and_tour(processes: &mut Processes, dir: &std::path::Path, ports:
 
     step(2, "applying the marketplace: a mesh with builtin mTLS, 3 dataplanes, 3 permissions");
     for resource in &resources {
-        let path = crate::cli::resource_path(resource.meta.ty, &resource.meta.mesh, &resource.meta.name);
+        let path = crate::cli::resource_path(resource.meta.ty, &resource.meta.mesh, &resource.meta.name)?;
         client.send(reqwest::Method::PUT, &path, Some(&resource.to_json())).await?;
     }
     done("applied");
@@ -260,7 +278,8 @@ async fn wait_for_async<T, F: Future<Output = Option<T>>>(
     let started = Instant::now();
     let mut said = false;
     loop {
-        if let Some(found) = probe().await {
+        // A probe answered by something other than the demo's process may never finish.
+        if let Ok(Some(found)) = tokio::time::timeout(PROBE_TIMEOUT, probe()).await {
             return Ok(found);
         }
         processes.check_alive()?;
@@ -275,9 +294,11 @@ async fn wait_for_async<T, F: Future<Output = Option<T>>>(
     }
 }
 
+/// What to try while the demo runs. The admin token is named by its file, never printed:
+/// terminals are recorded, shared and scrolled back.
 fn print_try_it(ports: Ports, dir: &std::path::Path) {
     let api = ports.api();
-    let token = std::fs::read_to_string(dir.join("cp-data/admin-token")).unwrap_or_default();
+    let token_file = dir.join("cp-data/admin-token");
     println!(
         "The marketplace keeps running until Ctrl-C. Logs: {}\n\n\
          Try it:\n  \
@@ -287,7 +308,7 @@ fn print_try_it(ports: Ports, dir: &std::path::Path) {
          curl -s http://127.0.0.1:{users_items}/items            # users -> items: 403 RBAC: access denied\n  \
          curl -s http://127.0.0.1:{inv_items}/items            # invoices -> items (allowed)\n  \
          curl -s http://127.0.0.1:{admin}/metrics | grep ward_requests   # what items' proxy counted\n\n  \
-         export WARD_CP_ADDRESS=http://127.0.0.1:{api} WARD_API_TOKEN={token}\n  \
+         export WARD_CP_ADDRESS=http://127.0.0.1:{api} WARD_API_TOKEN=\"$(cat {token_file})\"\n  \
          ward get dataplanes -m marketplace\n  \
          ward inspect dataplane items-1 -m marketplace\n  \
          ward explain items-1 --caller users -m marketplace\n  \
@@ -299,6 +320,6 @@ fn print_try_it(ports: Ports, dir: &std::path::Path) {
         users_items = ports.outbound(1, 2),
         inv_items = ports.outbound(3, 2),
         admin = ports.proxy_admin(2),
-        token = token.trim(),
+        token_file = token_file.display(),
     );
 }

@@ -1,11 +1,23 @@
 //! The demo's ports: every one an offset from `--port-base` (default 8000), so one flag moves them all.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 /// The default base: the gateway answers on 8000, as Kong's does.
 pub const DEFAULT_BASE: u16 = 8000;
 /// The highest offset used.
 const SPAN: u16 = 903;
+
+/// A port of the demo that something else uses.
+#[derive(Debug, thiserror::Error)]
+#[error("port {port} ({what}) is busy ({error}): stop what uses it or pass --port-base N to move every port")]
+pub struct BusyPort {
+    /// The port.
+    pub port: u16,
+    /// What the demo wanted it for.
+    pub what: String,
+    /// Why it could not be bound.
+    pub error: std::io::Error,
+}
 
 /// The three services, numbered as in the example's ports (users 1, items 2, invoices 3).
 pub const SERVICES: [&str; 3] = ["users", "items", "invoices"];
@@ -95,13 +107,16 @@ impl Ports {
     }
 
     /// Fails naming the first port something else already uses.
-    pub fn check_free(self) -> anyhow::Result<()> {
-        for (port, what) in self.all() {
-            if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-                bail!("port {port} ({what}) is busy ({e}): stop what uses it or pass --port-base N to move every port");
-            }
-        }
-        Ok(())
+    pub fn check_free(self) -> Result<(), BusyPort> {
+        self.first_busy().map_or(Ok(()), Err)
+    }
+
+    /// The first port something uses, and what the demo wanted it for.
+    pub fn first_busy(self) -> Option<BusyPort> {
+        self.all().into_iter().find_map(|(port, what)| {
+            let error = std::net::TcpListener::bind(("127.0.0.1", port)).err()?;
+            Some(BusyPort { port, what, error })
+        })
     }
 
     /// The ports still in use (after a stop they should all be free again).

@@ -32,6 +32,7 @@ async fn bind(address: SocketAddr) -> TcpListener {
 /// An HTTP server on `address` that answers as `service`:
 /// - any path: JSON with the service, method, path, headers and the number of body bytes read;
 /// - `/slow?ms=N`: the same after N milliseconds;
+/// - `/stream`: a chunked body of one line a second, for a minute;
 /// - an upgrade to `websocket`: a WebSocket that echoes every message.
 pub async fn http_echo(address: SocketAddr, service: &'static str) -> App {
     let listener = bind(address).await;
@@ -50,9 +51,21 @@ pub async fn http_echo(address: SocketAddr, service: &'static str) -> App {
     App { address, task }
 }
 
-async fn answer(service: &'static str, mut request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Every body the echo server sends.
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(service: &'static str, mut request: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
     if request.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
-        return Ok(websocket(&mut request));
+        return Ok(websocket(&mut request).map(BodyExt::boxed));
+    }
+    if request.uri().path() == "/stream" {
+        let lines = futures_util::stream::unfold(0u32, |n| async move {
+            if n > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            (n < 60).then(|| (Ok(hyper::body::Frame::data(Bytes::from(format!("line {n}\n")))), n + 1))
+        });
+        return Ok(Response::new(BodyExt::boxed(http_body_util::StreamBody::new(lines))));
     }
     if let Some(ms) = request.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|ms| ms.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -73,7 +86,7 @@ async fn answer(service: &'static str, mut request: Request<Incoming>) -> Result
         }
     }
     let reply = json!({ "service": service, "method": method, "path": path, "version": version, "headers": headers, "bodyBytes": bytes });
-    let mut response = Response::new(Full::new(Bytes::from(reply.to_string())));
+    let mut response = Response::new(Full::new(Bytes::from(reply.to_string())).boxed());
     response.headers_mut().insert("content-type", "application/json".parse().unwrap());
     Ok(response)
 }

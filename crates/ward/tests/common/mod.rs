@@ -62,12 +62,18 @@ impl ControlPlane {
 
     /// Starts a control plane on `data_dir` with its API on `api_port` and its discovery server on `dp_port`.
     pub fn start_on(data_dir: PathBuf, root: &Path, api_port: u16, dp_port: u16) -> Self {
+        Self::start_with_args(data_dir, root, api_port, dp_port, &[])
+    }
+
+    /// Starts a control plane like [`Self::start_on`], with more arguments for `ward cp run`.
+    pub fn start_with_args(data_dir: PathBuf, root: &Path, api_port: u16, dp_port: u16, extra: &[&str]) -> Self {
         let log = root.join(format!("cp-{api_port}.log"));
         let child = Command::new(WARD)
             .args(["cp", "run", "--data-dir"])
             .arg(&data_dir)
             .args(["--api-address", &format!("127.0.0.1:{api_port}")])
             .args(["--dp-server-address", &format!("127.0.0.1:{dp_port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file"))
             .spawn()
@@ -128,6 +134,32 @@ impl ControlPlane {
     /// What the control plane logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the control plane");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the process (SIGKILL) and waits for it.

@@ -1,32 +1,21 @@
-//! A compiled configuration, and the runtime that swaps one for the next atomically.
+//! A configuration compiled once for serving: router, per-route plugin chains, consumers,
+//! services and their upstreams, and the TLS configuration.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
-use arc_swap::ArcSwap;
 use http::StatusCode;
-use ipnet::IpNet;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config;
 use crate::consumers::Consumers;
 use crate::error::ConfigErrors;
-use crate::plugins::{self, Chain, rate_limiting};
+use crate::plugins::{self, Chain};
 use crate::router::{Protocols, RouteFields, Router};
+use crate::runtime::Shared;
 use crate::tls::{self, CaStore};
 use crate::upstream::Service;
 use crate::upstream::balancer::Balancer;
-
-/// State that outlives configurations: rate-limiting counters, Redis connections, and the
-/// gateway's membership of a mesh.
-#[derive(Default)]
-pub(crate) struct Shared {
-    pub local_counters: Arc<rate_limiting::LocalCounters>,
-    pub redis: rate_limiting::RedisClients,
-    /// Set when the gateway joined a mesh: services with `host: <service>.mesh` go through it.
-    pub mesh: Option<Arc<ward_proxy::member::Member>>,
-}
 
 /// A compiled route.
 pub(crate) struct Route {
@@ -60,7 +49,7 @@ pub(crate) struct Gateway {
 impl Gateway {
     /// Starts the active health checks of this configuration's upstreams; they stop when
     /// it is dropped (replaced, and no request uses it any more).
-    fn start_health_checks(&self) {
+    pub fn start_health_checks(&self) {
         for b in &self.balancers {
             b.start_probes(&self.probes);
         }
@@ -146,59 +135,76 @@ pub(crate) fn compile(text: &str, shared: &Shared) -> Result<Gateway, ConfigErro
     })
 }
 
-/// Counters the status endpoint reports.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    pub connections_accepted: AtomicU64,
-    pub connections_active: AtomicU64,
-    pub total_requests: AtomicU64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The running gateway: the configuration in force and what outlives it.
-pub(crate) struct Runtime {
-    current: ArcSwap<Gateway>,
-    shared: Shared,
-    /// Peers whose X-Forwarded-For (and other X-Forwarded-*) headers are believed.
-    pub trusted_ips: Vec<IpNet>,
-    reloading: tokio::sync::Mutex<()>,
-    pub stats: Stats,
-}
-
-impl Runtime {
-    /// Compiles the first configuration; `mesh` is the gateway's membership of a mesh, if any.
-    pub fn new(
-        text: &str,
-        trusted_ips: Vec<IpNet>,
-        mesh: Option<Arc<ward_proxy::member::Member>>,
-    ) -> Result<Runtime, ConfigErrors> {
-        let shared = Shared { mesh, ..Shared::default() };
-        let gateway = compile(text, &shared)?;
-        gateway.start_health_checks();
-        Ok(Runtime {
-            current: ArcSwap::from_pointee(gateway),
-            shared,
-            trusted_ips,
-            reloading: tokio::sync::Mutex::new(()),
-            stats: Stats::default(),
-        })
+    /// Everything wrong with `text` (after the format line), as `path: message` lines.
+    fn refusals(text: &str) -> String {
+        match compile(&format!("_format_version: \"3.0\"\n{text}"), &Shared::default()) {
+            Ok(_) => String::new(),
+            Err(errors) => errors.to_string(),
+        }
     }
 
-    /// The mesh the gateway joined, if any.
-    pub fn mesh(&self) -> Option<&Arc<ward_proxy::member::Member>> {
-        self.shared.mesh.as_ref()
-    }
-
-    /// The configuration in force; a request keeps the one it started with.
-    pub fn current(&self) -> Arc<Gateway> {
-        self.current.load_full()
-    }
-
-    /// Validates `text` whole and, only if it is valid, puts it in force atomically.
-    pub async fn reload(&self, text: &str) -> Result<Arc<Gateway>, ConfigErrors> {
-        let _one_at_a_time = self.reloading.lock().await;
-        let gateway = Arc::new(compile(text, &self.shared)?);
-        gateway.start_health_checks();
-        self.current.store(gateway.clone());
-        Ok(gateway)
+    #[test]
+    fn hostile_configurations_are_refused_with_their_path() {
+        let table: &[(&str, &str)] = &[
+            (
+                "consumers:\n- username: a\n  hmacauth_credentials: [{username: a, secret: s}]\n  acls: [{group: g}]\n",
+                "consumers[0].hmacauth_credentials: unknown field",
+            ),
+            (
+                "consumers:\n- usrname: b\n  acls: [{group: g}]\n  keyauth_credentials: [{key: k}]\n  basicauth_credentials: [{username: b, password: p}]\n  jwt_secrets: [{key: j}]\n",
+                "consumers[0].usrname: unknown field",
+            ),
+            (
+                "upstreams:\n- name: u\n  healthchecks: {active: {healthy: {interval: 1e300}}}\n",
+                "upstreams[0].healthchecks.active.healthy.interval: must be between 0 and 65535",
+            ),
+            (
+                "upstreams:\n- name: u\n  healthchecks: {active: {unhealthy: {interval: 1e300}}}\n",
+                "upstreams[0].healthchecks.active.unhealthy.interval: must be between 0 and 65535",
+            ),
+            (
+                "upstreams:\n- name: u\n  healthchecks: {active: {timeout: 1e300, healthy: {interval: 5}}}\n",
+                "upstreams[0].healthchecks.active.timeout: must be between 0 and 65535",
+            ),
+            (
+                "upstreams:\n- name: u\n  healthchecks: {active: {http_path: \"/a b\", healthy: {interval: 5}}}\n",
+                "upstreams[0].healthchecks.active.http_path: must be a path",
+            ),
+            (
+                "upstreams:\n- name: u\n  targets: [{target: \"[::1]x\"}]\n",
+                "upstreams[0].targets[0].target: '[::1]x' is not host:port",
+            ),
+            (
+                "upstreams:\n- name: u\n  targets: [{target: \"h:0\"}]\n",
+                "upstreams[0].targets[0].target: 'h:0' is not host:port",
+            ),
+            ("services:\n- url: http://127.0.0.1:99999\n", "services[0].url: the port must be between 1 and 65535"),
+            ("services:\n- url: http://u@127.0.0.1:9000\n", "services[0].url: must not carry a user name"),
+            (
+                "services:\n- host: \"a@evil.test\"\n",
+                "services[0].host: 'a@evil.test' is not a host name or IP address",
+            ),
+            ("services:\n- host: \"a b\"\n", "services[0].host: 'a b' is not a host name or IP address"),
+            ("services:\n- host: x\n  path: \"/a b\"\n", "services[0].path: must be a path"),
+            ("services:\n- host: x\n  path: \"/a?b=1\"\n", "services[0].path: must be a path"),
+            ("routes:\n- paths: [\"~/a)|(.*\"]\n", "routes[0].paths[0]: invalid regex"),
+            (
+                "plugins:\n- name: cors\n  config: {origins: [\"a)|(.*\"]}\n",
+                "plugins[0].config.origins[0]: invalid regex",
+            ),
+            (&"[".repeat(100_000), "is not valid YAML or JSON"),
+        ];
+        let mut missed = Vec::new();
+        for (text, want) in table {
+            let got = std::panic::catch_unwind(|| refusals(text)).unwrap_or_else(|_| "a panic".into());
+            if !got.contains(want) {
+                missed.push(format!("wanted {want}\n  got {got}"));
+            }
+        }
+        assert!(missed.is_empty(), "{}", missed.join("\n"));
     }
 }

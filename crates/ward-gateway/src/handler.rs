@@ -1,30 +1,24 @@
 //! Handling one request: framing checks, path normalisation, routing, the
-//! route's plugins, then forwarding to the service with hop-by-hop headers removed,
-//! X-Forwarded-* set, the service's timeouts enforced and Kong's errors on failure.
+//! route's plugins, then the upstream call with hop-by-hop headers removed and
+//! X-Forwarded-* set, and Kong's errors on failure.
 
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::{Body as HttpBody, Incoming};
 use ipnet::IpNet;
-use tokio::time::{Instant, Sleep};
 use ward_http::headers::{remove_every_spelling, remove_other_spellings, strip_hop_by_hop};
 
+use crate::compiled::{Gateway, Route};
 use crate::exchange::{Exchange, RequestBody, consumer_headers};
-use crate::gateway::{Gateway, Route};
 use crate::listener::ConnInfo;
-use crate::reply::{Body, BoxError, Reply};
+use crate::reply::{Body, Reply};
 use crate::router::{Found, RequestView};
-use crate::upstream::balancer::{HashOn, InFlight, hash_key};
-use crate::upstream::health::Observation;
-use crate::upstream::{Picked, Service, Timeouts, Upstream, UpstreamError};
+use crate::upstream::balancer::{HashOn, hash_key};
+use crate::upstream::call::{Outgoing, OutgoingBody, call};
+use crate::upstream::{Service, Upstream};
 
 /// Headers the gateway sets about the client; from a trusted peer, their usual spelling is kept.
 const FORWARDED: [HeaderName; 7] = [
@@ -266,7 +260,8 @@ fn forwarded_headers(ex: &mut Exchange<'_>, trusted: &[IpNet], host: &str, prefi
     crate::exchange::set_or_clear(headers, HeaderName::from_static("x-real-ip"), Some(&ex.client_ip.to_string()));
 }
 
-/// Sends the request to the service, retrying other targets while nothing was sent.
+/// Sends the request to the service, and the client gets its response without hop-by-hop
+/// headers, or Kong's error when the upstream call fails.
 async fn forward(
     mut ex: Exchange<'_>,
     found: Found,
@@ -285,236 +280,21 @@ async fn forward(
     let hash = request_hash(&ex, service);
     strip_hop_by_hop(&mut ex.headers, false);
     // A body that can be sent again allows retries on another target.
-    let (replayable, mut stream) = match std::mem::replace(&mut ex.body, RequestBody::Buffered(Bytes::new())) {
-        RequestBody::Buffered(b) => (Some(b), None),
-        RequestBody::Stream(s) if s.is_end_stream() => (Some(Bytes::new()), None),
-        RequestBody::Stream(s) => (None, Some(s)),
+    let body = match std::mem::replace(&mut ex.body, RequestBody::Buffered(Bytes::new())) {
+        RequestBody::Buffered(b) => OutgoingBody::Replayable(b),
+        RequestBody::Stream(s) if s.is_end_stream() => OutgoingBody::Replayable(Bytes::new()),
+        RequestBody::Stream(s) => OutgoingBody::Stream(s),
     };
-    let mut tried = Vec::new();
-    let mut attempt = 0;
-    loop {
-        let picked = match service.pick(hash, &tried) {
-            Ok(p) => p,
-            Err(e) => return e.reply().into_response(),
-        };
-        // Only an attempt that may be followed by another needs its own copy.
-        let last_attempt = attempt >= service.retries || replayable.is_none();
-        let mut headers = if last_attempt { std::mem::take(&mut ex.headers) } else { ex.headers.clone() };
-        // preserve_host keeps the client's Host (an HTTP/2 client's :authority).
-        let host = if route.preserve_host { authority.to_string() } else { service.host_header(&picked) };
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            headers.insert(header::HOST, v);
+    let preserved_host = route.preserve_host.then(|| authority.to_string());
+    let outgoing = Outgoing { method: ex.method, path_and_query, headers: ex.headers, body, preserved_host };
+    match call(service, outgoing, hash).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, false);
+            parts.version = Version::HTTP_11;
+            Response::from_parts(parts, body)
         }
-        let body: Body = match (&replayable, stream.take()) {
-            (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
-            (None, Some(s)) => s.map_err(|e| Box::new(e) as BoxError).boxed(),
-            (None, None) => unreachable!("a streamed body is sent once"),
-        };
-        let progress = Arc::new(Progress::new());
-        let mut request = Request::new(TrackedBody { inner: body, progress: progress.clone() }.boxed());
-        *request.method_mut() = ex.method.clone();
-        *request.uri_mut() = path_and_query.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = headers;
-        match send_timed(service, &picked, request, &progress, service.timeouts).await {
-            Ok(response) => {
-                service.report(&picked, Observation::Status(response.status().as_u16()));
-                return upstream_response(response, service.timeouts.read, picked.in_flight);
-            }
-            Err(e) => {
-                let observation = match e {
-                    UpstreamError::ConnectTimeout | UpstreamError::WriteTimeout | UpstreamError::ReadTimeout => {
-                        Observation::Timeout
-                    }
-                    _ => Observation::TcpFailure,
-                };
-                service.report(&picked, observation);
-                tracing::warn!(
-                    service = service.name.as_deref().unwrap_or(&service.id),
-                    "upstream {}:{}: {e}",
-                    picked.host,
-                    picked.port
-                );
-                if !e.before_sending() || last_attempt {
-                    return e.reply().into_response();
-                }
-                tried.extend(picked.target);
-                attempt += 1;
-            }
-        }
-    }
-}
-
-/// The upstream's response as the client gets it.
-fn upstream_response(
-    response: Response<Incoming>,
-    read_timeout: Duration,
-    in_flight: Option<InFlight>,
-) -> Response<Body> {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    parts.version = Version::HTTP_11;
-    let body = IdleTimeoutBody {
-        inner: body,
-        timeout: read_timeout,
-        sleep: Box::pin(tokio::time::sleep(read_timeout)),
-        _in_flight: in_flight,
-    };
-    Response::from_parts(parts, body.boxed())
-}
-
-/// When the request last made progress, to enforce the write and read timeouts as nginx
-/// does: between two writes of the request, then from the end of the request to the
-/// response head.
-struct Progress {
-    origin: Instant,
-    /// Wakes the request's watchdog when a phase changes.
-    changed: tokio::sync::Notify,
-    /// Milliseconds after `origin`, plus one; zero: not yet.
-    head_written: AtomicU64,
-    last_write: AtomicU64,
-    done: AtomicU64,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Progress {
-            origin: Instant::now(),
-            changed: tokio::sync::Notify::new(),
-            head_written: AtomicU64::new(0),
-            last_write: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-        }
-    }
-
-    fn stamp(&self, slot: &AtomicU64) {
-        let ms = self.origin.elapsed().as_millis() as u64 + 1;
-        slot.store(ms, Ordering::Release);
-        self.changed.notify_waiters();
-    }
-
-    fn at(&self, slot: &AtomicU64) -> Option<Instant> {
-        match slot.load(Ordering::Acquire) {
-            0 => None,
-            ms => Some(self.origin + Duration::from_millis(ms - 1)),
-        }
-    }
-
-    /// The deadline of the current phase and the error it ends with.
-    fn deadline(&self, t: Timeouts) -> (Instant, UpstreamError) {
-        if let Some(done) = self.at(&self.done) {
-            (done + t.read, UpstreamError::ReadTimeout)
-        } else if let Some(last) = self.at(&self.last_write).or(self.at(&self.head_written)) {
-            (last + t.write, UpstreamError::WriteTimeout)
-        } else {
-            // Still connecting (the connector's own timeout usually ends this first).
-            (self.origin + t.connect + Duration::from_secs(1), UpstreamError::ConnectTimeout)
-        }
-    }
-}
-
-/// The request body, reporting progress as the upstream connection takes it.
-struct TrackedBody {
-    inner: Body,
-    progress: Arc<Progress>,
-}
-
-impl HttpBody for TrackedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(_))) => self.progress.stamp(&self.progress.last_write),
-            Poll::Ready(None) => self.progress.stamp(&self.progress.done),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        // The connection asks this as it writes the request head.
-        if self.progress.head_written.load(Ordering::Acquire) == 0 {
-            self.progress.stamp(&self.progress.head_written);
-        }
-        let end = self.inner.is_end_stream();
-        if end && self.progress.done.load(Ordering::Acquire) == 0 {
-            self.progress.stamp(&self.progress.done);
-        }
-        end
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Sends a request, ending it with 504 if the upstream stalls past the service's timeouts.
-async fn send_timed(
-    service: &Service,
-    picked: &Picked,
-    request: Request<Body>,
-    progress: &Progress,
-    timeouts: Timeouts,
-) -> Result<Response<Incoming>, UpstreamError> {
-    let send = service.send(picked, request);
-    tokio::pin!(send);
-    loop {
-        // Listen for a phase change before reading the phase, so that none is missed.
-        let changed = progress.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        let (deadline, error) = progress.deadline(timeouts);
-        tokio::select! {
-            result = &mut send => return result,
-            _ = &mut changed => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                if progress.deadline(timeouts).0 <= Instant::now() {
-                    return Err(error);
-                }
-            }
-        }
-    }
-}
-
-/// The upstream's response body, ended with an error if it stalls for `timeout`.
-struct IdleTimeoutBody {
-    inner: Incoming,
-    timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
-    _in_flight: Option<InFlight>,
-}
-
-/// The upstream stopped sending its response body.
-#[derive(Debug, thiserror::Error)]
-#[error("the upstream stalled for {0:?} while sending its response")]
-struct Stalled(Duration);
-
-impl HttpBody for IdleTimeoutBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let deadline = Instant::now() + self.timeout;
-                self.sleep.as_mut().reset(deadline);
-                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
-            }
-            Poll::Pending => match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(self.timeout))))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        Err(e) => e.reply().into_response(),
     }
 }
 

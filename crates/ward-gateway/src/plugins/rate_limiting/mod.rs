@@ -6,17 +6,19 @@
 //! increments nothing, so the admitted count never exceeds the limit, even with many
 //! gateway processes sharing one Redis.
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod local;
+mod redis;
+
+use std::sync::Arc;
 
 use chrono::{Datelike, TimeZone, Utc};
 use http::{HeaderName, HeaderValue, StatusCode};
-use redis::IntoConnectionInfo;
 use serde::Deserialize;
 use serde_json::Value;
 
+pub(crate) use self::local::LocalCounters;
+pub(crate) use self::redis::RedisClients;
+use self::redis::{FlatRedis, RedisConfig, RedisCounters, redis_store};
 use super::{Compile, Plugin, Scope};
 use crate::exchange::Exchange;
 use crate::reply::Reply;
@@ -104,14 +106,6 @@ fn synchronous() -> f64 {
     -1.0
 }
 
-fn redis_port() -> u16 {
-    6379
-}
-
-fn two_seconds() -> u64 {
-    2000
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
@@ -147,42 +141,6 @@ struct Config {
     redis_ssl: Option<bool>,
     redis_ssl_verify: Option<bool>,
     redis_server_name: Option<String>,
-}
-
-/// `config.redis` (Kong 3.6 and later); the flat `redis_*` fields are its older spelling.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RedisConfig {
-    host: Option<String>,
-    #[serde(default = "redis_port")]
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    #[serde(default)]
-    database: i64,
-    #[serde(default = "two_seconds")]
-    timeout: u64,
-    connect_timeout: Option<u64>,
-    send_timeout: Option<u64>,
-    read_timeout: Option<u64>,
-    #[serde(default)]
-    ssl: bool,
-    #[serde(default)]
-    ssl_verify: bool,
-    server_name: Option<String>,
-    /// Accepted for compatibility: Ward multiplexes one connection per Redis.
-    #[serde(rename = "keepalive_pool_size")]
-    _keepalive_pool_size: Option<u64>,
-    /// Accepted for compatibility: Ward multiplexes one connection per Redis.
-    #[serde(rename = "keepalive_backlog")]
-    _keepalive_backlog: Option<u64>,
-}
-
-impl Default for RedisConfig {
-    /// Kong's defaults, as for an empty `redis: {}`.
-    fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("every field has a default")
-    }
 }
 
 /// What requests are counted together.
@@ -314,57 +272,6 @@ pub(super) fn compile(cx: &mut Compile<'_>, value: Value) -> Option<Plugin> {
     }))
 }
 
-/// The older flat `redis_*` fields.
-struct FlatRedis {
-    host: Option<String>,
-    port: Option<u16>,
-    username: Option<String>,
-    password: Option<String>,
-    database: Option<i64>,
-    timeout: Option<u64>,
-    ssl: Option<bool>,
-    ssl_verify: Option<bool>,
-    server_name: Option<String>,
-}
-
-fn redis_store(cx: &mut Compile<'_>, nested: Option<RedisConfig>, flat: FlatRedis) -> Option<Arc<RedisCounters>> {
-    let mut r = nested.unwrap_or_default();
-    if r.host.is_none() {
-        r.host = flat.host;
-    }
-    r.port = flat.port.unwrap_or(r.port);
-    r.username = r.username.or(flat.username);
-    r.password = r.password.or(flat.password);
-    r.database = flat.database.unwrap_or(r.database);
-    r.timeout = flat.timeout.unwrap_or(r.timeout);
-    r.ssl |= flat.ssl.unwrap_or(false) || flat.ssl_verify.unwrap_or(false) || flat.server_name.is_some();
-    if r.ssl || r.ssl_verify || r.server_name.is_some() {
-        cx.error("redis.ssl", "TLS to Redis is not supported yet");
-        return None;
-    }
-    let Some(host) = r.host.filter(|h| !h.is_empty()) else {
-        cx.error("redis.host", "is required when policy is redis");
-        return None;
-    };
-    let timeout = Duration::from_millis(r.timeout.max(1));
-    let target = RedisTarget {
-        host,
-        port: r.port,
-        username: r.username,
-        password: r.password,
-        database: r.database,
-        connect_timeout: r.connect_timeout.map(Duration::from_millis).unwrap_or(timeout),
-        response_timeout: r.read_timeout.or(r.send_timeout).map(Duration::from_millis).unwrap_or(timeout),
-    };
-    match cx.shared.redis.get(target) {
-        Ok(counters) => Some(counters),
-        Err(e) => {
-            cx.error("redis", format!("invalid Redis address: {e}"));
-            None
-        }
-    }
-}
-
 /// One request's count in one period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Usage {
@@ -460,208 +367,6 @@ fn headers(outcome: &Outcome, now: i64) -> (http::HeaderMap, u64) {
     (headers, reset)
 }
 
-/// One counter's windows, by period: (window start in ms, requests counted).
-type Windows = [(i64, u64); 6];
-
-/// Counters in this process, shared by every configuration (a reload keeps the counts).
-#[derive(Debug)]
-pub(crate) struct LocalCounters {
-    shards: Vec<Mutex<HashMap<String, Windows>>>,
-}
-
-/// Entries a shard holds before expired ones are dropped.
-const SHARD_SWEEP_AT: usize = 4096;
-
-impl Default for LocalCounters {
-    fn default() -> Self {
-        LocalCounters { shards: (0..64).map(|_| Mutex::new(HashMap::new())).collect() }
-    }
-}
-
-impl LocalCounters {
-    /// Counts one request for `key` unless that would exceed a limit.
-    fn hit(&self, key: &str, limits: &[(Period, u64)], now: i64) -> Outcome {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut hasher);
-        let shard = &self.shards[hasher.finish() as usize % self.shards.len()];
-        let mut map = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if map.len() >= SHARD_SWEEP_AT && !map.contains_key(key) {
-            map.retain(|_, windows| {
-                windows
-                    .iter()
-                    .zip(PERIODS)
-                    .any(|((start, count), (period, ..))| *count > 0 && period.window(*start).1 > now)
-            });
-        }
-        if !map.contains_key(key) {
-            map.insert(key.to_string(), [(0, 0); 6]);
-        }
-        let windows = map.get_mut(key).expect("inserted above");
-        let mut usage = Vec::with_capacity(limits.len());
-        let mut refused_by = None;
-        for &(period, limit) in limits {
-            let slot = &mut windows[period.index()];
-            let (start, _) = period.window(now);
-            if slot.0 != start {
-                *slot = (start, 0);
-            }
-            if refused_by.is_none() && slot.1 + 1 > limit {
-                refused_by = Some(period);
-            }
-            usage.push(Usage { period, limit, count: slot.1 });
-        }
-        if refused_by.is_none() {
-            for u in &mut usage {
-                windows[u.period.index()].1 += 1;
-                u.count += 1;
-            }
-        }
-        Outcome { usage, refused_by }
-    }
-}
-
-/// Where a Redis is and how long to wait for it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct RedisTarget {
-    host: String,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    database: i64,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-}
-
-/// Counters in one Redis, through one multiplexed connection made on first use and made
-/// again after a failure.
-pub(crate) struct RedisCounters {
-    client: redis::Client,
-    target: RedisTarget,
-    connection: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
-}
-
-/// Checks every period's counter and, only if all have room, increments them all.
-/// KEYS: one counter per period; ARGV: the limits, then each key's time to live (ms).
-/// Returns {refusing period (1-based, 0 if admitted), count per period}.
-const HIT_SCRIPT: &str = r"
-local n = #KEYS
-local counts = {}
-for i = 1, n do
-  counts[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
-end
-for i = 1, n do
-  if counts[i] + 1 > tonumber(ARGV[i]) then
-    table.insert(counts, 1, i)
-    return counts
-  end
-end
-for i = 1, n do
-  counts[i] = redis.call('INCR', KEYS[i])
-  if counts[i] == 1 then
-    redis.call('PEXPIRE', KEYS[i], ARGV[n + i])
-  end
-end
-table.insert(counts, 1, 0)
-return counts
-";
-
-/// The script with its digest computed once (it is sent by digest, and loaded when missing).
-static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(HIT_SCRIPT));
-
-/// Why a Redis could not count a request.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RedisFailure {
-    #[error("{0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("unexpected reply {0:?}")]
-    Reply(Vec<i64>),
-}
-
-impl RedisCounters {
-    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, RedisFailure> {
-        let mut slot = self.connection.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.target.connect_timeout))
-            .set_response_timeout(Some(self.target.response_timeout));
-        let c = self.client.get_multiplexed_async_connection_with_config(&config).await?;
-        *slot = Some(c.clone());
-        Ok(c)
-    }
-
-    async fn hit(&self, key: &str, limits: &[(Period, u64)], now: i64) -> Result<Outcome, RedisFailure> {
-        let deadline = self.target.connect_timeout + self.target.response_timeout;
-        let result = tokio::time::timeout(deadline, self.run_script(key, limits, now)).await;
-        let result = result.unwrap_or(Err(RedisFailure::Timeout(deadline)));
-        if result.is_err() {
-            // Connect again next time.
-            *self.connection.lock().await = None;
-        }
-        result
-    }
-
-    async fn run_script(&self, key: &str, limits: &[(Period, u64)], now: i64) -> Result<Outcome, RedisFailure> {
-        let mut connection = self.connection().await?;
-        let mut invocation = SCRIPT.prepare_invoke();
-        for (period, _) in limits {
-            let (start, _) = period.window(now);
-            invocation.key(format!("ratelimit:{key}:{start}:{}", period.name()));
-        }
-        for (_, limit) in limits {
-            invocation.arg(*limit);
-        }
-        for (period, _) in limits {
-            let (_, end) = period.window(now);
-            invocation.arg((end - now).max(1));
-        }
-        let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
-        let [refusing, counts @ ..] = reply.as_slice() else { return Err(RedisFailure::Reply(reply)) };
-        if counts.len() != limits.len() {
-            return Err(RedisFailure::Reply(reply.clone()));
-        }
-        let usage = limits
-            .iter()
-            .zip(counts)
-            .map(|(&(period, limit), &count)| Usage { period, limit, count: count.max(0) as u64 })
-            .collect();
-        let refused_by = usize::try_from(*refusing).ok().and_then(|i| i.checked_sub(1)).map(|i| limits[i].0);
-        Ok(Outcome { usage, refused_by })
-    }
-}
-
-/// Redis connections by target, shared by every configuration so a reload reuses them.
-#[derive(Default)]
-pub(crate) struct RedisClients {
-    by_target: Mutex<HashMap<RedisTarget, Arc<RedisCounters>>>,
-}
-
-impl RedisClients {
-    fn get(&self, target: RedisTarget) -> Result<Arc<RedisCounters>, redis::RedisError> {
-        let mut map = self.by_target.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(&target) {
-            return Ok(c.clone());
-        }
-        let mut settings = redis::RedisConnectionInfo::default().set_db(target.database);
-        if let Some(u) = &target.username {
-            settings = settings.set_username(u);
-        }
-        if let Some(p) = &target.password {
-            settings = settings.set_password(p);
-        }
-        let info = redis::ConnectionAddr::Tcp(target.host.clone(), target.port)
-            .into_connection_info()?
-            .set_redis_settings(settings);
-        let client = redis::Client::open(info)?;
-        let counters = Arc::new(RedisCounters { client, target: target.clone(), connection: Default::default() });
-        map.insert(target, counters.clone());
-        Ok(counters)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,53 +384,6 @@ mod tests {
         for (period, start, end) in table {
             assert_eq!(period.window(t), (start, end), "{period:?}");
         }
-    }
-
-    #[test]
-    fn local_counts_never_exceed_and_report_remaining() {
-        let counters = LocalCounters::default();
-        let limits = [(Period::Minute, 6), (Period::Hour, 100)];
-        let now = 1_700_000_000_000;
-        let mut remaining = Vec::new();
-        for _ in 0..7 {
-            let outcome = counters.hit("k", &limits, now);
-            let (h, _) = headers(&outcome, now);
-            remaining.push((outcome.refused_by, h["ratelimit-remaining"].to_str().unwrap().to_string()));
-        }
-        let want: Vec<(Option<Period>, String)> = ["5", "4", "3", "2", "1", "0"]
-            .iter()
-            .map(|r| (None, r.to_string()))
-            .chain([(Some(Period::Minute), "0".to_string())])
-            .collect();
-        assert_eq!(remaining, want);
-        // The refused request counted nowhere: the hour still shows six.
-        let outcome = counters.hit("k", &limits, now);
-        assert_eq!(outcome.usage[1].count, 6);
-        // A new minute starts afresh.
-        assert_eq!(counters.hit("k", &limits, now + 60_000).usage[0].count, 1);
-    }
-
-    #[test]
-    fn local_counts_are_exact_across_threads() {
-        let counters = Arc::new(LocalCounters::default());
-        let admitted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let now = 1_700_000_000_000;
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let (c, a) = (counters.clone(), admitted.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..500 {
-                        if c.hit("shared", &[(Period::Hour, 1000)], now).refused_by.is_none() {
-                            a.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 1000);
     }
 
     #[test]

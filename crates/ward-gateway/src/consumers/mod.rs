@@ -1,10 +1,12 @@
 //! Consumers and their credentials, indexed at load so that each request does one lookup.
 
+pub(crate) mod credentials;
+
 use std::collections::HashMap;
 
 use crate::config::Declaration;
 use crate::error::ConfigErrors;
-use crate::plugins::{basic_auth, jwt, key_auth};
+use credentials::{BasicCredential, JwtSecret, KeyCredential};
 
 /// A consumer of the API.
 #[derive(Debug)]
@@ -20,12 +22,12 @@ pub(crate) struct Consumer {
 #[derive(Debug, Default)]
 pub(crate) struct Consumers {
     pub list: Vec<Consumer>,
-    /// key-auth credentials by the SHA-256 of their key (see [`key_auth::digest`]).
-    pub keys: HashMap<[u8; 32], key_auth::Credential>,
+    /// key-auth credentials by the SHA-256 of their key (see [`credentials::key_digest`]).
+    pub keys: HashMap<[u8; 32], KeyCredential>,
     /// basic-auth credentials by username.
-    pub basic: HashMap<String, basic_auth::Credential>,
+    pub basic: HashMap<String, BasicCredential>,
     /// JWT secrets by key (the `iss` claim by default).
-    pub jwt: HashMap<String, jwt::Secret>,
+    pub jwt: HashMap<String, JwtSecret>,
     by_id: HashMap<String, usize>,
     by_username: HashMap<String, usize>,
     by_custom_id: HashMap<String, usize>,
@@ -68,22 +70,22 @@ impl Consumers {
                 errors.add(format!("{}.key", e.path), "must not be empty");
                 continue;
             }
-            let credential = key_auth::Credential { consumer, id: e.id.clone() };
-            if c.keys.insert(key_auth::digest(&key), credential).is_some() {
+            let credential = KeyCredential { consumer, id: e.id.clone() };
+            if c.keys.insert(credentials::key_digest(&key), credential).is_some() {
                 errors.add(format!("{}.key", e.path), "is the key of another credential");
             }
         }
         for e in &decl.basicauth_credentials {
             let Some(consumer) = e.links.consumer else { continue };
             let consumer_id = &c.list[consumer].id;
-            let credential = basic_auth::Credential::new(consumer, consumer_id, &e.item.password, decl.transform);
+            let credential = BasicCredential::new(consumer, consumer_id, &e.item.password, decl.transform);
             if c.basic.insert(e.item.username.clone(), credential).is_some() {
                 errors.add(format!("{}.username", e.path), "is the username of another credential");
             }
         }
         for e in &decl.jwt_secrets {
             let Some(consumer) = e.links.consumer else { continue };
-            let Some(secret) = jwt::Secret::compile(consumer, &e.item, &e.path, errors) else { continue };
+            let Some(secret) = JwtSecret::compile(consumer, &e.item, &e.path, errors) else { continue };
             if c.jwt.contains_key(&secret.key) {
                 errors.add(format!("{}.key", e.path), "is the key of another JWT secret");
                 continue;
