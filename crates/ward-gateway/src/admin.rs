@@ -10,39 +10,36 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::listener::Listening;
 use crate::reply::{Body, Reply};
 use crate::runtime::Runtime;
 
 /// Largest configuration `POST /config` accepts.
 const CONFIG_LIMIT: usize = 64 << 20;
 
-/// Serves the admin API until `stop`.
-pub(crate) async fn serve(listener: TcpListener, runtime: Arc<Runtime>, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
-        };
-        let runtime = runtime.clone();
-        tokio::spawn(async move {
+/// Serves the admin API until `stop`, on the accept loop and server of the proxy listeners.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    runtime: Arc<Runtime>,
+    listening: Arc<Listening>,
+    stop: CancellationToken,
+) {
+    let shared = listening.clone();
+    ward_http::accept::serve(listener, &shared.limits, &shared.connections, stop, move |stream, _peer| {
+        let (runtime, listening) = (runtime.clone(), listening.clone());
+        async move {
             let service = service_fn(move |request| {
                 let runtime = runtime.clone();
                 async move { Ok::<_, Infallible>(handle(&runtime, request).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+            ward_http::server::serve(&listening.server, stream, service, &listening.limits, &listening.draining).await;
+        }
+    })
+    .await
 }
 
 async fn handle(runtime: &Runtime, request: Request<Incoming>) -> Response<Body> {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::{Body as HttpBody, Incoming};
 use ipnet::IpNet;
+use ward_http::headers::{remove_every_spelling, remove_other_spellings, strip_hop_by_hop};
 
 use crate::compiled::{Gateway, Route};
 use crate::exchange::{Exchange, RequestBody, consumer_headers};
@@ -19,31 +20,16 @@ use crate::upstream::balancer::{HashOn, hash_key};
 use crate::upstream::call::{Outgoing, OutgoingBody, call};
 use crate::upstream::{Service, Upstream};
 
-/// Headers that describe one connection, never forwarded (RFC 9110, 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("http2-settings"),
+/// Headers the gateway sets about the client; from a trusted peer, their usual spelling is kept.
+const FORWARDED: [HeaderName; 7] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-path"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-real-ip"),
 ];
-
-/// Removes hop-by-hop headers, including those the Connection header names.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the first
 /// untrusted address of X-Forwarded-For counting from the right.
@@ -158,9 +144,9 @@ pub(crate) async fn handle(
         return upgrade_to_https(route, &authority, &parts.uri);
     }
     let mut headers = parts.headers;
-    for name in consumer_headers::ALL {
-        headers.remove(name);
-    }
+    // Under every spelling: an application may read X_Consumer_Username as X-Consumer-Username.
+    remove_every_spelling(&mut headers, &consumer_headers::ALL);
+    remove_other_spellings(&mut headers, &FORWARDED);
     let client_ip = client_ip(conn.peer.ip(), &headers, trusted);
     let service = route.service.map(|s| &gw.services[s]);
     let mut ex = Exchange {
@@ -292,7 +278,7 @@ async fn forward(
     let prefix = (route.strip_path && found.matched_len > 0).then(|| ex.path[..found.matched_len].to_string());
     forwarded_headers(&mut ex, trusted, &host_only(authority), prefix.as_deref());
     let hash = request_hash(&ex, service);
-    remove_hop_by_hop(&mut ex.headers);
+    strip_hop_by_hop(&mut ex.headers, false);
     // A body that can be sent again allows retries on another target.
     let body = match std::mem::replace(&mut ex.body, RequestBody::Buffered(Bytes::new())) {
         RequestBody::Buffered(b) => OutgoingBody::Replayable(b),
@@ -304,7 +290,7 @@ async fn forward(
     match call(service, outgoing, hash).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
-            remove_hop_by_hop(&mut parts.headers);
+            strip_hop_by_hop(&mut parts.headers, false);
             parts.version = Version::HTTP_11;
             Response::from_parts(parts, body)
         }
@@ -363,22 +349,5 @@ mod tests {
                 "{peer} {xff:?}"
             );
         }
-    }
-
-    #[test]
-    fn hop_by_hop_headers_go_including_named_ones() {
-        let mut headers = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "close, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "5"),
-            ("te", "trailers"),
-            ("x-kept", "1"),
-        ] {
-            headers.insert(HeaderName::from_static(k), v.parse().unwrap());
-        }
-        remove_hop_by_hop(&mut headers);
-        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-kept"]);
     }
 }

@@ -1,8 +1,9 @@
 //! Ward's edge API gateway: Kong's declarative configuration (format 3.0), router and
 //! security plugins, in front of services reached over HTTP or HTTPS.
 //!
-//! [`run`] serves the proxy (HTTP and HTTPS) and admin listeners until shutdown, and
-//! reloads the configuration file on SIGHUP. A configuration is validated whole before it
+//! [`run`] serves the proxy (HTTP and HTTPS) and admin listeners until shutdown, then stops
+//! accepting and lets open requests finish within the grace period; it reloads the
+//! configuration file on SIGHUP. A configuration is validated whole before it
 //! replaces the one in force; requests under way finish with the one they started with.
 
 mod admin;
@@ -21,15 +22,11 @@ mod runtime;
 mod tls;
 mod upstream;
 
-// The listener still calls the runtime and the request handler by their former module
-// names; these two lines go when it moves to the shared HTTP crate.
-use handler as proxy;
-use runtime as gateway;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio::net::TcpListener;
@@ -52,6 +49,10 @@ pub struct Options {
     pub trusted_ips: Vec<IpNet>,
     /// How to join a mesh, so that services with `host: <service>.mesh` are reachable.
     pub mesh: Option<ward_proxy::member::JoinOptions>,
+    /// Limits of each proxy listener and its connections.
+    pub limits: ward_http::Limits,
+    /// How long open requests may take to finish once shutdown begins.
+    pub shutdown_grace: Duration,
 }
 
 /// Why the gateway could not start.
@@ -120,9 +121,10 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
     let proxy = bind("proxy", options.proxy_listen).await?;
     let proxy_ssl = bind("proxy ssl", options.proxy_ssl_listen).await?;
     let admin = bind("admin", options.admin_listen).await?;
-    tokio::spawn(listener::serve(proxy, runtime.clone(), false, stop.clone()));
-    tokio::spawn(listener::serve(proxy_ssl, runtime.clone(), true, stop.clone()));
-    tokio::spawn(admin::serve(admin, runtime.clone(), stop.clone()));
+    let listening = Arc::new(listener::Listening::new(options.limits.clone()));
+    tokio::spawn(listener::serve(proxy, runtime.clone(), false, listening.clone(), stop.clone()));
+    tokio::spawn(listener::serve(proxy_ssl, runtime.clone(), true, listening.clone(), stop.clone()));
+    tokio::spawn(admin::serve(admin, runtime.clone(), listening.clone(), stop.clone()));
     tokio::spawn(reload_on_hangup(runtime.clone(), options.config.clone(), stop.clone()));
     tracing::info!(
         proxy = %options.proxy_listen,
@@ -132,7 +134,11 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
         "gateway started"
     );
     shutdown.await;
+    tracing::info!(grace = ?options.shutdown_grace, "draining: no new connections; waiting for open requests");
     stop.cancel();
+    listening.draining.cancel();
+    ward_http::accept::drain(&listening.connections, options.shutdown_grace).await;
+    tracing::info!("gateway stopped");
     Ok(())
 }
 

@@ -1,30 +1,48 @@
-//! The proxy listeners: HTTP, and HTTPS with SNI-selected certificates and HTTP/2 by ALPN.
+//! The proxy listeners: HTTP, and HTTPS with SNI-selected certificates and HTTP/2 by ALPN,
+//! each on the shared accept loop (connection caps, drain) and HTTP server (framing guard,
+//! header screen) of `ward_http`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use ward_http::Limits;
 
-use ward_proxy::smuggling::Guarded;
+use crate::runtime::Runtime;
 
-use crate::gateway::Runtime;
+/// What every listener of the gateway shares.
+pub(crate) struct Listening {
+    /// Limits of each listener and connection.
+    pub limits: Limits,
+    /// The HTTP server held to those limits.
+    pub server: auto::Builder<TokioExecutor>,
+    /// Every connection, so that shutdown can wait for them.
+    pub connections: TaskTracker,
+    /// Cancelled when the gateway starts draining: connections take no new request.
+    pub draining: CancellationToken,
+}
 
-/// Longest a TLS handshake or a request head may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest request head accepted (431 beyond).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Most request headers accepted (431 beyond).
-const MAX_HEADERS: usize = 100;
+impl Listening {
+    /// Listeners held to `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Listening {
+            server: ward_http::server::builder(&limits),
+            limits,
+            connections: TaskTracker::new(),
+            draining: CancellationToken::new(),
+        }
+    }
+}
 
 /// What a request's connection tells about it.
 #[derive(Debug, Clone)]
@@ -48,33 +66,29 @@ impl Drop for Active {
 }
 
 /// Accepts connections until `stop`; `https` makes it the TLS listener.
-pub(crate) async fn serve(listener: TcpListener, runtime: Arc<Runtime>, https: bool, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    runtime: Arc<Runtime>,
+    https: bool,
+    listening: Arc<Listening>,
+    stop: CancellationToken,
+) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accepting a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let shared = listening.clone();
+    ward_http::accept::serve(listener, &shared.limits, &shared.connections, stop, move |stream, peer| {
         runtime.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
         runtime.stats.connections_active.fetch_add(1, Ordering::Relaxed);
         let active = Active(runtime.clone());
-        let runtime = runtime.clone();
-        tokio::spawn(async move {
+        let (runtime, listening) = (runtime.clone(), listening.clone());
+        async move {
             let _active = active;
             let info = ConnInfo { peer, local_port, https, sni: None, client_chain: None };
             if !https {
-                return serve_connection(stream, runtime, info, false).await;
+                return serve_connection(stream, runtime, info, &listening).await;
             }
             let acceptor = tokio_rustls::TlsAcceptor::from(runtime.current().tls.clone());
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let timeout = listening.limits.header_read_timeout;
+            let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer}: {e}"),
                 Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
@@ -87,13 +101,14 @@ pub(crate) async fn serve(listener: TcpListener, runtime: Arc<Runtime>, https: b
                     .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect())),
                 ..info
             };
-            let h2 = session.alpn_protocol() == Some(b"h2");
-            serve_connection(tls, runtime, info, h2).await
-        });
-    }
+            serve_connection(tls, runtime, info, &listening).await
+        }
+    })
+    .await
 }
 
-async fn serve_connection<S>(stream: S, runtime: Arc<Runtime>, info: ConnInfo, h2: bool)
+/// Serves one connection, HTTP/1.1 or HTTP/2 (by ALPN or preface), until it ends or drains.
+async fn serve_connection<S>(stream: S, runtime: Arc<Runtime>, info: ConnInfo, listening: &Listening)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -102,28 +117,9 @@ where
         let (runtime, info) = (runtime.clone(), info.clone());
         async move {
             runtime.stats.total_requests.fetch_add(1, Ordering::Relaxed);
-            let response = crate::proxy::handle(runtime.current(), &runtime.trusted_ips, &info, request).await;
+            let response = crate::handler::handle(runtime.current(), &runtime.trusted_ips, &info, request).await;
             Ok::<_, Infallible>(response)
         }
     });
-    let io = TokioIo::new(stream);
-    let result = if h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(io, service)
-            .await
-    } else {
-        // The head of every request passes the proxy's guard first: whatever two parsers could
-        // frame differently (Content-Length with Transfer-Encoding and the like) gets a 400.
-        let guarded = Guarded::new(io.into_inner(), MAX_HEAD_BYTES, MAX_HEADERS, HEADER_READ_TIMEOUT);
-        hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_headers(MAX_HEADERS)
-            .serve_connection(TokioIo::new(guarded), service)
-            .await
-    };
-    if let Err(e) = result {
-        tracing::debug!("connection ended: {e}");
-    }
+    ward_http::server::serve(&listening.server, stream, service, &listening.limits, &listening.draining).await;
 }

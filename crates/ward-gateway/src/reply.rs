@@ -4,13 +4,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-
-/// Errors a response body may end with.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body of every request and response the gateway forwards or makes.
-pub(crate) type Body = BoxBody<Bytes, BoxError>;
+pub(crate) use ward_http::{Body, BoxError};
 
 /// Kong's default messages (its `kong.response.error` and error handlers).
 const MESSAGES: [(u16, &str); 44] = [
@@ -117,7 +111,7 @@ impl Reply {
 
     /// The HTTP response.
     pub fn into_response(self) -> Response<Body> {
-        let mut response = Response::new(Full::new(self.body).map_err(|never| match never {}).boxed());
+        let mut response = Response::new(ward_http::body::full(self.body));
         *response.status_mut() = self.status;
         *response.headers_mut() = *self.headers;
         response

@@ -5,22 +5,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{DistinguishedName, SignatureScheme};
 use rustls_pki_types::TrustAnchor;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
+use ward_http::tls::HandshakeSignatures;
+
 use crate::config::Declaration;
 use crate::error::ConfigErrors;
 
-/// The crypto provider Ward uses for TLS.
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
+pub(crate) use ward_http::tls::provider;
 
 /// Reads every certificate of a PEM text.
 pub(crate) fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -148,7 +146,7 @@ pub(crate) fn sni_certificates(decl: &Declaration, errors: &mut ConfigErrors) ->
 /// it holds the certificate's key (the handshake signature is verified).
 #[derive(Debug)]
 struct RequestClientCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: HandshakeSignatures,
 }
 
 impl ClientCertVerifier for RequestClientCertificate {
@@ -173,27 +171,7 @@ impl ClientCertVerifier for RequestClientCertificate {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    ward_http::delegate_handshake_signatures!(signatures);
 }
 
 /// The HTTPS listener's TLS configuration: TLS 1.2 and 1.3, `h2` then `http/1.1` by ALPN.
@@ -203,7 +181,7 @@ pub(crate) fn server_config(certs: SniCertificates, ask_client_certificates: boo
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("TLS 1.2 and 1.3 are supported");
     let builder = if ask_client_certificates {
-        let verifier = RequestClientCertificate { algorithms: provider.signature_verification_algorithms };
+        let verifier = RequestClientCertificate { signatures: HandshakeSignatures::of(&provider) };
         builder.with_client_cert_verifier(Arc::new(verifier))
     } else {
         builder.with_no_client_auth()

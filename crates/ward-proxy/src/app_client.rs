@@ -1,5 +1,6 @@
 //! The local application, as the inbound side reaches it: pooled keep-alive HTTP/1.1
-//! connections, or HTTP/2 without TLS (h2c) for `http2` and `grpc` services.
+//! connections, or one HTTP/2 connection without TLS (h2c) per application for `http2` and
+//! `grpc` services, whose requests name the caller's host once, as `:authority`.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -7,15 +8,17 @@ use std::{
 };
 
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
+use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use tokio::net::{TcpSocket, TcpStream};
+use ward_http::{
+    Body,
+    client::{Http2ConnectError, Http2Connections},
+};
 use ward_net::redirect::INBOUND_PASSTHROUGH_V4;
-
-use crate::http::Body;
 
 /// Why the application could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +39,15 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
-    /// The upgrade exchange failed.
+    /// The HTTP/2 connection could not be opened.
+    #[error("application at {app}: {source}")]
+    Http2 {
+        /// Its address.
+        app: SocketAddr,
+        /// Why.
+        source: Http2ConnectError<std::io::Error>,
+    },
+    /// The exchange failed.
     #[error("application at {app}: {source}")]
     Http {
         /// Its address.
@@ -48,32 +59,28 @@ pub enum AppError {
 
 /// Clients for the local application.
 pub struct AppClient {
-    /// For an application on loopback.
-    loopback: Clients,
-    /// For an application at one of the host's other addresses: connections come from
+    /// HTTP/1.1 to an application on loopback.
+    loopback: Client<HttpConnector, Body>,
+    /// HTTP/1.1 to an application at one of the host's other addresses: connections come from
     /// 127.0.0.6, which the transparent proxy's rules let through instead of capturing them.
-    host: Clients,
+    host: Client<HttpConnector, Body>,
+    /// HTTP/2 to each application, from the same source addresses (see [`connect`]).
+    h2c: Http2Connections<SocketAddr>,
 }
 
-/// An HTTP/1.1 and an h2c client sharing one connector.
-struct Clients {
-    http1: Client<HttpConnector, Body>,
-    h2c: Client<HttpConnector, Body>,
+/// An HTTP/1.1 client with a keep-alive pool, connecting from `source`.
+fn http1_client(source: Option<IpAddr>) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_local_address(source);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(90));
+    builder.build(connector)
 }
 
-impl Clients {
-    fn new(source: Option<IpAddr>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_local_address(source);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(90));
-        let http1 = builder.build(connector.clone());
-        let h2c = builder.http2_only(true).timer(TokioTimer::new()).build(connector);
-        Clients { http1, h2c }
-    }
-}
+/// How long connecting to the application may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for AppClient {
     fn default() -> Self {
@@ -84,24 +91,37 @@ impl Default for AppClient {
 impl AppClient {
     /// Clients with keep-alive pools.
     pub fn new() -> Self {
-        AppClient { loopback: Clients::new(None), host: Clients::new(Some(INBOUND_PASSTHROUGH_V4.into())) }
+        let mut h2c = http2::Builder::new(TokioExecutor::new());
+        h2c.timer(TokioTimer::new());
+        AppClient {
+            loopback: http1_client(None),
+            host: http1_client(Some(INBOUND_PASSTHROUGH_V4.into())),
+            h2c: Http2Connections::new(h2c),
+        }
     }
 
-    fn clients(&self, app: SocketAddr) -> &Clients {
-        if app.is_ipv4() && !app.ip().is_loopback() { &self.host } else { &self.loopback }
-    }
-
-    /// Sends `request` (its URI path and query) to the application at `app`.
+    /// Sends `request` (its URI path and query, its Host) to the application at `app`, over
+    /// HTTP/2 when `h2c`.
     pub async fn send(
         &self,
         app: SocketAddr,
         h2c: bool,
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, AppError> {
+        if h2c {
+            let request = ward_http::headers::to_http2_form(request, &app.to_string());
+            let connect = || tokio::time::timeout(CONNECT_TIMEOUT, connect(app));
+            let mut sender = self
+                .h2c
+                .sender(app, || async { connect().await.unwrap_or_else(|e| Err(std::io::Error::other(e))) })
+                .await
+                .map_err(|source| AppError::Http2 { app, source })?;
+            sender.ready().await.map_err(|source| AppError::Http { app, source })?;
+            return sender.send_request(request).await.map_err(|source| AppError::Http { app, source });
+        }
         *request.uri_mut() = app_uri(app, request.uri());
-        *request.version_mut() = if h2c { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        let clients = self.clients(app);
-        let client = if h2c { &clients.h2c } else { &clients.http1 };
+        *request.version_mut() = http::Version::HTTP_11;
+        let client = if app.is_ipv4() && !app.ip().is_loopback() { &self.host } else { &self.loopback };
         client.request(request).await.map_err(|source| AppError::Client { app, source })
     }
 

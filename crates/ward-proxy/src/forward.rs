@@ -8,10 +8,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use ward_http::{
+    Body,
+    body::{boxed, text},
+};
+
 use crate::{
     Proxy,
     authorization::Cut,
-    http::{Body, boxed, text},
     io::Activity,
     metrics::{BytesLabels, DestinationLabels, RequestLabels},
 };

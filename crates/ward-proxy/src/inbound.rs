@@ -7,7 +7,6 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -16,16 +15,19 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use ward_api::dataplane::Protocol;
 
+use ward_http::{
+    Body,
+    body::{boxed, text},
+    headers::{is_upgrade, remove_every_spelling, strip_hop_by_hop},
+};
+
 use crate::{
-    Proxy,
+    PEER_IDENTITY, Proxy,
     authorization::{Caller, Peer, authorize},
     config::Mode,
     forward::{self, OpenConnection},
-    http::{Body, PEER_IDENTITY, boxed, is_upgrade, strip_hop_by_hop, text},
     io::{Activity, Counted, Detected, detect},
-    listener,
     metrics::{INBOUND, ReasonLabels},
-    smuggling::Guarded,
     tls,
 };
 
@@ -47,8 +49,11 @@ pub struct InboundSpec {
 
 /// Accepts callers on `listener` until `stop`.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, spec: Arc<InboundSpec>, stop: CancellationToken) {
-    listener::accept_loop(&proxy.clone(), listener, stop, move |tcp, _peer| handle(proxy.clone(), spec.clone(), tcp))
-        .await
+    let shared = proxy.clone();
+    ward_http::accept::serve(listener, &shared.limits, &shared.connections, stop, move |tcp, _peer| {
+        handle(proxy.clone(), spec.clone(), tcp)
+    })
+    .await
 }
 
 /// Serves one caller's connection to the inbound `spec`.
@@ -132,8 +137,6 @@ where
         }
         return;
     }
-    let guarded =
-        Guarded::new(io, proxy.limits.max_header_bytes, proxy.limits.max_headers, proxy.limits.header_read_timeout);
     let service = {
         let (proxy, spec, caller) = (proxy.clone(), spec.clone(), caller.clone());
         service_fn(move |request| {
@@ -141,7 +144,8 @@ where
             async move { Ok::<_, std::convert::Infallible>(handle_request(&proxy, &spec, &caller, request).await) }
         })
     };
-    let connection = proxy.http_server.serve_connection_with_upgrades(TokioIo::new(guarded), service);
+    let (io, service) = ward_http::server::guard(io, service, &proxy.limits);
+    let connection = proxy.http_server.serve_connection_with_upgrades(io, service);
     if let Some(reason) = forward::drive(&proxy, connection, &activity, caller.cut(proxy.state())).await {
         tracing::info!(
             caller = caller.label(),
@@ -167,7 +171,7 @@ async fn handle_request(
         let upgrading = is_upgrade(&request);
         let headers = request.headers_mut();
         strip_hop_by_hop(headers, upgrading);
-        headers.remove(PEER_IDENTITY);
+        remove_every_spelling(headers, &[PEER_IDENTITY]);
         if let Caller::Mesh(peer) = caller
             && let Ok(value) = HeaderValue::from_str(peer.id.as_str())
         {

@@ -11,7 +11,6 @@ pub mod dataplane_file;
 pub mod discovery;
 pub mod dns;
 pub mod forward;
-pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod io;
@@ -20,7 +19,6 @@ pub mod member;
 pub mod mesh_client;
 pub mod metrics;
 pub mod outbound;
-pub mod smuggling;
 pub mod state;
 pub mod tls;
 pub mod transparent;
@@ -34,12 +32,16 @@ use std::{
 };
 
 use anyhow::Context;
+use http::HeaderName;
 use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{
-    app_client::AppClient, balancer::Strategy, discovery::DiscoveryOptions, http::Limits, member::Member, state::State,
-};
+use crate::{app_client::AppClient, balancer::Strategy, discovery::DiscoveryOptions, member::Member, state::State};
+use ward_http::Limits;
+
+/// Header carrying the caller's SPIFFE ID to the application; removed, under every spelling,
+/// from what callers send.
+pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-ward-peer-identity");
 
 /// Everything `ward dp run` is told.
 #[derive(Debug, Clone)]
@@ -58,8 +60,10 @@ pub struct ProxyOptions {
     pub admin_address: SocketAddr,
     /// How long in-flight requests may take to finish on SIGTERM.
     pub drain_timeout: Duration,
-    /// Limits of every connection.
+    /// Limits of every listener and connection.
     pub limits: Limits,
+    /// Whether TLS 1.2 is allowed between proxies besides 1.3.
+    pub allow_tls12: bool,
     /// How outbound traffic picks an endpoint.
     pub strategy: Strategy,
 }
@@ -68,7 +72,7 @@ pub struct ProxyOptions {
 pub struct Proxy {
     /// The proxy's membership of its mesh: configuration, certificate, connections to peers.
     pub member: Member,
-    /// Connection limits.
+    /// Limits of every listener and connection.
     pub limits: Limits,
     /// Inbound mTLS.
     pub server_tls: Arc<rustls::ServerConfig>,
@@ -104,10 +108,10 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
 
     let state = State::new();
     let proxy = Arc::new(Proxy {
-        server_tls: tls::server_config(state.clone(), options.limits.allow_tls12),
-        http_server: http::server(&options.limits),
+        server_tls: tls::server_config(state.clone(), options.allow_tls12),
+        http_server: ward_http::server::builder(&options.limits),
         app: AppClient::new(),
-        member: Member::new(state.clone(), options.limits.allow_tls12, options.strategy),
+        member: Member::new(state.clone(), options.allow_tls12, options.strategy),
         connections: TaskTracker::new(),
         draining: CancellationToken::new(),
         listener_errors: Mutex::default(),
@@ -146,10 +150,7 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
     tracing::info!(timeout = ?options.drain_timeout, "draining: no new connections; waiting for in-flight requests");
     stop.cancel();
     proxy.draining.cancel();
-    proxy.connections.close();
-    if tokio::time::timeout(options.drain_timeout, proxy.connections.wait()).await.is_err() {
-        tracing::warn!(open = proxy.connections.len(), "drain timeout reached; closing what is left");
-    }
+    ward_http::accept::drain(&proxy.connections, options.drain_timeout).await;
     tracing::info!("proxy stopped");
     Ok(())
 }

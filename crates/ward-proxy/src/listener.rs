@@ -1,55 +1,15 @@
-//! Accept loops: a connection limit per listener, and every connection tracked so the proxy
-//! can drain them on shutdown.
+//! The listeners the Dataplane asks for: opened once the proxy can serve, closed when the
+//! configuration no longer names them. Each runs the shared accept loop of `ward_http::accept`.
 
 use std::{
-    future::Future,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
-    time::Duration,
 };
 
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Proxy;
-
-/// Accepts connections until `stop`, handing each to `handle` while fewer than the limit are open;
-/// beyond it, a new connection is closed at once.
-pub async fn accept_loop<F, Fut>(proxy: &Arc<Proxy>, listener: TcpListener, stop: CancellationToken, handle: F)
-where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let permits = Arc::new(Semaphore::new(proxy.limits.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.cancelled() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: do not spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = proxy.limits.max_connections, "connection limit reached: connection refused");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let connection = handle(tcp, peer);
-        proxy.connections.spawn(async move {
-            connection.await;
-            drop(permit);
-        });
-    }
-}
 
 /// A listener the Dataplane asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,15 +9,15 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use http::{Request, Response, Uri, header};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use ward_api::Resource;
+use ward_http::{Body, BoxError, body::boxed};
 
 use crate::{
     balancer::{Balancer, Strategy},
     discovery::{self, DiscoveryOptions},
-    http::Body,
     mesh_client::{MeshClient, MeshError},
     state::State,
 };
@@ -59,12 +59,12 @@ impl Member {
     pub async fn send<B>(&self, service: &str, request: Request<B>) -> Result<Response<Incoming>, SendError>
     where
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
-        B::Error: Into<crate::http::BoxError>,
+        B::Error: Into<BoxError>,
     {
         let endpoints = self.endpoints(service);
         let (endpoint, _in_flight) =
             self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
-        let request = as_h2(request, service).map(crate::http::boxed);
+        let request = ward_http::headers::to_http2_form(request, service).map(boxed);
         Ok(self.mesh.send(service, endpoint.address, request).await?)
     }
 
@@ -79,30 +79,6 @@ impl Member {
     fn endpoints(&self, service: &str) -> Vec<crate::config::Endpoint> {
         self.state.config().and_then(|c| c.services.get(service).map(|s| s.endpoints.clone())).unwrap_or_default()
     }
-}
-
-/// The request as HTTP/2 carries it: the Host header becomes the URI's authority.
-fn as_h2<B>(mut request: Request<B>, service: &str) -> Request<B> {
-    let host = request.headers_mut().remove(header::HOST);
-    let authority = host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
-        .unwrap_or(service)
-        .to_string();
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-    match format!("http://{authority}{path}").parse::<Uri>() {
-        Ok(uri) => *request.uri_mut() = uri,
-        Err(_) => {
-            // A Host that is no authority: keep it as a header, address the service.
-            if let Some(host) = host {
-                request.headers_mut().insert(header::HOST, host);
-            }
-            *request.uri_mut() = format!("http://{service}{path}").parse().unwrap_or_default();
-        }
-    }
-    *request.version_mut() = http::Version::HTTP_2;
-    request
 }
 
 /// How a member without listeners (the edge gateway) joins a mesh.

@@ -20,11 +20,14 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
+use ward_http::{
+    Body,
+    client::{Http2ConnectError, Http2Connections},
+};
 use ward_pki::SpiffeId;
 
 use crate::{
     authorization::Peer,
-    http::Body,
     state::State,
     tls::{self, ALPN_H2, ALPN_HTTP1},
 };
@@ -53,8 +56,6 @@ pub enum MeshError {
     },
 }
 
-type SharedSender = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
-
 /// Client TLS configurations by destination service and ALPN protocol.
 type TlsConfigs = HashMap<(String, &'static [u8]), Arc<ClientConfig>>;
 
@@ -63,13 +64,15 @@ pub struct MeshClient {
     state: Arc<State>,
     allow_tls12: bool,
     tls: Mutex<TlsConfigs>,
-    h2: Mutex<HashMap<(String, SocketAddr), SharedSender>>,
+    h2: Http2Connections<(String, SocketAddr)>,
 }
 
 impl MeshClient {
     /// A client presenting the proxy's current certificate.
     pub fn new(state: Arc<State>, allow_tls12: bool) -> Self {
-        MeshClient { state, allow_tls12, tls: Mutex::default(), h2: Mutex::default() }
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
+        MeshClient { state, allow_tls12, tls: Mutex::default(), h2: Http2Connections::new(h2) }
     }
 
     /// A TLS connection to `endpoint` of `service`, offering `alpn`.
@@ -107,42 +110,25 @@ impl MeshClient {
         endpoint: SocketAddr,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, MeshError> {
-        let slot = self.h2.lock().expect("h2 pool lock").entry((service.to_string(), endpoint)).or_default().clone();
-        let mut sender = {
-            let mut slot = slot.lock().await;
-            match slot.as_ref().filter(|s| !s.is_closed()) {
-                Some(sender) => sender.clone(),
-                None => {
-                    let tls = self.connect(service, endpoint, ALPN_H2).await?;
-                    let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| MeshError::Connect {
-                        endpoint,
-                        source: io::Error::other("the peer's certificate is no longer trusted"),
-                    })?;
-                    let io = TokioIo::new(tls);
-                    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(30))
-                        .handshake(io)
-                        .await
-                        .map_err(|source| MeshError::Http { endpoint, source })?;
-                    let state = self.state.clone();
-                    tokio::spawn(async move {
-                        // A peer that stops being trusted loses the connection and its streams at once.
-                        tokio::select! {
-                            result = connection => if let Err(e) = result {
-                                tracing::debug!(%endpoint, error = %e, "HTTP/2 connection to a peer ended");
-                            },
-                            cut = peer.distrust(&state) => {
-                                tracing::info!(%endpoint, peer = %peer.id, reason = cut.as_str(), "closing the connection to a peer no longer trusted");
-                                cut.count(&state, crate::metrics::OUTBOUND);
-                            }
-                        }
-                    });
-                    *slot = Some(sender.clone());
-                    sender
-                }
-            }
+        let connect = || async {
+            let tls = self.connect(service, endpoint, ALPN_H2).await?;
+            let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| MeshError::Connect {
+                endpoint,
+                source: io::Error::other("the peer's certificate is no longer trusted"),
+            })?;
+            // A peer that stops being trusted loses the connection and its streams at once.
+            let state = self.state.clone();
+            let distrust = async move {
+                let cut = peer.distrust(&state).await;
+                tracing::info!(%endpoint, peer = %peer.id, reason = cut.as_str(), "closing the connection to a peer no longer trusted");
+                cut.count(&state, crate::metrics::OUTBOUND);
+            };
+            Ok((tls, distrust))
         };
+        let mut sender = self.h2.sender_until((service.to_string(), endpoint), connect).await.map_err(|e| match e {
+            Http2ConnectError::Connect(e) => e,
+            Http2ConnectError::Handshake(source) => MeshError::Http { endpoint, source },
+        })?;
         sender.ready().await.map_err(|source| MeshError::Http { endpoint, source })?;
         sender.send_request(request).await.map_err(|source| MeshError::Http { endpoint, source })
     }

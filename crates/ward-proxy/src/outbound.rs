@@ -6,20 +6,22 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use ward_api::dataplane::Protocol;
 
+use ward_http::{
+    Body,
+    body::boxed,
+    headers::{is_upgrade, remove_every_spelling, strip_hop_by_hop},
+};
+
 use crate::{
-    Proxy,
+    PEER_IDENTITY, Proxy,
     authorization::Peer,
     forward::{self, OpenConnection},
-    http::{Body, PEER_IDENTITY, boxed, is_upgrade, strip_hop_by_hop},
     io::{Activity, Counted, Detected, Prefixed, detect},
-    listener,
     metrics::OUTBOUND,
-    smuggling::Guarded,
 };
 
 /// One outbound of the Dataplane: a local listener for one destination service.
@@ -33,7 +35,8 @@ pub struct OutboundSpec {
 
 /// Accepts the application's connections on `listener` until `stop`.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, spec: Arc<OutboundSpec>, stop: CancellationToken) {
-    listener::accept_loop(&proxy.clone(), listener, stop, move |tcp, _peer| {
+    let shared = proxy.clone();
+    ward_http::accept::serve(listener, &shared.limits, &shared.connections, stop, move |tcp, _peer| {
         handle(proxy.clone(), spec.service.clone(), tcp)
     })
     .await
@@ -82,8 +85,6 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
         }
         return;
     }
-    let guarded =
-        Guarded::new(io, proxy.limits.max_header_bytes, proxy.limits.max_headers, proxy.limits.header_read_timeout);
     let service_fn = {
         let proxy = proxy.clone();
         let service: Arc<str> = service.into();
@@ -92,7 +93,8 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
             async move { Ok::<_, std::convert::Infallible>(handle_request(&proxy, &service, request).await) }
         })
     };
-    let connection = proxy.http_server.serve_connection_with_upgrades(TokioIo::new(guarded), service_fn);
+    let (io, service_fn) = ward_http::server::guard(io, service_fn, &proxy.limits);
+    let connection = proxy.http_server.serve_connection_with_upgrades(io, service_fn);
     // The local application is not authorized here; the peers' trust is watched per connection
     // to them (mesh_client).
     forward::drive(&proxy, connection, &activity, std::future::pending()).await;
@@ -103,7 +105,7 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
     let source = proxy.state().svid().map_or_else(|| "unknown".to_string(), |s| s.spiffe_id.to_string());
     let upgrading = is_upgrade(&request);
     strip_hop_by_hop(request.headers_mut(), upgrading);
-    request.headers_mut().remove(PEER_IDENTITY);
+    remove_every_spelling(request.headers_mut(), &[PEER_IDENTITY]);
     let member = &proxy.member;
     let result = if upgrading {
         forward::upgrade(request, |r| member.send_upgrade(service, r), std::future::pending()).await

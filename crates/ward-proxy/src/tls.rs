@@ -6,13 +6,11 @@ use std::{fmt, sync::Arc};
 
 use chrono::DateTime;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error, OtherError, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DistinguishedName, Error, OtherError, ServerConfig, SignatureScheme,
     client::{
         ResolvesClientCert,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        danger::{ServerCertVerified, ServerCertVerifier},
     },
-    crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
     server::{
         ClientHello, ResolvesServerCert,
         danger::{ClientCertVerified, ClientCertVerifier},
@@ -20,6 +18,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use ward_http::tls::{HandshakeSignatures, provider};
 use ward_pki::{SpiffeId, VerifyError};
 
 use crate::state::State;
@@ -37,15 +36,11 @@ pub fn versions(allow_tls12: bool) -> &'static [&'static rustls::SupportedProtoc
     if allow_tls12 { rustls::ALL_VERSIONS } else { TLS13_ONLY }
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
 /// The server side of inbound mTLS: a client certificate from the mesh is required.
 pub fn server_config(state: Arc<State>, allow_tls12: bool) -> Arc<ServerConfig> {
     let provider = provider();
     let verifier =
-        Arc::new(MeshClientVerifier { algorithms: provider.signature_verification_algorithms, state: state.clone() });
+        Arc::new(MeshClientVerifier { signatures: HandshakeSignatures::of(&provider), state: state.clone() });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(allow_tls12))
         .expect("the provider supports these versions")
@@ -62,11 +57,8 @@ pub fn server_config(state: Arc<State>, allow_tls12: bool) -> Arc<ServerConfig> 
 /// The client side of outbound mTLS to instances of the service whose identity is `expected`.
 pub fn client_config(state: Arc<State>, expected: SpiffeId, allow_tls12: bool, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(MeshServerVerifier {
-        algorithms: provider.signature_verification_algorithms,
-        state: state.clone(),
-        expected,
-    });
+    let verifier =
+        Arc::new(MeshServerVerifier { signatures: HandshakeSignatures::of(&provider), state: state.clone(), expected });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(allow_tls12))
         .expect("the provider supports these versions")
@@ -107,7 +99,7 @@ impl ResolvesClientCert for CurrentSvid {
 /// Accepts a client certificate that chains to the mesh's trust bundle and names one of its workloads.
 struct MeshClientVerifier {
     state: Arc<State>,
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: HandshakeSignatures,
 }
 
 impl fmt::Debug for MeshClientVerifier {
@@ -131,27 +123,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    ward_http::delegate_handshake_signatures!(signatures);
 }
 
 /// Accepts a server certificate that chains to the trust bundle and names exactly `expected`,
@@ -159,7 +131,7 @@ impl ClientCertVerifier for MeshClientVerifier {
 struct MeshServerVerifier {
     state: Arc<State>,
     expected: SpiffeId,
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: HandshakeSignatures,
 }
 
 impl fmt::Debug for MeshServerVerifier {
@@ -184,27 +156,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    ward_http::delegate_handshake_signatures!(signatures);
 }
 
 /// A server proved another identity than the one the caller asked for.

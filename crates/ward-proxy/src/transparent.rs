@@ -9,7 +9,7 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Proxy, config::Config, forward, inbound, listener, metrics::OUTBOUND, outbound};
+use crate::{Proxy, config::Config, forward, inbound, metrics::OUTBOUND, outbound};
 
 /// Where a redirected outbound connection goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,7 +46,8 @@ pub fn outbound_destination(config: &Config, original: SocketAddr, listen: Socke
 /// Accepts redirected inbound connections until `stop`; each goes to the inbound whose `port`
 /// it was addressed to.
 pub async fn serve_inbound(proxy: Arc<Proxy>, listener: TcpListener, stop: CancellationToken) {
-    listener::accept_loop(&proxy.clone(), listener, stop, move |tcp, peer| {
+    let shared = proxy.clone();
+    ward_http::accept::serve(listener, &shared.limits, &shared.connections, stop, move |tcp, peer| {
         let proxy = proxy.clone();
         async move {
             let Some(port) = original_port(&tcp) else { return };
@@ -64,7 +65,8 @@ pub async fn serve_inbound(proxy: Arc<Proxy>, listener: TcpListener, stop: Cance
 /// Accepts the applications' redirected outbound connections until `stop`.
 pub async fn serve_outbound(proxy: Arc<Proxy>, listener: TcpListener, stop: CancellationToken) {
     let Ok(listen) = listener.local_addr() else { return };
-    listener::accept_loop(&proxy.clone(), listener, stop, move |tcp, peer| {
+    let shared = proxy.clone();
+    ward_http::accept::serve(listener, &shared.limits, &shared.connections, stop, move |tcp, peer| {
         let proxy = proxy.clone();
         async move {
             let Ok(original) = ward_net::original_dst(&tcp) else { return };

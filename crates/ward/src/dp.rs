@@ -5,7 +5,8 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use ward_api::duration::KumaDuration;
-use ward_proxy::{ProxyOptions, balancer::Strategy, http::Limits};
+use ward_http::Limits;
+use ward_proxy::{ProxyOptions, balancer::Strategy};
 
 /// How outbound traffic picks an instance.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -36,8 +37,8 @@ pub enum DpCommand {
         /// Address of /ready, /metrics and /config.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin_address: SocketAddr,
-        /// How long in-flight requests may take to finish after SIGTERM.
-        #[arg(long, default_value = "30s", value_parser = duration)]
+        /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+        #[arg(long, visible_alias = "shutdown-grace", default_value = "30s", value_parser = duration)]
         drain_timeout: KumaDuration,
         /// Largest request head accepted, bytes (larger: 431).
         #[arg(long, default_value_t = Limits::default().max_header_bytes)]
@@ -54,6 +55,13 @@ pub enum DpCommand {
         /// Most connections open at once on one listener.
         #[arg(long, default_value_t = Limits::default().max_connections)]
         max_connections: usize,
+        /// Most connections open at once from one client address on one listener (default: no cap).
+        #[arg(long)]
+        max_connections_per_client: Option<usize>,
+        /// Pass on request headers whose names contain '_' (by default they are dropped: many
+        /// applications read X_Foo as X-Foo).
+        #[arg(long)]
+        allow_underscores_in_headers: bool,
         /// Accept TLS 1.2 between proxies as well as 1.3.
         #[arg(long)]
         allow_tls12: bool,
@@ -81,6 +89,8 @@ pub async fn run(cp_address: Option<String>, command: DpCommand) -> anyhow::Resu
         header_read_timeout,
         idle_timeout,
         max_connections,
+        max_connections_per_client,
+        allow_underscores_in_headers,
         allow_tls12,
         load_balancer,
     } = command;
@@ -99,8 +109,10 @@ pub async fn run(cp_address: Option<String>, command: DpCommand) -> anyhow::Resu
             header_read_timeout: header_read_timeout.get(),
             idle_timeout: idle_timeout.get(),
             max_connections,
-            allow_tls12,
+            max_connections_per_client,
+            allow_underscores_in_headers,
         },
+        allow_tls12,
         strategy: match load_balancer {
             LoadBalancer::RoundRobin => Strategy::RoundRobin,
             LoadBalancer::LeastRequest => Strategy::LeastRequest,

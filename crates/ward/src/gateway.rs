@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
+use ward_api::duration::KumaDuration;
+use ward_http::Limits;
 
 /// `ward gateway ...`.
 #[derive(Debug, Subcommand)]
@@ -60,6 +62,29 @@ pub struct RunArgs {
     /// The address the gateway's Dataplane declares.
     #[arg(long, default_value = "127.0.0.1", requires = "mesh")]
     mesh_address: String,
+    /// How long open requests may take to finish after SIGTERM or SIGINT.
+    #[arg(long, default_value = "10s", value_parser = KumaDuration::parse)]
+    shutdown_grace: KumaDuration,
+    /// Most connections open at once on each listener.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Most connections open at once from one client address on each listener (default: no cap).
+    #[arg(long)]
+    max_connections_per_client: Option<usize>,
+    /// Time a client has to complete the TLS handshake and each request head (HTTP/2: each
+    /// header block).
+    #[arg(long, default_value = "10s", value_parser = KumaDuration::parse)]
+    header_read_timeout: KumaDuration,
+    /// Largest request head accepted, bytes (larger: 431).
+    #[arg(long, default_value_t = Limits::default().max_header_bytes)]
+    max_header_bytes: usize,
+    /// Most request headers accepted (more: 431).
+    #[arg(long, default_value_t = Limits::default().max_headers)]
+    max_headers: usize,
+    /// Pass on request headers whose names contain '_' (by default they are dropped: many
+    /// applications read X_Consumer_Username as X-Consumer-Username).
+    #[arg(long)]
+    allow_underscores_in_headers: bool,
 }
 
 fn parse_net(text: &str) -> Result<IpNet, String> {
@@ -92,6 +117,16 @@ pub async fn run(cp_address: Option<String>, command: GatewayCommand) -> anyhow:
         admin_listen: a.admin_listen,
         trusted_ips: a.trusted_ips,
         mesh,
+        limits: Limits {
+            max_header_bytes: a.max_header_bytes,
+            max_headers: a.max_headers,
+            header_read_timeout: a.header_read_timeout.get(),
+            max_connections: a.max_connections,
+            max_connections_per_client: a.max_connections_per_client,
+            allow_underscores_in_headers: a.allow_underscores_in_headers,
+            ..Limits::default()
+        },
+        shutdown_grace: a.shutdown_grace.get(),
     };
     ward_gateway::run(options, crate::cp::shutdown_signal()).await?;
     Ok(())

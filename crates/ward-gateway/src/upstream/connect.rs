@@ -132,7 +132,9 @@ impl tower_service::Service<Uri> for Connector {
 
 /// Accepts any upstream certificate: Kong's default (`tls_verify` unset or false).
 #[derive(Debug)]
-struct AnyServerCertificate(Arc<rustls::crypto::CryptoProvider>);
+struct AnyServerCertificate {
+    signatures: ward_http::tls::HandshakeSignatures,
+}
 
 impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
     fn verify_server_cert(
@@ -146,27 +148,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    ward_http::delegate_handshake_signatures!(signatures);
 }
 
 /// The TLS client side for an https service: verifying against `roots`, or (Kong's
@@ -180,7 +162,9 @@ pub(crate) fn client_tls(roots: Option<rustls::RootCertStore>) -> tokio_rustls::
         Some(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
+            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate {
+                signatures: ward_http::tls::HandshakeSignatures::of(&provider),
+            }))
             .with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

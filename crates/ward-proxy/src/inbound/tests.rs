@@ -17,6 +17,7 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::CertificateDer;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use ward_http::Limits;
 use ward_pki::{BuiltinCaOptions, Ca, SpiffeId, generate_builtin, generate_key_and_csr};
 use ward_proto::discovery::{MtlsMode, ProxyConfig};
 
@@ -26,7 +27,6 @@ use crate::{
     app_client::AppClient,
     authorization::{Caller, Cut, Peer},
     config::Config,
-    http::Limits,
     member::Member,
     state::State,
 };
@@ -82,7 +82,7 @@ impl Lab {
         let limits = Limits::default();
         let proxy = Arc::new(Proxy {
             server_tls: crate::tls::server_config(state.clone(), false),
-            http_server: crate::http::server(&limits),
+            http_server: ward_http::server::builder(&limits),
             app: AppClient::new(),
             member: Member::new(state.clone(), false, Default::default()),
             connections: TaskTracker::new(),

@@ -136,11 +136,13 @@ impl Proxy {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(child) = &self.child {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
         }
     }
 
