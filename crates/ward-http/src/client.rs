@@ -26,7 +26,10 @@ pub enum Http2ConnectError<E> {
     Handshake(hyper::Error),
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+/// Whether an open connection may still take new requests.
+pub type Fresh = Box<dyn Fn() -> bool + Send + Sync>;
+
+type Slot = Arc<tokio::sync::Mutex<Option<(http2::SendRequest<Body>, Fresh)>>>;
 
 /// Open HTTP/2 connections by destination.
 pub struct Http2Connections<K> {
@@ -58,12 +61,16 @@ impl<K: Eq + Hash + Clone + fmt::Debug + Send + 'static> Http2Connections<K> {
         Fut: Future<Output = Result<IO, E>>,
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        self.sender_until(key, || async { connect().await.map(|io| (io, std::future::pending::<()>())) }).await
+        let always: fn() -> Fresh = || Box::new(|| true);
+        self.sender_until(key, || async { connect().await.map(|io| (io, std::future::pending::<()>(), always())) })
+            .await
     }
 
     /// Like [`Http2Connections::sender`], for connections that must also end, with every
-    /// stream on them, when a future of their own completes (a peer no longer trusted):
-    /// `connect` gives the connection and that future.
+    /// stream on them, when a future of their own completes (a peer no longer trusted), and
+    /// that take new requests only while they are fresh (say, until either side renewed its
+    /// certificate): `connect` gives the connection, that future and the freshness test. A
+    /// connection no longer fresh is left to finish its requests; the next one opens anew.
     pub async fn sender_until<F, Fut, IO, S, E>(
         &self,
         key: K,
@@ -71,16 +78,18 @@ impl<K: Eq + Hash + Clone + fmt::Debug + Send + 'static> Http2Connections<K> {
     ) -> Result<http2::SendRequest<Body>, Http2ConnectError<E>>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(IO, S), E>>,
+        Fut: Future<Output = Result<(IO, S, Fresh), E>>,
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: Future<Output = ()> + Send + 'static,
     {
         let slot = self.slots.lock().expect("HTTP/2 connections lock").entry(key.clone()).or_default().clone();
         let mut slot = slot.lock().await;
-        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+        if let Some((sender, _)) = slot.as_ref().filter(|(s, fresh)| !s.is_closed() && fresh()) {
             return Ok(sender.clone());
         }
-        let (io, stop) = connect().await.map_err(Http2ConnectError::Connect)?;
+        // A stale connection's sender goes: it closes once its last request is answered.
+        *slot = None;
+        let (io, stop, fresh) = connect().await.map_err(Http2ConnectError::Connect)?;
         let (sender, connection) =
             self.builder.handshake(TokioIo::new(io)).await.map_err(Http2ConnectError::Handshake)?;
         tokio::spawn(async move {
@@ -91,7 +100,7 @@ impl<K: Eq + Hash + Clone + fmt::Debug + Send + 'static> Http2Connections<K> {
                 () = stop => tracing::debug!(destination = ?key, "HTTP/2 connection closed by its owner"),
             }
         });
-        *slot = Some(sender.clone());
+        *slot = Some((sender.clone(), fresh));
         Ok(sender)
     }
 }

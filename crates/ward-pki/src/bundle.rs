@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
-use x509_parser::prelude::GeneralName;
+use x509_parser::prelude::{GeneralName, ParsedExtension};
 
 use crate::ca::{CaError, CaInfo, check_is_ca, parse_cert};
 use crate::spiffe::{SpiffeId, SpiffeIdError};
@@ -34,6 +34,9 @@ pub struct VerifiedSvid {
     pub serial: String,
     /// The end of its validity.
     pub not_after: DateTime<Utc>,
+    /// Which CA key signed it: its authority key identifier (hex), or, without one, the
+    /// issuer's name. CAs of one mesh may share a name, never a key.
+    pub issuer: String,
 }
 
 /// Why CA certificates could not be added to a bundle.
@@ -126,6 +129,16 @@ pub enum VerifyError {
         /// The bundle's mesh.
         expected: String,
     },
+}
+
+/// The authority key identifier of `leaf` in hex, or its issuer's name when it has none.
+fn issuer_key(leaf: &x509_parser::certificate::X509Certificate<'_>) -> String {
+    leaf.iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|k| x509::hex(k.0)),
+            _ => None,
+        })
+        .unwrap_or_else(|| leaf.issuer().to_string())
 }
 
 impl TrustBundle {
@@ -238,6 +251,7 @@ impl TrustBundle {
             spiffe_id,
             serial: x509::hex(leaf.raw_serial()),
             not_after: x509::from_asn1(leaf.validity().not_after),
+            issuer: issuer_key(&leaf),
         })
     }
 

@@ -38,6 +38,8 @@ pub struct Peer {
     pub serial: String,
     /// When its certificate expires.
     pub not_after: DateTime<Utc>,
+    /// The name of the CA that signed its certificate.
+    pub issuer: String,
     leaf: CertificateDer<'static>,
 }
 
@@ -51,7 +53,13 @@ impl Peer {
     /// The peer proven by `leaf`, when `config` trusts it at `now`.
     pub fn verify(config: &Config, leaf: CertificateDer<'static>, now: DateTime<Utc>) -> Option<Peer> {
         let verified = config.bundle.verify_peer(&leaf, now).ok()?;
-        let peer = Peer { id: verified.spiffe_id, serial: verified.serial, not_after: verified.not_after, leaf };
+        let peer = Peer {
+            id: verified.spiffe_id,
+            serial: verified.serial,
+            not_after: verified.not_after,
+            issuer: verified.issuer,
+            leaf,
+        };
         peer.distrusted(config, now).is_none().then_some(peer)
     }
 

@@ -22,6 +22,8 @@ pub struct Svid {
     pub not_before: DateTime<Utc>,
     /// End of validity.
     pub not_after: DateTime<Utc>,
+    /// The name of the CA that signed it.
+    pub issuer: String,
     /// The mesh backend whose CA signed it.
     pub backend: String,
 }
@@ -86,7 +88,8 @@ pub fn accept(
         .collect::<Result<_, _>>()
         .map_err(|e| SvidRejected::Chain(e.to_string()))?;
     let leaf = chain.first().ok_or_else(|| SvidRejected::Chain("no certificate in the chain".into()))?;
-    let got = bundle.verify_svid(leaf, Utc::now())?;
+    let verified = bundle.verify_peer(leaf, Utc::now())?;
+    let got = verified.spiffe_id;
     if &got != expected {
         return Err(SvidRejected::OtherIdentity { got: got.to_string(), expected: expected.to_string() });
     }
@@ -103,6 +106,7 @@ pub fn accept(
         serial: certificate.serial.clone(),
         not_before: at(certificate.not_before_unix),
         not_after: at(certificate.not_after_unix),
+        issuer: verified.issuer,
         backend: certificate.backend.clone(),
     })
 }

@@ -56,6 +56,29 @@ pub enum MeshError {
     },
 }
 
+/// How long before the peer's certificate expires a connection stops taking new requests, at
+/// most: by then the peer has renewed, and a new connection proves its new certificate.
+const RETIRE_BEFORE_EXPIRY: Duration = Duration::from_secs(30);
+
+/// Whether a connection to `peer` may take new requests: while this proxy's certificate is
+/// the one it was opened with, the peer's comes from the CA that signs ours (after a CA
+/// rotation both sides move to the new one), and the peer's is not about to expire. So when a
+/// certificate is renewed, or a CA is about to be removed, requests move to a new connection
+/// and the old one is idle by the time its certificates expire or lose their trust.
+fn fresh(state: &Arc<State>, peer: &Peer) -> ward_http::client::Fresh {
+    let own = state.svid();
+    let (own_serial, own_issuer) = own.map_or((String::new(), String::new()), |s| (s.serial.clone(), s.issuer.clone()));
+    let remaining = (peer.not_after - chrono::Utc::now()).to_std().unwrap_or_default();
+    let retire_at =
+        peer.not_after - chrono::TimeDelta::from_std((remaining / 4).min(RETIRE_BEFORE_EXPIRY)).unwrap_or_default();
+    let (state, peer_issuer) = (state.clone(), peer.issuer.clone());
+    Box::new(move || {
+        chrono::Utc::now() < retire_at
+            && peer_issuer == own_issuer
+            && state.svid().is_some_and(|s| s.serial == own_serial)
+    })
+}
+
 /// Client TLS configurations by destination service and ALPN protocol.
 type TlsConfigs = HashMap<(String, &'static [u8]), Arc<ClientConfig>>;
 
@@ -116,6 +139,7 @@ impl MeshClient {
                 endpoint,
                 source: io::Error::other("the peer's certificate is no longer trusted"),
             })?;
+            let fresh = fresh(&self.state, &peer);
             // A peer that stops being trusted loses the connection and its streams at once.
             let state = self.state.clone();
             let distrust = async move {
@@ -123,7 +147,7 @@ impl MeshClient {
                 tracing::info!(%endpoint, peer = %peer.id, reason = cut.as_str(), "closing the connection to a peer no longer trusted");
                 cut.count(&state, crate::metrics::OUTBOUND);
             };
-            Ok((tls, distrust))
+            Ok((tls, distrust, fresh))
         };
         let mut sender = self.h2.sender_until((service.to_string(), endpoint), connect).await.map_err(|e| match e {
             Http2ConnectError::Connect(e) => e,
