@@ -221,7 +221,9 @@ fn check_head(head: &[u8], max_headers: usize) -> Result<Stage, Refusal> {
     let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        // A bare LF ended the head early: what follows would be read as another request, unchecked.
+        Ok(httparse::Status::Complete(_)) => return Err(Refusal::bad("request head ends with a bare LF")),
         Ok(httparse::Status::Partial) => return Err(Refusal::bad("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Refusal { status: 431, reason: format!("more than {max_headers} request headers") });
@@ -455,6 +457,17 @@ mod tests {
             assert_eq!(refusal.status, *status, "{}", String::from_utf8_lossy(stream));
             assert!(refusal.reason.contains(reason), "{} -> {}", String::from_utf8_lossy(stream), refusal.reason);
         }
+    }
+
+    #[test]
+    fn refuses_a_head_ended_by_a_bare_lf() {
+        // Found by fuzzing: httparse (and so the server) ends a head at "\n\n", which let a
+        // second request hide, unchecked, inside what the guard took for the first head.
+        let stream = b"GET / HTTP/1.1\r\n\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let refusal = run(stream).unwrap_err();
+        assert_eq!((refusal.status, refusal.reason.as_str()), (400, "request head ends with a bare LF"));
+        // Bare LFs inside a head that ends with CRLF CRLF frame the same for both parsers.
+        assert!(run(b"GET / HTTP/1.1\nHost: a\r\n\r\n").is_ok());
     }
 
     #[test]
