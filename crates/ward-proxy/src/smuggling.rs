@@ -146,6 +146,9 @@ impl Framing {
                         }
                         break;
                     };
+                    if end + 2 > MAX_CHUNK_LINE {
+                        return Err(Refusal::bad("chunk-size line too long"));
+                    }
                     let size = chunk_size(&self.held[..end])?;
                     out.extend_from_slice(&self.held.split_to(end + 2));
                     self.stage = if size == 0 { Stage::Trailers } else { Stage::ChunkData(size) };
@@ -177,6 +180,9 @@ impl Framing {
                         }
                         break;
                     };
+                    if end + 2 > self.max_head_bytes {
+                        return Err(too_large(self.max_head_bytes));
+                    }
                     out.extend_from_slice(&self.held.split_to(end + 2));
                     if end == 0 {
                         self.stage = Stage::Head;
@@ -468,6 +474,19 @@ mod tests {
         assert_eq!((refusal.status, refusal.reason.as_str()), (400, "request head ends with a bare LF"));
         // Bare LFs inside a head that ends with CRLF CRLF frame the same for both parsers.
         assert!(run(b"GET / HTTP/1.1\nHost: a\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn limits_trailer_and_chunk_size_lines_however_they_arrive() {
+        // Found by fuzzing: a line over the limit was refused when it arrived in pieces but
+        // passed when it arrived in one read (the limit was checked only while waiting for CRLF).
+        let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let trailer = format!("{chunked}0\r\nX-T: {}\r\n\r\n", "a".repeat(8200));
+        let size_line = format!("{chunked}1;{}\r\na\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE));
+        for (stream, status) in [(trailer, 431), (size_line, 400)] {
+            assert_eq!(Framing::new(8192, 32).feed(stream.as_bytes()).unwrap_err().status, status, "in one read");
+            assert_eq!(run(stream.as_bytes()).unwrap_err().status, status, "byte by byte");
+        }
     }
 
     #[test]
