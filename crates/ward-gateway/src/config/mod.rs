@@ -327,8 +327,20 @@ impl Collector {
             let Some(mut obj) = object(value, &path, &mut self.errors) else { continue };
             let plugins = take_list(&mut obj, "plugins", &path, &mut self.errors);
             let index = self.decl.consumers.len();
+            let d = &self.decl;
+            let before =
+                [d.keyauth_credentials.len(), d.basicauth_credentials.len(), d.jwt_secrets.len(), d.acls.len()];
             self.credentials(&mut obj, &path, Some(index));
-            let Some(item) = typed::<schema::Consumer>(Value::Object(obj), &path, &mut self.errors) else { continue };
+            let Some(item) = typed::<schema::Consumer>(Value::Object(obj), &path, &mut self.errors) else {
+                // Its credentials were read so that their errors are listed; they must not stay
+                // linked to an index that no consumer holds (or the next consumer will).
+                let d = &mut self.decl;
+                d.keyauth_credentials.truncate(before[0]);
+                d.basicauth_credentials.truncate(before[1]);
+                d.jwt_secrets.truncate(before[2]);
+                d.acls.truncate(before[3]);
+                continue;
+            };
             if item.username.is_none() && item.custom_id.is_none() {
                 self.errors.add(&path, "at least one of username or custom_id is required");
             }
@@ -633,6 +645,17 @@ keyauth_credentials:
                 assert!(got.iter().any(|g| g.starts_with(want)), "{text}\nwanted {want}\ngot {got:?}");
             }
         }
+    }
+
+    #[test]
+    fn credentials_of_a_refused_consumer_are_dropped() {
+        // Found by fuzzing: a consumer refused for an unknown field left its nested credentials
+        // linked to an index no consumer held, and compiling them panicked out of bounds.
+        let text = "_format_version: \"3.0\"\nconsumers:\n- username: a\n- username: b\n  colour: red\n  acls:\n  - group: g\n  basicauth_credentials:\n  - {username: b, password: p}\n";
+        let (d, errors) = parse(text).unwrap();
+        assert!(errors.0.iter().any(|e| e.to_string().starts_with("consumers[1].colour: unknown field")), "{errors}");
+        assert!(d.acls.is_empty() && d.basicauth_credentials.is_empty());
+        assert!(crate::validate(text, false).is_err());
     }
 
     #[test]
