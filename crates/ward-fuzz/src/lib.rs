@@ -13,8 +13,11 @@ pub mod gateway_admin;
 pub mod kong;
 pub mod kuma;
 
-/// Every target: its name (the directory of its corpus under `fuzz/corpus/`) and its function.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+/// A target's name (the directory of its corpus under `fuzz/corpus/`) and its function.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: [Target; 6] = [
     ("framing", framing::run),
     ("kuma_yaml", kuma::run),
     ("kong_config", kong::run),
