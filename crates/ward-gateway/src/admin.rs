@@ -94,7 +94,7 @@ fn status(runtime: &Runtime) -> Reply {
 
 /// The declarative text of a `POST /config`: the raw body, or its `config` field in a
 /// form (`--data config=...`) or a multipart form (Kong's `-F config=@kong.yml`).
-fn config_text(content_type: Option<&str>, body: &Bytes) -> Result<String, Reply> {
+pub(crate) fn config_text(content_type: Option<&str>, body: &Bytes) -> Result<String, Reply> {
     let ct = content_type.unwrap_or_default().to_ascii_lowercase();
     let text = if ct.starts_with("application/x-www-form-urlencoded") {
         form_urlencoded::parse(body).find(|(k, _)| k == "config").map(|(_, v)| v.into_owned())

@@ -99,6 +99,12 @@ pub fn validate(text: &str, mesh_member: bool) -> Result<(), ConfigErrors> {
     compiled::compile(text, &runtime::Shared { mesh, ..Default::default() }).map(|_| ())
 }
 
+/// The declarative text in the body of an admin `POST /config`, found as the admin API finds
+/// it (the raw body, or the `config` field of a form or multipart form); `None` when there is none.
+pub fn admin_config_text(content_type: Option<&str>, body: &[u8]) -> Option<String> {
+    admin::config_text(content_type, &bytes::Bytes::copy_from_slice(body)).ok()
+}
+
 fn read(path: &PathBuf) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })
 }

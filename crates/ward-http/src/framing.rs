@@ -302,6 +302,10 @@ impl Framing {
                         }
                         break;
                     };
+                    // The same limit when the whole line arrived in one read.
+                    if end + 2 > MAX_CHUNK_LINE {
+                        return Err(Refusal::bad("chunk-size line too long"));
+                    }
                     let size = chunk_size(&self.held[..end])?;
                     out.extend_from_slice(&self.take(end + 2));
                     self.stage = if size == 0 { Stage::Trailers } else { Stage::ChunkData(size) };
@@ -332,6 +336,9 @@ impl Framing {
                         }
                         break;
                     };
+                    if end + 2 > self.max_head_bytes {
+                        return Err(too_large(self.max_head_bytes));
+                    }
                     out.extend_from_slice(&self.take(end + 2));
                     if end == 0 {
                         self.stage = self.message_end();
@@ -403,7 +410,10 @@ fn check_head(head: &[u8], max_headers: usize) -> Result<CheckedHead, Refusal> {
     let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        // A bare LF ended the head early (httparse, and so the server, ends a head at LF LF):
+        // what follows would be read as another request, unchecked.
+        Ok(httparse::Status::Complete(_)) => return Err(Refusal::bad("request head ends with a bare LF")),
         Ok(httparse::Status::Partial) => return Err(Refusal::bad("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Refusal { status: 431, reason: format!("more than {max_headers} request headers") });
@@ -689,6 +699,29 @@ mod tests {
             let refusal = run(stream).unwrap_err();
             assert_eq!(refusal.status, *status, "{}", String::from_utf8_lossy(stream));
             assert!(refusal.reason.contains(reason), "{} -> {}", String::from_utf8_lossy(stream), refusal.reason);
+        }
+    }
+
+    #[test]
+    fn refuses_a_head_ended_by_a_bare_lf() {
+        // Found by fuzzing: httparse (and so the server) ends a head at "\n\n", which let a
+        // second request hide, unchecked, inside what the guard took for the first head.
+        let stream = b"GET / HTTP/1.1\r\n\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let refusal = Framing::new(8192, 32).feed(stream).unwrap_err();
+        assert_eq!((refusal.status, refusal.reason.as_str()), (400, "request head ends with a bare LF"));
+        // Bare LFs inside a head that ends with CRLF CRLF frame the same for both parsers.
+        assert!(run(b"GET / HTTP/1.1\nHost: a\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn limits_trailer_and_chunk_size_lines_however_they_arrive() {
+        // A line over the limit was refused when it arrived in pieces but passed when it
+        // arrived in one read (the limit was checked only while waiting for its CRLF).
+        let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let trailer = format!("{chunked}0\r\nX-T: {}\r\n\r\n", "a".repeat(8200));
+        let size_line = format!("{chunked}1;{}\r\na\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE));
+        for (stream, status) in [(trailer, 431), (size_line, 400)] {
+            assert_eq!(Framing::new(8192, 32).feed(stream.as_bytes()).unwrap_err().status, status, "in one read");
         }
     }
 

@@ -229,7 +229,7 @@ impl Session {
 }
 
 /// Parses the registered Dataplane and its service, refusing anything else with the reason.
-fn read_dataplane(register: &Register) -> Result<(Resource, String), Status> {
+pub fn read_dataplane(register: &Register) -> Result<(Resource, String), Status> {
     let doc: serde_json::Value = serde_json::from_str(&register.dataplane_json)
         .map_err(|e| Status::invalid_argument(format!("dataplane: not valid JSON: {e}")))?;
     let resource = parse::resource(doc, "dataplane").map_err(|e| Status::invalid_argument(e.to_string()))?;

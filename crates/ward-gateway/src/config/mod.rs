@@ -695,6 +695,17 @@ keyauth_credentials:
     }
 
     #[test]
+    fn credentials_of_a_refused_consumer_are_dropped() {
+        // Found by fuzzing: a consumer refused for an unknown field left its nested credentials
+        // linked to an index no consumer held, and compiling them panicked out of bounds.
+        let text = "_format_version: \"3.0\"\nconsumers:\n- username: a\n- username: b\n  colour: red\n  acls:\n  - group: g\n  basicauth_credentials:\n  - {username: b, password: p}\n";
+        let (d, errors) = parse(text).unwrap();
+        assert!(errors.0.iter().any(|e| e.to_string().starts_with("consumers[1].colour: unknown field")), "{errors}");
+        assert!(d.acls.is_empty() && d.basicauth_credentials.is_empty());
+        assert!(crate::validate(text, false).is_err());
+    }
+
+    #[test]
     fn nulls_mean_defaults() {
         let d = valid("_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  retries: null\n  path: null\n");
         assert_eq!(d.services[0].item.retries, 5);
