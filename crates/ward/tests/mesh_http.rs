@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::{
     net::SocketAddr,
     path::Path,
@@ -125,8 +126,10 @@ impl Hypercorn {
         assert!(available, "this test needs hypercorn: pip install hypercorn (.ci/run does so)");
         std::fs::write(dir.join("strict_app.py"), ASGI_APP).unwrap();
         let port = free_port();
+        // A process group of its own: hypercorn's worker processes go with it on drop.
         let child = Command::new("python3")
             .args(["-m", "hypercorn", "--bind", &format!("127.0.0.1:{port}"), "strict_app:app"])
+            .process_group(0)
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -143,7 +146,8 @@ impl Hypercorn {
 
 impl Drop for Hypercorn {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
