@@ -38,7 +38,7 @@ pub struct Peer {
     pub serial: String,
     /// When its certificate expires.
     pub not_after: DateTime<Utc>,
-    /// The name of the CA that signed its certificate.
+    /// Which CA key signed its certificate (see [`ward_pki::VerifiedSvid::issuer`]).
     pub issuer: String,
     leaf: CertificateDer<'static>,
 }

@@ -22,7 +22,7 @@ pub struct Svid {
     pub not_before: DateTime<Utc>,
     /// End of validity.
     pub not_after: DateTime<Utc>,
-    /// The name of the CA that signed it.
+    /// Which CA key signed it (see [`ward_pki::VerifiedSvid::issuer`]).
     pub issuer: String,
     /// The mesh backend whose CA signed it.
     pub backend: String,

@@ -132,8 +132,17 @@ impl Lab {
 
     /// An HTTP/1.1 connection from `peer` through the inbound, over an in-memory pipe.
     async fn connect(&self, peer: Peer) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+        self.connect_to(self.spec.clone(), peer).await
+    }
+
+    /// Like [`Lab::connect`], through an inbound described by `spec`.
+    async fn connect_to(
+        &self,
+        spec: Arc<InboundSpec>,
+        peer: Peer,
+    ) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(serve_caller(self.proxy.clone(), self.spec.clone(), server, Caller::Mesh(peer)));
+        tokio::spawn(serve_caller(self.proxy.clone(), spec, server, Caller::Mesh(peer)));
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client)).await.unwrap();
         tokio::spawn(connection);
         sender
@@ -187,6 +196,18 @@ async fn an_allowed_caller_reaches_the_application_and_others_get_403() {
     assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "RBAC: access denied");
     // A denied caller keeps its connection and gets 403 for each request.
     assert_eq!(other.send_request(get("/")).await.unwrap().status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn an_unreachable_application_is_a_502_that_names_no_address() {
+    let lab = Lab::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let spec = Arc::new(InboundSpec { app: closed, ..(*lab.spec).clone() });
+    let mut web = lab.connect_to(spec, lab.caller("web")).await;
+    let response = web.send_request(get("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "upstream connect error\n", "the application's address and the OS error stay in the log");
 }
 
 #[tokio::test]
