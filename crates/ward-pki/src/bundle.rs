@@ -245,10 +245,16 @@ impl TrustBundle {
     /// Verifies a peer's leaf as [`TrustBundle::verify_svid`] does, and tells its serial and end
     /// of validity, so a connection can be held to them after its handshake.
     pub fn verify_peer(&self, leaf_der: &[u8], now: DateTime<Utc>) -> Result<VerifiedSvid, VerifyError> {
-        let spiffe_id = self.verify_svid(leaf_der, now)?;
+        self.verify_svid(leaf_der, now)?;
+        self.verified_peer(leaf_der)
+    }
+
+    /// What [`TrustBundle::verify_peer`] tells of a leaf this bundle already verified (a TLS
+    /// peer's, in its handshake), without checking its chain again.
+    pub fn verified_peer(&self, leaf_der: &[u8]) -> Result<VerifiedSvid, VerifyError> {
         let leaf = parse_cert(leaf_der).map_err(|e| VerifyError::Malformed { reason: e.to_string() })?;
         Ok(VerifiedSvid {
-            spiffe_id,
+            spiffe_id: self.spiffe_id_of(&leaf)?,
             serial: x509::hex(leaf.raw_serial()),
             not_after: x509::from_asn1(leaf.validity().not_after),
             issuer: issuer_key(&leaf),

@@ -17,7 +17,7 @@ use ward_api::{
     permission::Action,
     policy::{self, Decision},
 };
-use ward_pki::{SpiffeId, VerifyError};
+use ward_pki::{SpiffeId, VerifiedSvid, VerifyError};
 
 use crate::{
     config::Config,
@@ -44,15 +44,28 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The peer of an established TLS connection, verified against the configuration in force.
+    /// The peer of an established TLS connection, whose handshake verified its certificate
+    /// against the configuration in force (its chain is not verified again).
     pub fn of(state: &State, connection: &rustls::CommonState) -> Option<Peer> {
         let leaf = connection.peer_certificates()?.first()?.clone().into_owned();
-        Peer::verify(&*state.config()?, leaf, Utc::now())
+        let config = state.config()?;
+        let verified = config.bundle.verified_peer(&leaf).ok()?;
+        Peer::held(&config, verified, leaf, Utc::now())
     }
 
     /// The peer proven by `leaf`, when `config` trusts it at `now`.
     pub fn verify(config: &Config, leaf: CertificateDer<'static>, now: DateTime<Utc>) -> Option<Peer> {
         let verified = config.bundle.verify_peer(&leaf, now).ok()?;
+        Peer::held(config, verified, leaf, now)
+    }
+
+    /// The peer of a verified certificate, unless revoked or expired.
+    fn held(
+        config: &Config,
+        verified: VerifiedSvid,
+        leaf: CertificateDer<'static>,
+        now: DateTime<Utc>,
+    ) -> Option<Peer> {
         let peer = Peer {
             id: verified.spiffe_id,
             serial: verified.serial,
@@ -60,7 +73,8 @@ impl Peer {
             issuer: verified.issuer,
             leaf,
         };
-        peer.distrusted(config, now).is_none().then_some(peer)
+        let live = now < peer.not_after && !config.revoked_serials.contains(&peer.serial);
+        live.then_some(peer)
     }
 
     /// Why `config` no longer trusts this peer at `now`, if it does not.
@@ -234,16 +248,19 @@ pub struct Authorizer {
     destination: Resource,
     #[serde(skip)]
     needs_tags: bool,
-    /// Decisions by caller identity and certificate serial (`None`: anonymous).
+    /// Decisions by the caller's certificate serial (a serial names one identity).
     #[serde(skip)]
-    decided: Mutex<HashMap<Option<(SpiffeId, String)>, Decision>>,
+    decided: Mutex<HashMap<String, Decision>>,
+    /// The decision for anonymous callers, once made.
+    #[serde(skip)]
+    anonymous: Mutex<Option<Decision>>,
 }
 
 impl Authorizer {
     /// An authorizer for callers of `destination`.
     pub fn new(permissions: Vec<Resource>, destination: Resource) -> Self {
         let needs_tags = policy::depend_on_caller_tags(&permissions);
-        Authorizer { permissions, destination, needs_tags, decided: Mutex::default() }
+        Authorizer { permissions, destination, needs_tags, decided: Mutex::default(), anonymous: Mutex::default() }
     }
 
     /// Whether some decision depends on a caller's tags beyond its service.
@@ -255,17 +272,19 @@ impl Authorizer {
     /// was issued to, when known), or anonymous (`None`); each certificate is decided once per
     /// configuration.
     pub fn decide(&self, caller: Option<(&Peer, Option<&Vec<Tags>>)>) -> Decision {
-        let key = caller.map(|(peer, _)| (peer.id.clone(), peer.serial.clone()));
+        let Some((peer, tags)) = caller else {
+            let mut anonymous = self.anonymous.lock().expect("decision cache lock");
+            return anonymous
+                .get_or_insert_with(|| policy::decide(&self.permissions, &policy::Caller::Anonymous, &self.destination))
+                .clone();
+        };
         let mut decided = self.decided.lock().expect("decision cache lock");
-        if let Some(d) = decided.get(&key) {
+        if let Some(d) = decided.get(peer.serial.as_str()) {
             return d.clone();
         }
-        let caller = match caller {
-            None => policy::Caller::Anonymous,
-            Some((peer, tags)) => policy::Caller::Workload { id: peer.id.clone(), tags: tags.cloned() },
-        };
+        let caller = policy::Caller::Workload { id: peer.id.clone(), tags: tags.cloned() };
         let decision = policy::decide(&self.permissions, &caller, &self.destination);
-        decided.insert(key, decision.clone());
+        decided.insert(peer.serial.clone(), decision.clone());
         decision
     }
 }

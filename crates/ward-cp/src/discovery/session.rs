@@ -7,7 +7,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
-use ward_api::{Resource, ResourceType, Spec, parse};
+use ward_api::{Resource, ResourceType, Spec, parse, policy};
 use ward_pki::{DataplaneClaims, SpiffeId};
 use ward_proto::discovery::{
     Certificate, CertificateRefused, ControlMessage, ProxyConfig, ProxyMessage, Register, control_message,
@@ -212,10 +212,13 @@ impl Session {
             token_id: claims.jti.clone(),
             not_after: svid.not_after,
         };
-        match self.discovery.store.record_issued_cert(&claims.mesh, &issued).await {
-            // Peers whose permissions look at callers' tags learn this serial's.
-            Ok(()) => self.discovery.snapshots.rebuild(&claims.mesh),
-            Err(e) => return refuse(format!("cannot record the certificate: {e}")),
+        if let Err(e) = self.discovery.store.record_issued_cert(&claims.mesh, &issued).await {
+            return refuse(format!("cannot record the certificate: {e}"));
+        }
+        // Peers whose permissions look at callers' tags learn this serial's; other meshes need
+        // no rebuild (a revocation rebuilds every mesh with the serials recorded here).
+        if policy::depend_on_caller_tags(&snapshot.permissions) {
+            self.discovery.snapshots.rebuild(&claims.mesh);
         }
         control_message::Message::Certificate(Certificate {
             chain_pem: svid.chain_pem,
