@@ -8,3 +8,5 @@ CREATE TABLE issued_certs (
     not_after INTEGER NOT NULL,
     PRIMARY KEY (mesh, serial)
 );
+-- Each dataplane's certificates, to forget its expired ones as it is issued a new one.
+CREATE INDEX issued_certs_by_dataplane ON issued_certs (mesh, dataplane);

@@ -203,16 +203,13 @@ impl Session {
             not_after: svid.not_after.to_rfc3339(),
             backend: signer.backend.clone(),
         };
-        if let Err(e) = self.discovery.store.record_dataplane_cert(&claims.mesh, &claims.name, &record).await {
-            tracing::warn!(error = %e, "cannot record the issued certificate");
-        }
         let issued = IssuedCert {
             serial: svid.serial_hex.clone(),
             dataplane: claims.name.clone(),
             token_id: claims.jti.clone(),
             not_after: svid.not_after,
         };
-        if let Err(e) = self.discovery.store.record_issued_cert(&claims.mesh, &issued).await {
+        if let Err(e) = self.discovery.store.record_issued_cert(&claims.mesh, &issued, &record).await {
             return refuse(format!("cannot record the certificate: {e}"));
         }
         // Peers whose permissions look at callers' tags learn this serial's; other meshes need

@@ -191,32 +191,6 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT jti FROM revoked_tokens").fetch_all(&self.pool).await?)
     }
 
-    /// Remembers the certificate last issued to a dataplane.
-    pub async fn record_dataplane_cert(
-        &self,
-        mesh: &str,
-        dataplane: &str,
-        cert: &DataplaneCert,
-    ) -> Result<(), StoreError> {
-        let _guard = self.write_lock.lock().await;
-        sqlx::query(
-            "INSERT INTO dataplane_certs (mesh, dataplane, spiffe_id, serial, not_before, not_after, backend)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (mesh, dataplane) DO UPDATE SET spiffe_id = excluded.spiffe_id, serial = excluded.serial,
-               not_before = excluded.not_before, not_after = excluded.not_after, backend = excluded.backend",
-        )
-        .bind(mesh)
-        .bind(dataplane)
-        .bind(&cert.spiffe_id)
-        .bind(&cert.serial)
-        .bind(&cert.not_before)
-        .bind(&cert.not_after)
-        .bind(&cert.backend)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// The certificate last issued to a dataplane, if any.
     pub async fn dataplane_cert(&self, mesh: &str, dataplane: &str) -> Result<Option<DataplaneCert>, StoreError> {
         let row = sqlx::query("SELECT * FROM dataplane_certs WHERE mesh = ? AND dataplane = ?")

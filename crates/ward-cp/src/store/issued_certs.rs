@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{DataplaneCert, Store, StoreError};
 
 /// One certificate issued to a dataplane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,12 +20,34 @@ pub struct IssuedCert {
 }
 
 impl Store {
-    /// Records a certificate issued in `mesh`, and forgets the mesh's certificates that expired.
-    pub async fn record_issued_cert(&self, mesh: &str, cert: &IssuedCert) -> Result<(), StoreError> {
+    /// Records a certificate issued in `mesh`: among the valid ones (forgetting the expired ones
+    /// of its dataplane) and as its dataplane's latest (`shown`), in one transaction.
+    pub async fn record_issued_cert(
+        &self,
+        mesh: &str,
+        cert: &IssuedCert,
+        shown: &DataplaneCert,
+    ) -> Result<(), StoreError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM issued_certs WHERE mesh = ? AND not_after <= ?")
+        sqlx::query(
+            "INSERT INTO dataplane_certs (mesh, dataplane, spiffe_id, serial, not_before, not_after, backend)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (mesh, dataplane) DO UPDATE SET spiffe_id = excluded.spiffe_id, serial = excluded.serial,
+               not_before = excluded.not_before, not_after = excluded.not_after, backend = excluded.backend",
+        )
+        .bind(mesh)
+        .bind(&cert.dataplane)
+        .bind(&shown.spiffe_id)
+        .bind(&shown.serial)
+        .bind(&shown.not_before)
+        .bind(&shown.not_after)
+        .bind(&shown.backend)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM issued_certs WHERE mesh = ? AND dataplane = ? AND not_after <= ?")
             .bind(mesh)
+            .bind(&cert.dataplane)
             .bind(Utc::now().timestamp())
             .execute(&mut *tx)
             .await?;
@@ -65,30 +87,42 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use chrono::TimeDelta;
 
     use super::*;
+
+    /// The shown record of a certificate with `serial`.
+    pub(crate) fn shown(serial: &str) -> DataplaneCert {
+        DataplaneCert {
+            spiffe_id: "spiffe://m/web".into(),
+            serial: serial.into(),
+            not_before: String::new(),
+            not_after: String::new(),
+            backend: "ca-1".into(),
+        }
+    }
 
     #[tokio::test]
     async fn valid_certificates_are_listed_and_expired_ones_forgotten() {
         let store = Store::in_memory().await.unwrap();
         let now = Utc::now();
-        let cert = |serial: &str, not_after| IssuedCert {
-            serial: serial.into(),
-            dataplane: "web-1".into(),
-            token_id: "t1".into(),
-            not_after,
+        let record = async |mesh: &str, serial: &str, not_after| {
+            let cert =
+                IssuedCert { serial: serial.into(), dataplane: "web-1".into(), token_id: "t1".into(), not_after };
+            store.record_issued_cert(mesh, &cert, &shown(serial)).await.unwrap();
         };
-        store.record_issued_cert("m", &cert("01", now - TimeDelta::seconds(1))).await.unwrap();
-        store.record_issued_cert("m", &cert("02", now + TimeDelta::hours(1))).await.unwrap();
-        store.record_issued_cert("other", &cert("03", now + TimeDelta::hours(1))).await.unwrap();
+        record("m", "01", now - TimeDelta::seconds(1)).await;
+        record("m", "02", now + TimeDelta::hours(1)).await;
+        record("other", "03", now + TimeDelta::hours(1)).await;
         let listed: Vec<String> = store.issued_certs("m", now).await.unwrap().into_iter().map(|c| c.serial).collect();
         assert_eq!(listed, ["02"]);
         let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM issued_certs WHERE mesh = 'm'")
             .fetch_one(&store.pool)
             .await
             .unwrap();
-        assert_eq!(kept, 1, "the expired certificate was deleted when the next one was recorded");
+        assert_eq!(kept, 1, "the expired certificate was deleted when its dataplane's next one was recorded");
+        let latest = store.dataplane_cert("m", "web-1").await.unwrap().unwrap();
+        assert_eq!(latest.serial, "02", "the dataplane's latest certificate is shown");
     }
 }

@@ -96,14 +96,15 @@ mod tests {
         let recorder = store.clone();
         let certificates = tokio::spawn(async move {
             for i in 0..300 {
-                let cert = crate::store::DataplaneCert {
-                    spiffe_id: "spiffe://shop/items".into(),
-                    serial: format!("{i:x}"),
-                    not_before: String::new(),
-                    not_after: String::new(),
-                    backend: "ca-1".into(),
+                let serial = format!("{i:x}");
+                let issued = crate::store::IssuedCert {
+                    serial: serial.clone(),
+                    dataplane: format!("items-{}", i % 7),
+                    token_id: "t".into(),
+                    not_after: chrono::Utc::now() + chrono::TimeDelta::hours(1),
                 };
-                recorder.record_dataplane_cert("shop", &format!("items-{}", i % 7), &cert).await.unwrap();
+                let shown = crate::store::issued_certs::tests::shown(&serial);
+                recorder.record_issued_cert("shop", &issued, &shown).await.unwrap();
             }
         });
         for i in 0..300 {
