@@ -95,17 +95,31 @@ impl Peer {
     /// Completes, with the reason, once the peer is no longer trusted: at its certificate's
     /// expiry, or with the first configuration that revokes it or no longer trusts its CA.
     pub async fn distrust(&self, state: &State) -> Cut {
-        let mut changes = state.changes();
-        loop {
-            let Some(config) = state.config() else { return Cut::Untrusted };
-            if let Some(cut) = self.distrusted(&config, Utc::now()) {
-                return cut;
-            }
-            let expires = until(self.not_after);
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { std::future::pending::<()>().await },
-                _ = tokio::time::sleep(expires) => {}
-            }
+        first_cut(state, Some(self.not_after), |config, _| self.distrusted(config, Utc::now())).await
+    }
+}
+
+/// Completes with the first reason `check` gives, asked now, at every new configuration or
+/// certificate (told whether one came since the start), and at `expires`.
+async fn first_cut(
+    state: &State,
+    expires: Option<DateTime<Utc>>,
+    mut check: impl FnMut(&Config, bool) -> Option<Cut>,
+) -> Cut {
+    let mut changes = state.changes();
+    let mut changed = false;
+    loop {
+        let Some(config) = state.config() else { return Cut::Untrusted };
+        if let Some(cut) = check(&config, changed) {
+            return cut;
+        }
+        let wait = expires.map_or(Duration::from_secs(365 * 24 * 3600), until);
+        tokio::select! {
+            result = changes.changed() => match result {
+                Ok(()) => changed = true,
+                Err(_) => std::future::pending::<()>().await,
+            },
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -178,30 +192,15 @@ impl Caller {
     /// expires, is revoked or is no longer trusted, or a new configuration denies it. A caller
     /// denied from the start keeps its connection, and gets 403 for each request.
     pub async fn cut(&self, state: &State) -> Cut {
-        let mut changes = state.changes();
-        let mut changed = false;
-        loop {
-            let Some(config) = state.config() else { return Cut::Untrusted };
-            if let Caller::Mesh(peer) = self
-                && let Some(cut) = peer.distrusted(&config, Utc::now())
-            {
-                return cut;
-            }
-            if changed && !self.decide(&config).allows() {
-                return Cut::Permission;
-            }
-            let expires = match self {
-                Caller::Mesh(peer) => until(peer.not_after),
-                Caller::Anonymous | Caller::Unchecked => Duration::from_secs(365 * 24 * 3600),
-            };
-            tokio::select! {
-                result = changes.changed() => match result {
-                    Ok(()) => changed = true,
-                    Err(_) => std::future::pending::<()>().await,
-                },
-                _ = tokio::time::sleep(expires) => {}
-            }
-        }
+        let peer = match self {
+            Caller::Mesh(peer) => Some(peer),
+            Caller::Anonymous | Caller::Unchecked => None,
+        };
+        first_cut(state, peer.map(|p| p.not_after), |config, changed| {
+            peer.and_then(|p| p.distrusted(config, Utc::now()))
+                .or_else(|| (changed && !self.decide(config).allows()).then_some(Cut::Permission))
+        })
+        .await
     }
 
     /// Waits, at most a few seconds, until the configuration tells the tags of this caller's
