@@ -26,6 +26,7 @@
 use std::{
     future::Future,
     io,
+    mem::MaybeUninit,
     pin::Pin,
     sync::{
         Arc,
@@ -257,7 +258,7 @@ impl Framing {
                     if self.held[..n] != H2_PREFACE[..n] {
                         self.stage = Stage::Head;
                     } else if n == H2_PREFACE.len() {
-                        out.extend_from_slice(&self.take(n));
+                        out.unsplit(self.take(n));
                         self.stage = Stage::Http2(Http2Frames::default());
                     } else {
                         break;
@@ -266,7 +267,7 @@ impl Framing {
                 Stage::Head => {
                     // Blank lines between requests are allowed (RFC 9112, 2.2).
                     while self.held.starts_with(b"\r\n") {
-                        out.extend_from_slice(&self.take(2));
+                        out.unsplit(self.take(2));
                     }
                     let Some(end) = self.find(b"\r\n\r\n") else {
                         if self.held.len() > self.max_head_bytes {
@@ -278,7 +279,7 @@ impl Framing {
                         return Err(too_large(self.max_head_bytes));
                     }
                     let head = check_head(&self.held[..end + 4], self.max_headers)?;
-                    out.extend_from_slice(&self.take(end + 4));
+                    out.unsplit(self.take(end + 4));
                     self.offered = head.offers_upgrade;
                     self.stage = match head.body {
                         BodyFraming::None => self.message_end(),
@@ -288,7 +289,7 @@ impl Framing {
                 }
                 Stage::Body(left) => {
                     let n = left.min(self.held.len() as u64);
-                    out.extend_from_slice(&self.take(n as usize));
+                    out.unsplit(self.take(n as usize));
                     if left > n {
                         self.stage = Stage::Body(left - n);
                         break;
@@ -307,12 +308,12 @@ impl Framing {
                         return Err(Refusal::bad("chunk-size line too long"));
                     }
                     let size = chunk_size(&self.held[..end])?;
-                    out.extend_from_slice(&self.take(end + 2));
+                    out.unsplit(self.take(end + 2));
                     self.stage = if size == 0 { Stage::Trailers } else { Stage::ChunkData(size) };
                 }
                 Stage::ChunkData(left) => {
                     let n = left.min(self.held.len() as u64);
-                    out.extend_from_slice(&self.take(n as usize));
+                    out.unsplit(self.take(n as usize));
                     if left > n {
                         self.stage = Stage::ChunkData(left - n);
                         break;
@@ -326,7 +327,7 @@ impl Framing {
                     if &self.held[..2] != b"\r\n" {
                         return Err(Refusal::bad("chunk data is not followed by CRLF"));
                     }
-                    out.extend_from_slice(&self.take(2));
+                    out.unsplit(self.take(2));
                     self.stage = Stage::ChunkSize;
                 }
                 Stage::Trailers => {
@@ -339,7 +340,7 @@ impl Framing {
                     if end + 2 > self.max_head_bytes {
                         return Err(too_large(self.max_head_bytes));
                     }
-                    out.extend_from_slice(&self.take(end + 2));
+                    out.unsplit(self.take(end + 2));
                     if end == 0 {
                         self.stage = self.message_end();
                     }
@@ -349,11 +350,11 @@ impl Framing {
                     let bytes = self.take(self.held.len());
                     frames.pass(&bytes);
                     self.stage = Stage::Http2(frames);
-                    out.extend_from_slice(&bytes);
+                    out.unsplit(bytes);
                     break;
                 }
                 Stage::Passthrough => {
-                    out.extend_from_slice(&self.take(self.held.len()));
+                    out.unsplit(self.take(self.held.len()));
                     break;
                 }
             }
@@ -592,8 +593,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for FramingGuard<IO> {
                 this.refuse(Refusal { status: 408, reason });
                 continue;
             }
-            let mut scratch = [0u8; 8192];
-            let mut read = ReadBuf::new(&mut scratch);
+            let mut scratch = [MaybeUninit::<u8>::uninit(); 8192];
+            let mut read = ReadBuf::uninit(&mut scratch);
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
             if read.filled().is_empty() {
                 return Poll::Ready(Ok(()));

@@ -87,11 +87,6 @@ pub fn is_upgrade<B>(request: &Request<B>) -> bool {
 /// `Connection` names; keeps the upgrade pair when the message switches protocols, and
 /// `te: trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter(|t| !(upgrading && t.eq_ignore_ascii_case("upgrade")))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    remove_every_spelling(headers, &named);
     let trailers_only = headers.get_all(header::TE).iter().count() == 1
         && headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let kept: &[HeaderName] = match (upgrading, trailers_only) {
@@ -100,9 +95,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         (false, true) => &[header::TE],
         (false, false) => &[],
     };
-    let gone: Vec<HeaderName> = HOP_BY_HOP.iter().filter(|h| !kept.contains(h)).cloned().collect();
-    remove_every_spelling(headers, &gone);
-    remove_other_spellings(headers, kept);
+    // One pass over the names, allocating only when something goes: a name goes when
+    // `Connection` lists it (but for `upgrade` on an upgrade), or when it spells a hop-by-hop
+    // header other than one kept in its canonical spelling.
+    let goes = |present: &HeaderName| {
+        let name = present.as_str();
+        connection_tokens(headers)
+            .any(|t| !(upgrading && t.eq_ignore_ascii_case("upgrade")) && same_to_applications(name, t))
+            || HOP_BY_HOP.iter().any(|h| same_to_applications(name, h.as_str()) && !(kept.contains(h) && present == h))
+    };
+    let gone: Vec<HeaderName> = headers.keys().filter(|n| goes(n)).cloned().collect();
+    for name in gone {
+        headers.remove(name);
+    }
 }
 
 /// The request as an HTTP/2 client sends it: the Host header becomes `:authority` (RFC 9113,
@@ -181,6 +186,16 @@ mod tests {
         let mut twice = map(&[("te", "trailers"), ("te", "gzip")]);
         strip_hop_by_hop(&mut twice, false);
         assert!(twice.is_empty());
+    }
+
+    #[test]
+    fn a_header_connection_names_goes_even_when_it_would_be_kept() {
+        let mut h = map(&[("connection", "te, x-hop"), ("te", "trailers"), ("x-hop", "1"), ("x-app", "kept")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["x-app"]);
+        let mut h = map(&[("connection", "Upgrade, keep-alive"), ("upgrade", "websocket"), ("te", "trailers")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "te", "upgrade"]);
     }
 
     #[test]

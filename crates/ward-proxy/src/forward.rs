@@ -73,19 +73,18 @@ where
     }
 }
 
-/// Sends an upgrade request with `send` and, when the other side switches protocols, joins the
-/// two upgraded connections until either closes or `stop` completes.
-pub async fn upgrade<F, Fut, E>(
-    mut request: Request<Incoming>,
-    send: F,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Result<Response<Body>, E>
+/// Sends an upgrade request with `send`, which gives the response and a future that completes
+/// when the upgraded connection must end (a caller or a peer no longer trusted); when the other
+/// side switches protocols, joins the two upgraded connections until either closes or that
+/// future completes.
+pub async fn upgrade<F, Fut, S, E>(mut request: Request<Incoming>, send: F) -> Result<Response<Body>, E>
 where
     F: FnOnce(Request<Body>) -> Fut,
-    Fut: Future<Output = Result<Response<Incoming>, E>>,
+    Fut: Future<Output = Result<(Response<Incoming>, S), E>>,
+    S: Future<Output = ()> + Send + 'static,
 {
     let downstream = hyper::upgrade::on(&mut request);
-    let mut response = send(request.map(boxed)).await?;
+    let (mut response, stop) = send(request.map(boxed)).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {

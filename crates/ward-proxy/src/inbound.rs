@@ -195,7 +195,10 @@ async fn handle_request(
                 );
                 reason.count(&state, INBOUND);
             };
-            forward::upgrade(request, |r| proxy.app.send_upgrade(spec.app, r), cut).await
+            forward::upgrade(request, |r| async {
+                proxy.app.send_upgrade(spec.app, r).await.map(|response| (response, cut))
+            })
+            .await
         } else {
             proxy.app.send(spec.app, h2c, request.map(boxed)).await.map(|r| r.map(boxed))
         };

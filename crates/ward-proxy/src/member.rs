@@ -16,6 +16,7 @@ use ward_api::Resource;
 use ward_http::{Body, BoxError, body::boxed};
 
 use crate::{
+    authorization::Peer,
     balancer::{Balancer, Strategy},
     discovery::{self, DiscoveryOptions},
     mesh_client::{MeshClient, MeshError},
@@ -68,8 +69,13 @@ impl Member {
         Ok(self.mesh.send(service, endpoint.address, request).await?)
     }
 
-    /// Sends an upgrade request to one instance of `service`, on a connection of its own.
-    pub async fn send_upgrade(&self, service: &str, request: Request<Body>) -> Result<Response<Incoming>, SendError> {
+    /// Sends an upgrade request to one instance of `service`, on a connection of its own; also
+    /// gives the peer that instance proved.
+    pub async fn send_upgrade(
+        &self,
+        service: &str,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Peer), SendError> {
         let endpoints = self.endpoints(service);
         let (endpoint, _in_flight) =
             self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;

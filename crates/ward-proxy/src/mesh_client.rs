@@ -79,6 +79,11 @@ fn fresh(state: &Arc<State>, peer: &Peer) -> ward_http::client::Fresh {
     })
 }
 
+/// The error for a peer whose certificate passed the handshake but is no longer trusted.
+fn distrusted(endpoint: SocketAddr) -> MeshError {
+    MeshError::Connect { endpoint, source: io::Error::other("the peer's certificate is no longer trusted") }
+}
+
 /// Client TLS configurations by destination service and ALPN protocol.
 type TlsConfigs = HashMap<(String, &'static [u8]), Arc<ClientConfig>>;
 
@@ -135,10 +140,7 @@ impl MeshClient {
     ) -> Result<Response<Incoming>, MeshError> {
         let connect = || async {
             let tls = self.connect(service, endpoint, ALPN_H2).await?;
-            let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| MeshError::Connect {
-                endpoint,
-                source: io::Error::other("the peer's certificate is no longer trusted"),
-            })?;
+            let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| distrusted(endpoint))?;
             let fresh = fresh(&self.state, &peer);
             // A peer that stops being trusted loses the connection and its streams at once.
             let state = self.state.clone();
@@ -157,22 +159,26 @@ impl MeshClient {
         sender.send_request(request).await.map_err(|source| MeshError::Http { endpoint, source })
     }
 
-    /// Sends an upgrade request over a new HTTP/1.1 connection, which the upgrade then takes over.
+    /// Sends an upgrade request over a new HTTP/1.1 connection, which the upgrade then takes
+    /// over; also gives the peer that connection proves, whose trust the upgraded connection
+    /// must keep.
     pub async fn send_upgrade(
         &self,
         service: &str,
         endpoint: SocketAddr,
         request: Request<Body>,
-    ) -> Result<Response<Incoming>, MeshError> {
-        let io = TokioIo::new(self.connect(service, endpoint, ALPN_HTTP1).await?);
+    ) -> Result<(Response<Incoming>, Peer), MeshError> {
+        let tls = self.connect(service, endpoint, ALPN_HTTP1).await?;
+        let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| distrusted(endpoint))?;
         let (mut sender, connection) =
-            http1::handshake(io).await.map_err(|source| MeshError::Http { endpoint, source })?;
+            http1::handshake(TokioIo::new(tls)).await.map_err(|source| MeshError::Http { endpoint, source })?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(%endpoint, error = %e, "upgraded connection to a peer ended");
             }
         });
-        sender.send_request(request).await.map_err(|source| MeshError::Http { endpoint, source })
+        let response = sender.send_request(request).await.map_err(|source| MeshError::Http { endpoint, source })?;
+        Ok((response, peer))
     }
 
     fn client_config(&self, service: &str, alpn: &'static [u8]) -> io::Result<Arc<ClientConfig>> {

@@ -12,6 +12,8 @@ use std::{
 
 use base64::Engine;
 use common::{ControlPlane, apps, free_port, mesh::Proxy};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
 
 /// A mesh `m` with a `backend` proxy in front of an echo application, and the permissions `mtp`.
 struct Mesh {
@@ -192,6 +194,35 @@ async fn revoking_a_proxy_cuts_its_open_connections_at_its_peers() {
     assert!(web.log().contains("ERROR") && web.log().contains("the control plane refused this proxy"), "{}", web.log());
     let inspect = mesh.cp.ward(&["inspect", "dataplane", "web-1", "-m", "m"]).ok();
     assert!(inspect.contains("refused") && inspect.contains("revoked"), "{inspect}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_an_instance_cuts_the_upgraded_connections_to_it() {
+    let root = tempfile::tempdir().unwrap();
+    let mesh = Mesh::start(root.path(), "", ALLOW_WEB).await;
+    let (web, port) = mesh.caller(root.path(), "web-1", "");
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/socket")).await.unwrap();
+    assert_eq!(response.status(), 101);
+    socket.send(Message::text("before")).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap().into_text().unwrap(), "before");
+
+    // The instance called, not the caller, loses its trust: only the caller's outbound can tell.
+    mesh.cp.ward(&["revoke", "dataplane-token", &token_id(root.path(), "backend-1")]).ok();
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(message)) if !message.is_close() => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the upgraded connection to the revoked instance is still open after 2s: {}", web.log());
+    let counted = within(Duration::from_secs(2), async || {
+        counter(&web, "ward_connections_cut_total", &["direction=\"outbound\"", "reason=\"revoked\""]) >= 1.0
+    });
+    assert!(counted.await.is_some(), "the cut is counted at the caller's outbound with its reason");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
