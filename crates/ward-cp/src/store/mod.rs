@@ -542,6 +542,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn references_to_secrets_hold_and_dry_runs_leave_nothing() {
+        let store = Store::in_memory().await.unwrap();
+        store.put(resource("type: Mesh\nname: m\n"), &admin()).await.unwrap();
+        let feed = store.subscribe();
+        let provided = resource(
+            "type: Mesh\nname: m\nmtls:\n  backends:\n  - name: ca\n    type: provided\n    \
+             conf: {cert: {inlineString: x}, key: {secret: ca-key}}\n",
+        );
+        let err = store.put(provided.clone(), &admin()).await.unwrap_err().to_string();
+        assert_eq!(err, "meshes/m: mtls.backends[0].conf.key.secret: Secret \"ca-key\" does not exist in the mesh");
+
+        let secret = Resource {
+            spec: Spec::Secret(Secret::Sealed(b"sealed".to_vec())),
+            ..resource("type: Secret\nmesh: m\nname: ca-key\ndata: aA==\n")
+        };
+        let dry = store.write(secret.clone(), &[], &admin(), Commit::No).await.unwrap();
+        assert!(dry.created && dry.resource.meta.version == 1);
+        assert!(store.get(ResourceType::Secret, "m", "ca-key").await.unwrap().is_none(), "a dry run stores nothing");
+        assert!(!feed.has_changed().unwrap(), "nor announces anything");
+        store.put(secret, &admin()).await.unwrap();
+        store.put(provided, &admin()).await.unwrap();
+        let err = store.delete(ResourceType::Secret, "m", "ca-key", &admin()).await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "secrets/ca-key: in use by Mesh \"m\" at mtls.backends[0].conf.key.secret; remove the reference before deleting the Secret"
+        );
+        assert!(store.get(ResourceType::Secret, "m", "ca-key").await.unwrap().is_some());
+        store.delete(ResourceType::Mesh, "m", "m", &admin()).await.unwrap();
+        assert!(store.get(ResourceType::Secret, "m", "ca-key").await.unwrap().is_none(), "gone with its Mesh");
+        let (log, _) = store.audit_log(0, 100).await.unwrap();
+        assert_eq!(log.len(), 4, "the dry run and the refusals left no entry: {log:?}");
+    }
+
+    #[tokio::test]
     async fn lists_page_by_page() {
         let store = Store::in_memory().await.unwrap();
         for name in ["c", "a", "b"] {
