@@ -13,6 +13,7 @@ pub mod parse;
 pub mod permission;
 pub mod policy;
 pub mod resource;
+pub mod secret;
 pub mod spiffe;
 pub mod traffic_permission;
 mod yaml;

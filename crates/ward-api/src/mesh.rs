@@ -128,8 +128,9 @@ pub enum DataSource {
     Inline(String),
     /// The PEM text itself.
     InlineString(String),
-    /// A key the control plane keeps sealed: what an inline or file key becomes once applied,
-    /// so the stored Mesh never holds a private key.
+    /// A Secret of the mesh, by name; or `mesh-ca/<mesh>/<backend>` (no Secret's name), the
+    /// sealed copy of a key given inline, which is what such a key becomes once applied, so
+    /// the stored Mesh never holds a private key.
     Secret(String),
 }
 
@@ -162,6 +163,24 @@ impl Mesh {
     /// Whether traffic to unknown destinations may leave directly.
     pub fn passthrough(&self) -> bool {
         self.networking.as_ref().and_then(|n| n.outbound.as_ref()).and_then(|o| o.passthrough).unwrap_or(true)
+    }
+
+    /// The Secrets of this mesh that its provided backends name, each with the field naming it
+    /// (e.g. `mtls.backends[0].conf.key.secret`). The sealed copy of a key given inline is not
+    /// a Secret: its reference is no resource name.
+    pub fn named_secrets(&self) -> Vec<(String, String)> {
+        let backends = self.mtls.iter().flat_map(|m| m.backends.iter().enumerate());
+        let provided = backends.filter(|(_, b)| b.ty == BackendType::Provided);
+        let confs = provided.filter_map(|(i, b)| Some((i, b.provided_conf().ok()?)));
+        confs
+            .flat_map(|(i, conf)| [(i, "cert", conf.cert), (i, "key", conf.key)])
+            .filter_map(|(i, part, source)| match source {
+                DataSource::Secret(name) if check_name(&name).is_ok() => {
+                    Some((format!("mtls.backends[{i}].conf.{part}.secret"), name))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Checks what serde cannot: names, references between fields, bounds.

@@ -8,6 +8,7 @@ use crate::{
     labels::check_labels,
     names::check_name,
     resource::{Meta, Resource, ResourceType, Spec, TYPES},
+    secret::Secret,
     yaml,
 };
 
@@ -79,10 +80,11 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
             String::new()
         }
         (false, Some(_)) => {
-            causes.add("mesh", "must not be set on a Mesh");
+            causes.add("mesh", format!("must not be set on a {}", ty.info().name));
             String::new()
         }
-        (false, None) => name.clone(),
+        (false, None) if ty == ResourceType::Mesh => name.clone(),
+        (false, None) => String::new(),
     };
     let labels = match fields.get("labels") {
         None => Default::default(),
@@ -124,20 +126,25 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         (Value::Object(fields), "")
     };
 
+    let mut causes = Causes::default();
     let spec = match ty {
         ResourceType::Mesh => typed(prefix, content).map(Spec::Mesh),
         ResourceType::Dataplane => typed(prefix, content).map(Spec::Dataplane),
         ResourceType::MeshTrafficPermission => typed(prefix, content).map(Spec::MeshTrafficPermission),
         ResourceType::TrafficPermission => typed(prefix, content).map(Spec::TrafficPermission),
+        ResourceType::Secret | ResourceType::GlobalSecret => match Secret::from_given(content, &mut causes) {
+            Some(secret) => Ok(Spec::Secret(secret)),
+            None => return Err(fail(causes.0)),
+        },
     }
     .map_err(|cause| fail(vec![cause]))?;
 
-    let mut causes = Causes::default();
     match &spec {
         Spec::Mesh(s) => s.check(&mut causes),
         Spec::Dataplane(s) => s.check(&mut causes),
         Spec::MeshTrafficPermission(s) => s.check(&mut causes),
         Spec::TrafficPermission(s) => s.check(&mut causes),
+        Spec::Secret(_) => {}
     }
     if !causes.0.is_empty() {
         return Err(fail(causes.0));
@@ -325,7 +332,7 @@ mod tests {
             ),
             (
                 "type: Gadget\nname: x\n",
-                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission",
+                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, Secret, GlobalSecret",
             ),
             ("name: x\n", "document 1: type: is required"),
             ("type: Mesh\n", "meshes (document 1): name: is required"),
@@ -364,6 +371,35 @@ mod tests {
                 "meshes/m: networking.outbound.passthrough: must be a boolean (got string \"maybe\")",
             ),
             ("- a\n- b\n", "document 1: must be a mapping"),
+        ];
+        for (yaml, want) in cases {
+            let got = error_of(yaml);
+            assert!(got.starts_with(want), "for\n{yaml}\n got: {got}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn secrets_in_kuma_universal_form() {
+        let secret = parse_one("type: Secret\nmesh: default\nname: ca-key\ndata: aGVsbG8=\n").unwrap();
+        assert_eq!((secret.meta.key(), secret.meta.mesh.as_str()), ("secrets/ca-key".into(), "default"));
+        assert_eq!(secret.spec, Spec::Secret(Secret::Data(b"hello".to_vec())));
+        assert_eq!(resource(secret.to_json(), "again").unwrap(), secret, "opened data reads back the same");
+        let global = parse_one("type: GlobalSecret\nname: admin-key\ndata: aGVsbG8=\n").unwrap();
+        assert_eq!((global.meta.key(), global.meta.mesh.as_str()), ("global-secrets/admin-key".into(), ""));
+        assert_eq!(global.to_json()["data"], "aGVsbG8=");
+        assert!(global.to_json().get("mesh").is_none());
+
+        let cases: &[(&str, &str)] = &[
+            ("type: Secret\nmesh: default\nname: s\ndata: ''\n", "secrets/s: data: cannot be empty"),
+            ("type: Secret\nmesh: default\nname: s\ndata: '%%%'\n", "secrets/s: data: must be base64"),
+            ("type: Secret\nmesh: default\nname: s\n", "secrets/s: data: is required"),
+            ("type: Secret\nmesh: default\nname: s\ndata: aA==\nvalue: x\n", "secrets/s: value: unknown field"),
+            ("type: Secret\nname: s\ndata: aA==\n", "secrets/s: mesh: is required for a Secret"),
+            (
+                "type: GlobalSecret\nmesh: default\nname: g\ndata: aA==\n",
+                "global-secrets/g: mesh: must not be set on a GlobalSecret",
+            ),
+            ("type: GlobalSecret\nname: g\ndata: [1]\n", "global-secrets/g: data: must be a string"),
         ];
         for (yaml, want) in cases {
             let got = error_of(yaml);

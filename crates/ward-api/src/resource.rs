@@ -5,14 +5,20 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::Dataplane, mesh::Mesh, permission::MeshTrafficPermission, traffic_permission::TrafficPermission,
+    dataplane::Dataplane, mesh::Mesh, permission::MeshTrafficPermission, secret::Secret,
+    traffic_permission::TrafficPermission,
 };
 
-/// The kinds of resource Ward stores.
+/// The kinds of resource Ward stores, in the order `ward apply` applies them: a Mesh before
+/// what lives in it, Secrets before what may name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ResourceType {
     /// A mesh: a trust domain with its CA backends.
     Mesh,
+    /// Opaque bytes of one mesh, such as a provided CA's key.
+    Secret,
+    /// Opaque bytes of no mesh.
+    GlobalSecret,
     /// One service instance and its proxy.
     Dataplane,
     /// Which callers may reach which dataplanes (targetRef policy).
@@ -24,7 +30,7 @@ pub enum ResourceType {
 /// Whether a type lives inside a mesh or is global.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Scope {
-    /// Global: meshes themselves.
+    /// Global: meshes themselves, and GlobalSecrets.
     Global,
     /// Inside one mesh.
     Mesh,
@@ -47,7 +53,7 @@ pub struct TypeInfo {
     pub has_spec_field: bool,
 }
 
-/// Every type, in the order they should be applied (meshes first).
+/// Every type; Kuma's older kinds first, as `ward` lists them.
 pub const TYPES: &[TypeInfo] = &[
     TypeInfo {
         ty: ResourceType::Mesh,
@@ -81,6 +87,22 @@ pub const TYPES: &[TypeInfo] = &[
         scope: Scope::Mesh,
         has_spec_field: false,
     },
+    TypeInfo {
+        ty: ResourceType::Secret,
+        name: "Secret",
+        plural: "secrets",
+        aliases: &["secret"],
+        scope: Scope::Mesh,
+        has_spec_field: false,
+    },
+    TypeInfo {
+        ty: ResourceType::GlobalSecret,
+        name: "GlobalSecret",
+        plural: "global-secrets",
+        aliases: &["globalsecret", "globalsecrets", "global-secret"],
+        scope: Scope::Global,
+        has_spec_field: false,
+    },
 ];
 
 impl ResourceType {
@@ -112,6 +134,11 @@ impl ResourceType {
     pub fn is_mesh_scoped(self) -> bool {
         self.info().scope == Scope::Mesh
     }
+
+    /// Whether resources of this type hold secret bytes, shown only to admins who ask.
+    pub fn is_secret(self) -> bool {
+        matches!(self, ResourceType::Secret | ResourceType::GlobalSecret)
+    }
 }
 
 /// What every resource carries besides its spec.
@@ -119,7 +146,7 @@ impl ResourceType {
 pub struct Meta {
     /// Its type.
     pub ty: ResourceType,
-    /// The mesh it belongs to; for a Mesh, its own name.
+    /// The mesh it belongs to; for a Mesh, its own name; empty for a GlobalSecret.
     pub mesh: String,
     /// Its name, unique per type and mesh.
     pub name: String,
@@ -151,6 +178,8 @@ pub enum Spec {
     MeshTrafficPermission(MeshTrafficPermission),
     /// A legacy TrafficPermission.
     TrafficPermission(TrafficPermission),
+    /// A Secret or GlobalSecret.
+    Secret(Secret),
 }
 
 /// A validated resource.
@@ -184,7 +213,10 @@ impl Resource {
         if let Some(t) = &self.meta.modification_time {
             out.insert("modificationTime".into(), t.clone().into());
         }
-        let spec = self.spec_json();
+        let spec = match &self.spec {
+            Spec::Secret(secret) => secret.shown_json(),
+            _ => self.spec_json(),
+        };
         if info.has_spec_field {
             out.insert("spec".into(), spec);
         } else if let serde_json::Value::Object(fields) = spec {
@@ -193,13 +225,15 @@ impl Resource {
         serde_json::Value::Object(out)
     }
 
-    /// The typed content alone, as JSON (what the store keeps).
+    /// The typed content alone, as JSON (what the store keeps). A Secret's data that is not
+    /// sealed yet has no stored form and reads as `null`, which the store refuses.
     pub fn spec_json(&self) -> serde_json::Value {
         let value = match &self.spec {
             Spec::Mesh(s) => serde_json::to_value(s),
             Spec::Dataplane(s) => serde_json::to_value(s),
             Spec::MeshTrafficPermission(s) => serde_json::to_value(s),
             Spec::TrafficPermission(s) => serde_json::to_value(s),
+            Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")
     }

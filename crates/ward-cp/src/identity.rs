@@ -23,6 +23,7 @@ use ward_pki::{BuiltinCaOptions, Ca, CaError, CaInfo, CaMaterial, DataplaneClaim
 
 use crate::{
     provided_files::{ProvidedCaDir, Requester},
+    secret_resources::SecretResources,
     secrets::Kek,
     store::{Actor, MeshCa, Store, StoreError},
 };
@@ -66,6 +67,7 @@ pub struct Identity {
     revoked: Arc<RwLock<HashSet<String>>>,
     revocations: Arc<watch::Sender<u64>>,
     provided_files: ProvidedCaDir,
+    secrets: SecretResources,
 }
 
 impl Identity {
@@ -75,6 +77,7 @@ impl Identity {
         let revoked = store.revoked_tokens().await?.into_iter().collect();
         let (revocations, _) = watch::channel(0);
         Ok(Identity {
+            secrets: SecretResources::new(store.clone(), kek.clone()),
             store,
             kek,
             revoked: Arc::new(RwLock::new(revoked)),
@@ -83,10 +86,15 @@ impl Identity {
         })
     }
 
+    /// The Secrets and GlobalSecrets, sealed with the same key as every CA key.
+    pub fn secrets(&self) -> &SecretResources {
+        &self.secrets
+    }
+
     /// Completes a Mesh before it is stored: generates the CA of each builtin backend that has
     /// none yet, checks each provided CA, and replaces inline private keys with a reference to
-    /// their sealed copy. Returns the CAs to store with the Mesh. Files are read only for a
-    /// global admin (see [`ProvidedCaDir`]).
+    /// their sealed copy. Returns the CAs to store with the Mesh. Secrets are read from the
+    /// mesh's own; files only for a global admin (see [`ProvidedCaDir`]).
     pub async fn prepare_mesh(
         &self,
         resource: &mut Resource,
@@ -142,7 +150,7 @@ impl Identity {
                 BackendType::Provided => {
                     let Ok(conf) = backend.provided_conf() else { continue };
                     let stored = existing.get(&backend.name);
-                    let material = self.provided_material(&conf, requester, &seal_name, stored, &at, &mut causes);
+                    let material = self.provided_material(&mesh_name, &conf, requester, stored, &at, &mut causes).await;
                     let Some(material) = material else { continue };
                     if let Err(e) = ward_pki::validate_provided(&material.cert_pem, &material.key_pem, Utc::now()) {
                         // CaError messages start with the part at fault: "cert: ..." or "key: ...".
@@ -167,49 +175,31 @@ impl Identity {
     }
 
     /// Reads a provided backend's certificate and key, recording what cannot be read.
-    fn provided_material(
+    async fn provided_material(
         &self,
+        mesh: &str,
         conf: &ProvidedConf,
         requester: Requester,
-        seal_name: &str,
         stored: Option<&MeshCa>,
         at: &str,
         causes: &mut Causes,
     ) -> Option<CaMaterial> {
-        let cert_pem = match &conf.cert {
-            DataSource::Secret(_) => {
-                causes.add(format!("{at}.cert"), "a certificate is public: give it as file, inline or inlineString");
-                None
-            }
-            source => self.read_source(source, requester, &format!("{at}.cert"), causes),
-        };
-        let key_pem = match (&conf.key, stored) {
-            (DataSource::Secret(name), Some(stored)) if name == seal_name => {
-                match self.kek.open(seal_name, &stored.sealed_key).map(String::from_utf8) {
-                    Ok(Ok(pem)) => Some(pem),
-                    _ => {
-                        causes.add(
-                            format!("{at}.key"),
-                            format!("the sealed key {name:?} no longer opens; give the key again"),
-                        );
-                        None
-                    }
-                }
-            }
-            (DataSource::Secret(name), _) => {
-                causes.add(
-                    format!("{at}.key"),
-                    format!("secret {name:?} is not the sealed key of this backend; give the key as file, inline or inlineString"),
-                );
-                None
-            }
-            (source, _) => self.read_source(source, requester, &format!("{at}.key"), causes),
-        };
+        let cert_pem = self.read_source(mesh, &conf.cert, None, requester, &format!("{at}.cert"), causes).await;
+        let key_pem = self.read_source(mesh, &conf.key, stored, requester, &format!("{at}.key"), causes).await;
         Some(CaMaterial { cert_pem: cert_pem?, key_pem: key_pem? })
     }
 
-    /// The PEM text of a data source that is not a secret, or a cause recorded under `at`.
-    fn read_source(&self, source: &DataSource, requester: Requester, at: &str, causes: &mut Causes) -> Option<String> {
+    /// The PEM text of a data source, or a cause recorded under `at`. `sealed` is the backend's
+    /// stored CA when `source` is a key, which `secret: mesh-ca/<mesh>/<backend>` names.
+    async fn read_source(
+        &self,
+        mesh: &str,
+        source: &DataSource,
+        sealed: Option<&MeshCa>,
+        requester: Requester,
+        at: &str,
+        causes: &mut Causes,
+    ) -> Option<String> {
         let read = match source {
             DataSource::File(path) => {
                 return self
@@ -224,9 +214,35 @@ impl Identity {
                 .and_then(|bytes| String::from_utf8(bytes).ok())
                 .ok_or_else(|| "inline: must be the base64 of a PEM document".to_string()),
             DataSource::InlineString(text) => Ok(text.clone()),
-            DataSource::Secret(name) => Err(format!("secret {name:?} cannot be used here")),
+            DataSource::Secret(name) => {
+                let at = format!("{at}.secret");
+                return match self.read_secret(mesh, name, sealed).await {
+                    Ok(pem) => Some(pem),
+                    Err(reason) => {
+                        causes.add(at, reason);
+                        None
+                    }
+                };
+            }
         };
         read.map_err(|e| causes.add(at, e)).ok()
+    }
+
+    /// The PEM text of Secret `name` of `mesh`, or of the backend's sealed key it names.
+    async fn read_secret(&self, mesh: &str, name: &str, sealed: Option<&MeshCa>) -> Result<String, String> {
+        if let Some(stored) = sealed.filter(|s| name == ca_seal_name(mesh, &s.backend)) {
+            return self
+                .open(name, &stored.sealed_key)
+                .map_err(|_| "the sealed key no longer opens; give the key again".into());
+        }
+        if let Err(reason) = ward_api::names::check_name(name) {
+            return Err(format!("{name:?} names no Secret ({reason}), nor the sealed key of this backend"));
+        }
+        match self.secrets.data(mesh, name).await {
+            Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| format!("Secret {name:?} does not hold PEM text")),
+            Ok(None) => Err(format!("Secret {name:?} does not exist in the mesh")),
+            Err(e) => Err(format!("Secret {name:?} cannot be read: {e}")),
+        }
     }
 
     /// The public description of each backend's CA of a mesh.

@@ -7,5 +7,6 @@ pub mod discovery;
 pub mod identity;
 pub mod provided_files;
 pub mod run;
+pub mod secret_resources;
 pub mod secrets;
 pub mod store;

@@ -26,10 +26,11 @@ async fn snapshot(cp: &ControlPlane) -> Value {
     let mut all = vec![meshes.clone()];
     for mesh in meshes["items"].as_array().unwrap() {
         let name = mesh["name"].as_str().unwrap();
-        for plural in ["dataplanes", "meshtrafficpermissions", "traffic-permissions"] {
+        for plural in ["dataplanes", "meshtrafficpermissions", "traffic-permissions", "secrets"] {
             all.push(get(format!("/meshes/{name}/{plural}")).await);
         }
     }
+    all.push(get("/global-secrets".into()).await);
     all.push(get("/audit".into()).await["total"].clone());
     Value::Array(all)
 }
@@ -652,4 +653,157 @@ fn a_second_control_plane_on_the_same_data_dir_refuses_to_start_naming_the_first
     assert!(stderr.contains("--data-dir") && stderr.contains(&want), "wanted {want:?} in:\n{stderr}");
     // The first one was not disturbed.
     assert!(cp.ward(&["get", "meshes"]).ok().starts_with("NAME"));
+}
+
+#[tokio::test]
+async fn dry_run_checks_what_apply_checks_and_stores_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    let empty = snapshot(&cp).await;
+    let dry_run = |yaml: &str| cp.ward_stdin(&["apply", "--dry-run", "-f", "-"], yaml);
+
+    // A new mesh is checked by the control plane; what goes in it only here, and it says so.
+    let out = dry_run(MARKETPLACE).ok();
+    assert!(out.starts_with("Mesh marketplace created (dry run)\n"), "{out}");
+    let local =
+        "Dataplane users-1 in mesh marketplace created (dry run; checked without the control plane: the mesh is new)";
+    assert!(out.contains(local), "{out}");
+    assert_eq!(snapshot(&cp).await, empty, "nothing was stored, nor audited");
+
+    cp.ward_stdin(&["apply", "-f", "-"], MARKETPLACE).ok();
+    let before = snapshot(&cp).await;
+    let out = dry_run(MARKETPLACE).ok();
+    assert_eq!(out.lines().count(), 7, "{out}");
+    assert!(out.lines().all(|l| l.ends_with(" updated (dry run)")), "{out}");
+    let secret = "type: Secret\nmesh: marketplace\nname: token\ndata: c2VjcmV0\n";
+    assert_eq!(dry_run(secret).ok(), "Secret token in mesh marketplace created (dry run)\n");
+    assert_eq!(snapshot(&cp).await, before, "nothing was stored, nor audited");
+
+    // Refusals come from the control plane's own checks, word for word as a real apply's.
+    let cases = [
+        (
+            "a Secret the mesh does not have",
+            "type: Mesh\nname: marketplace\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: provided\n    \
+             conf: {cert: {secret: ca-cert}, key: {secret: ca-key}}\n",
+            "meshes/marketplace: mtls.backends[0].conf.cert.secret: Secret \"ca-cert\" does not exist in the mesh",
+        ),
+        (
+            "a stale version",
+            "type: Mesh\nname: marketplace\nversion: 7\n",
+            "meshes/marketplace: version 7 is stale: the stored version is 1",
+        ),
+        (
+            "an unknown mesh",
+            "type: Secret\nmesh: nowhere\nname: token\ndata: c2VjcmV0\n",
+            "mesh: mesh \"nowhere\" does not exist",
+        ),
+        (
+            "empty data",
+            "type: Secret\nmesh: marketplace\nname: token\ndata: ''\n",
+            "secrets/token: data: cannot be empty",
+        ),
+    ];
+    for (what, yaml, want) in cases {
+        let dry = dry_run(yaml).fails();
+        let real = cp.ward_stdin(&["apply", "-f", "-"], yaml).fails();
+        assert!(dry.starts_with(want), "{what}: {dry}");
+        assert_eq!(dry.lines().next(), real.lines().next().map(|l| l.trim_start_matches("Error: ")), "{what}");
+    }
+    assert_eq!(snapshot(&cp).await, before, "nothing refused was stored");
+}
+
+#[tokio::test]
+async fn what_get_prints_as_yaml_applies_again_unchanged() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    cp.ward_stdin(&["apply", "-f", "-"], MARKETPLACE).ok();
+    let extra = "type: TrafficPermission\nmesh: marketplace\nname: legacy\nsources:\n- match: {kuma.io/service: '*'}\n\
+                 destinations:\n- match: {kuma.io/service: items}\n---\n\
+                 type: Secret\nmesh: marketplace\nname: token\nlabels: {team: a}\ndata: c2VjcmV0\n---\n\
+                 type: GlobalSecret\nname: shared\ndata: c2hhcmVk\n";
+    cp.ward_stdin(&["apply", "-f", "-"], extra).ok();
+    let changing = |yaml: &str| -> String {
+        yaml.lines().filter(|l| !l.starts_with("version:") && !l.starts_with("modificationTime:")).collect()
+    };
+    for (ty, name, more) in [
+        ("mesh", "marketplace", None),
+        ("dataplane", "users-1", None),
+        ("meshtrafficpermission", "users-callers", None),
+        ("traffic-permission", "legacy", None),
+        ("secret", "token", Some("--show-data")),
+        ("global-secret", "shared", Some("--show-data")),
+    ] {
+        let mut args = vec!["get", ty, name, "-m", "marketplace", "-o", "yaml"];
+        args.extend(more);
+        let printed = cp.ward(&args).ok();
+        let out = cp.ward_stdin(&["apply", "-f", "-"], &printed).ok();
+        assert!(out.ends_with(" updated\n"), "{ty}: {out}");
+        let again = cp.ward(&args).ok();
+        assert_eq!(changing(&again), changing(&printed), "{ty}");
+        assert!(again.contains("version: 2"), "{ty}: {again}");
+    }
+    // Without --show-data the data is not printed, and what is printed cannot empty the Secret.
+    let hidden = cp.ward(&["get", "secret", "token", "-m", "marketplace", "-o", "yaml"]).ok();
+    assert!(!hidden.contains("data") && hidden.contains("name: token"), "{hidden}");
+    let err = cp.ward_stdin(&["apply", "-f", "-"], &hidden).fails();
+    assert!(err.contains("secrets/token: data: is required"), "{err}");
+}
+
+#[tokio::test]
+async fn secret_data_is_shown_only_to_admins_who_ask_and_every_read_is_audited() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    cp.apply("type: Mesh\nname: a\n---\ntype: Mesh\nname: b\n");
+    cp.apply("type: Secret\nmesh: a\nname: s\ndata: c2VjcmV0\n---\ntype: GlobalSecret\nname: g\ndata: Z2xvYmFs\n");
+    let token = |name: &str, role: &str, mesh: Option<&str>| {
+        let mut args = vec!["generate", "user-token", "--name", name, "--role", role, "--valid-for", "1h"];
+        args.extend(mesh.map(|m| ["--mesh", m]).into_iter().flatten());
+        cp.ward(&args).ok().trim().to_string()
+    };
+    let admin_a = token("admin-a", "admin", Some("a"));
+    let admin_b = token("admin-b", "admin", Some("b"));
+    let viewer = token("viewer", "viewer", None);
+    let global = cp.admin_token.clone();
+    let get = |token: &str, path: &str| {
+        let (token, path) = (token.to_string(), path.to_string());
+        let address = cp.address.clone();
+        async move {
+            let r = http().get(format!("{address}{path}")).bearer_auth(token).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let cases: &[(&str, &str, &str, u16, Option<&str>)] = &[
+        ("viewer lists names", &viewer, "/meshes/a/secrets", 200, None),
+        ("viewer reads the envelope", &viewer, "/meshes/a/secrets/s", 200, None),
+        ("viewer asks for data", &viewer, "/meshes/a/secrets/s?showData=true", 403, None),
+        ("admin of a", &admin_a, "/meshes/a/secrets/s?showData=true", 200, Some("c2VjcmV0")),
+        ("admin of b", &admin_b, "/meshes/a/secrets/s?showData=true", 403, None),
+        ("admin of b lists a", &admin_b, "/meshes/a/secrets", 403, None),
+        ("global admin", &global, "/meshes/a/secrets/s?showData=true", 200, Some("c2VjcmV0")),
+        ("admin of a, global secret names", &admin_a, "/global-secrets", 403, None),
+        ("admin of a, global secret data", &admin_a, "/global-secrets/g?showData=true", 403, None),
+        ("viewer, global secret", &viewer, "/global-secrets/g", 200, None),
+        ("viewer, global secret data", &viewer, "/global-secrets/g?showData=true", 403, None),
+        ("global admin, global secret data", &global, "/global-secrets/g?showData=true", 200, Some("Z2xvYmFs")),
+        ("data of a Mesh", &global, "/meshes/a?showData=true", 400, None),
+        ("data of a Dataplane", &global, "/meshes/a/dataplanes/x?showData=true", 404, None),
+    ];
+    for (what, token, path, status, data) in cases {
+        let (got, body) = get(token, path).await;
+        assert_eq!(got, *status, "{what}: {body}");
+        assert_eq!(body["data"].as_str(), *data, "{what}: {body}");
+    }
+    let (_, list) = get(&global, "/meshes/a/secrets").await;
+    assert_eq!(list["items"][0]["name"], "s");
+    assert_eq!(list["items"][0].get("data"), None, "a list never holds data: {list}");
+
+    let (_, audit) = get(&global, "/audit").await;
+    let reads: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "read-data")
+        .map(|e| (e["tokenName"].as_str().unwrap(), e["resource"].as_str().unwrap()))
+        .collect();
+    assert_eq!(reads, [("admin-a", "Secret a/s"), ("admin", "Secret a/s"), ("admin", "GlobalSecret g")]);
 }

@@ -318,3 +318,80 @@ async fn signing_keys_rotate_and_retire() {
     let third = cp.dataplane_token("shop", "web-1", "web", "1h");
     raw_stream(&cp, &third, &dataplane("shop", "web-1", "web")).await.expect("the new key verifies");
 }
+
+/// A CA certificate and key made with rcgen, as an operator's own CA would be.
+fn own_ca(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    (params.not_before, params.not_after) = (rcgen::date_time_ymd(2020, 1, 1), rcgen::date_time_ymd(2090, 1, 1));
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+fn secret(mesh: &str, name: &str, data: &str) -> String {
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD.encode(data);
+    format!("type: Secret\nmesh: {mesh}\nname: {name}\ndata: {data}\n")
+}
+
+/// A Mesh `shop` whose provided backend takes its certificate and key from Secrets.
+fn mesh_from_secrets(cert: &str, key: &str) -> String {
+    format!(
+        "type: Mesh\nname: shop\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: provided\n    \
+         conf:\n      cert: {{secret: {cert}}}\n      key: {{secret: {key}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provided_ca_from_secrets_signs_svids_and_keeps_its_secrets() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    let (cert_pem, key_pem) = own_ca("shop operators' CA");
+    cp.apply("type: Mesh\nname: shop\n");
+    // Missing Secrets are named, field by field, and nothing is stored.
+    let err = cp.ward_stdin(&["apply", "-f", "-"], &mesh_from_secrets("ca-cert", "ca-key")).fails();
+    for part in ["cert", "key"] {
+        let want = format!(
+            "meshes/shop: mtls.backends[0].conf.{part}.secret: Secret \"ca-{part}\" does not exist in the mesh"
+        );
+        assert!(err.contains(&want), "{err}");
+    }
+    cp.apply(&format!("{}---\n{}", secret("shop", "ca-cert", &cert_pem), secret("shop", "ca-key", &key_pem)));
+    cp.apply(&mesh_from_secrets("ca-cert", "ca-key"));
+
+    let mut stream = open(&cp, "shop", "web-1", "web").await;
+    stream.request_certificate(&plain_csr("spiffe://shop/web")).await;
+    let issued = certificate(stream.next_answer().await.unwrap());
+    let bundle = ward_pki::TrustBundle::from_pem("shop", &cert_pem).unwrap();
+    bundle.verify_svid(&der(&issued.chain_pem), chrono::Utc::now()).expect("signed by the CA in the Secrets");
+
+    // Secrets in use: not deleted, not changed; the same data again is fine.
+    let err = cp.ward(&["delete", "secret", "ca-key", "-m", "shop"]).fails();
+    assert!(err.contains("secrets/ca-key: name: in use by Mesh \"shop\" at mtls.backends[0].conf.key.secret"), "{err}");
+    let (_, other_key) = own_ca("another");
+    let err = cp.ward_stdin(&["apply", "-f", "-"], &secret("shop", "ca-key", &other_key)).fails();
+    assert!(err.contains("secrets/ca-key: data: cannot change while Mesh \"shop\" uses it"), "{err}");
+    cp.apply(&secret("shop", "ca-key", &key_pem));
+    assert!(cp.ward(&["get", "secret", "ca-key", "-m", "shop", "-o", "yaml", "--show-data"]).ok().contains(&{
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&key_pem)
+    }));
+
+    // The key is never in the store in clear, nor the Mesh's CA key.
+    for entry in std::fs::read_dir(&cp.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("ward.db") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"), "{} holds a key", path.display());
+        }
+    }
+
+    // Once the Mesh no longer names them, they can go; the Mesh goes with its Secrets.
+    cp.apply(&mesh("shop", "1h"));
+    assert_eq!(cp.ward(&["delete", "secret", "ca-key", "-m", "shop"]).ok(), "Secret ca-key in mesh shop deleted\n");
+    cp.ward(&["delete", "mesh", "shop"]).ok();
+    cp.apply("type: Mesh\nname: shop\n");
+    assert_eq!(cp.ward(&["get", "secrets", "-m", "shop"]).ok(), "MESH   NAME   AGE\n");
+}

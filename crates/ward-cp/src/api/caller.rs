@@ -44,6 +44,17 @@ impl Caller {
         self.admin_role()
     }
 
+    /// Refuses (403) unless the token covers every mesh (what global resources need).
+    pub fn read_global(&self) -> Result<(), ApiError> {
+        if self.0.meshes.is_some() {
+            return Err(ApiError::forbidden(format!(
+                "token {:?} is limited to some meshes; global resources need a token for every mesh",
+                self.0.sub
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses (403) unless the token is an admin for every mesh.
     pub fn global_admin(&self) -> Result<(), ApiError> {
         self.admin_role()?;

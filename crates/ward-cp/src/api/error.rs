@@ -8,7 +8,7 @@ use axum::{
 use serde::Serialize;
 use ward_api::{Cause, ValidationError};
 
-use crate::{auth::AuthError, store::StoreError};
+use crate::{auth::AuthError, secret_resources::UpdateRefused, store::StoreError};
 
 /// An error response.
 #[derive(Debug, Serialize)]
@@ -94,11 +94,29 @@ impl From<StoreError> for ApiError {
                 details: format!("mesh: mesh {mesh:?} does not exist; create the Mesh first"),
                 causes: vec![Cause::new("mesh", format!("mesh {mesh:?} does not exist"))],
             },
+            StoreError::MissingSecret { key, field, name } => {
+                ValidationError::single(key, field, format!("Secret {name:?} does not exist in the mesh")).into()
+            }
+            StoreError::InUse { key, mesh, field } => ValidationError::single(
+                key,
+                "name",
+                format!("in use by Mesh {mesh:?} at {field}; remove the reference before deleting the Secret"),
+            )
+            .into(),
             StoreError::Conflict { .. } => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
             StoreError::Database(_) | StoreError::Corrupt { .. } => {
                 tracing::error!(error = %e, "store failure");
                 Self::internal(e.to_string())
             }
+        }
+    }
+}
+
+impl From<UpdateRefused> for ApiError {
+    fn from(e: UpdateRefused) -> Self {
+        match e {
+            UpdateRefused::InUse(e) => e.into(),
+            UpdateRefused::Store(e) => e.into(),
         }
     }
 }

@@ -1,8 +1,9 @@
-//! The REST API on Kuma's paths: resources, types, version, audit log and user tokens.
+//! The REST API on Kuma's paths: resources, global secrets, types, version, audit log and user tokens.
 
 mod admin;
 mod caller;
 mod error;
+mod global_secrets;
 mod identity;
 mod path_names;
 mod resources;
@@ -42,6 +43,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/tokens/user", post(admin::user_token))
         .route("/tokens/dataplane", post(identity::dataplane_token))
         .route("/tokens/dataplane/revocations", post(identity::revoke_dataplane_token))
+        .route("/global-secrets", get(global_secrets::list))
+        .route(
+            "/global-secrets/{name}",
+            get(global_secrets::get).put(global_secrets::put).delete(global_secrets::delete),
+        )
         .route("/meshes", get(resources::list_meshes))
         .route("/meshes/{mesh}/_cas", get(identity::mesh_cas))
         .route("/meshes/{mesh}/signing-keys", post(identity::rotate_signing_key))

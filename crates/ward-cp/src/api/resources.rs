@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use ward_api::{Resource, ResourceType, Spec, SpiffeId, parse, policy};
 
 use super::{ApiError, ApiState, Caller, MAX_BODY_BYTES};
-use crate::store::Written;
+use crate::store::{Commit, MeshCa, Written};
 
 /// Largest page a list returns.
 const MAX_PAGE: u64 = 1000;
@@ -26,13 +26,30 @@ pub struct Page {
     offset: Option<u64>,
 }
 
+/// `?showData=true` of a GET: a Secret's data is shown only when asked for, and only to an admin.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadOptions {
+    #[serde(default)]
+    show_data: bool,
+}
+
+/// `?dryRun=true` of a PUT: every check of the write is made, nothing is stored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteOptions {
+    #[serde(default)]
+    dry_run: bool,
+}
+
 fn mesh_scoped_type(plural: &str) -> Result<ResourceType, ApiError> {
     ResourceType::from_plural(plural)
         .filter(|t| t.is_mesh_scoped())
         .ok_or_else(|| ApiError::not_found(format!("unknown resource type {plural:?}; GET /_resources lists them")))
 }
 
-async fn list(
+/// A page of resources of `ty` (in `mesh`, or everywhere for `None`); a Secret's data never shows.
+pub(super) async fn list(
     state: &ApiState,
     ty: ResourceType,
     mesh: Option<&str>,
@@ -79,11 +96,36 @@ pub async fn list_in_mesh(
     list(&state, ty, Some(&mesh), page, &format!("/meshes/{mesh}/{plural}")).await
 }
 
-async fn get(state: &ApiState, ty: ResourceType, mesh: &str, name: &str) -> Result<Json<Value>, ApiError> {
-    match state.store.get(ty, mesh, name).await? {
-        Some(r) => Ok(Json(r.to_json())),
-        None => Err(ApiError::not_found(format!("{}/{name} not found in mesh {mesh:?}", ty.info().plural))),
+/// One resource; a Secret's data only with `?showData=true`, for an admin of its mesh (of every
+/// mesh for a GlobalSecret), and the audit log records that it was shown.
+pub(super) async fn get(
+    state: &ApiState,
+    caller: &Caller,
+    ty: ResourceType,
+    mesh: &str,
+    name: &str,
+    options: ReadOptions,
+) -> Result<Json<Value>, ApiError> {
+    let Some(resource) = state.store.get(ty, mesh, name).await? else {
+        let place = if ty.is_mesh_scoped() { format!(" in mesh {mesh:?}") } else { String::new() };
+        return Err(ApiError::not_found(format!("{}/{name} not found{place}", ty.info().plural)));
+    };
+    if !options.show_data {
+        return Ok(Json(resource.to_json()));
     }
+    match ty {
+        ResourceType::Secret => caller.write(mesh)?,
+        ResourceType::GlobalSecret => caller.global_admin()?,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "showData: {} have no data; only secrets and global-secrets do",
+                ty.info().plural
+            )));
+        }
+    }
+    let opened = state.identity.secrets().opened(resource)?;
+    state.store.audit_data_read(&caller.actor(), &opened).await?;
+    Ok(Json(opened.to_json()))
 }
 
 /// `GET /meshes/{name}`.
@@ -91,9 +133,10 @@ pub async fn get_mesh(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(options): Query<ReadOptions>,
 ) -> Result<Json<Value>, ApiError> {
     caller.read(&name)?;
-    get(&state, ResourceType::Mesh, &name, &name).await
+    get(&state, &caller, ResourceType::Mesh, &name, &name, options).await
 }
 
 /// `GET /meshes/{mesh}/{plural}/{name}`.
@@ -101,14 +144,15 @@ pub async fn get_in_mesh(
     State(state): State<ApiState>,
     caller: Caller,
     Path((mesh, plural, name)): Path<(String, String, String)>,
+    Query(options): Query<ReadOptions>,
 ) -> Result<Json<Value>, ApiError> {
     let ty = mesh_scoped_type(&plural)?;
     caller.read(&mesh)?;
-    get(&state, ty, &mesh, &name).await
+    get(&state, &caller, ty, &mesh, &name, options).await
 }
 
 /// Reads the body as JSON or YAML (by Content-Type), refusing more than 1 MiB.
-async fn read_document(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+pub(super) async fn read_document(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let is_yaml = match media.as_str() {
@@ -134,7 +178,7 @@ async fn read_document(headers: &HeaderMap, body: Body) -> Result<Value, ApiErro
 
 /// Fills `type`, `mesh` and `name` from the URL when the body leaves them out, refuses
 /// a body that contradicts the URL, and validates the result.
-fn resource_for_path(doc: Value, ty: ResourceType, mesh: &str, name: &str) -> Result<Resource, ApiError> {
+pub(super) fn resource_for_path(doc: Value, ty: ResourceType, mesh: &str, name: &str) -> Result<Resource, ApiError> {
     let key = format!("{}/{name}", ty.info().plural);
     let Value::Object(mut fields) = doc else {
         return Err(ApiError::bad_field(&key, "", "must be a JSON object"));
@@ -157,6 +201,22 @@ fn resource_for_path(doc: Value, ty: ResourceType, mesh: &str, name: &str) -> Re
     Ok(parse::resource(Value::Object(fields), &key)?)
 }
 
+/// Stores `resource` (a Secret's data sealed first) with `cas`, or with `?dryRun=true` only
+/// checks that it would be stored; answers 201 when it is (or would be) new, else 200.
+pub(super) async fn write(
+    state: &ApiState,
+    caller: &Caller,
+    resource: Resource,
+    cas: &[MeshCa],
+    options: WriteOptions,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let secrets = state.identity.secrets();
+    secrets.check_update(&resource).await?;
+    let commit = if options.dry_run { Commit::No } else { Commit::Yes };
+    let written = state.store.write(secrets.seal(resource), cas, &caller.actor(), commit).await?;
+    Ok(written_response(written))
+}
+
 fn written_response(written: Written) -> (StatusCode, Json<Value>) {
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
     (status, Json(written.resource.to_json()))
@@ -167,6 +227,7 @@ pub async fn put_mesh(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(options): Query<WriteOptions>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -174,8 +235,7 @@ pub async fn put_mesh(
     let doc = read_document(&headers, body).await?;
     let mut resource = resource_for_path(doc, ResourceType::Mesh, &name, &name)?;
     let cas = state.identity.prepare_mesh(&mut resource, caller.requester()).await?;
-    let written = state.store.put_with_cas(resource, &cas, &caller.actor()).await?;
-    Ok(written_response(written))
+    write(&state, &caller, resource, &cas, options).await
 }
 
 /// `PUT /meshes/{mesh}/{plural}/{name}`.
@@ -183,6 +243,7 @@ pub async fn put_in_mesh(
     State(state): State<ApiState>,
     caller: Caller,
     Path((mesh, plural, name)): Path<(String, String, String)>,
+    Query(options): Query<WriteOptions>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -190,7 +251,7 @@ pub async fn put_in_mesh(
     caller.write(&mesh)?;
     let doc = read_document(&headers, body).await?;
     let resource = resource_for_path(doc, ty, &mesh, &name)?;
-    Ok(written_response(state.store.put(resource, &caller.actor()).await?))
+    write(&state, &caller, resource, &[], options).await
 }
 
 /// `DELETE /meshes/{name}`: the mesh and everything in it.

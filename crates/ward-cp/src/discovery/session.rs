@@ -255,7 +255,10 @@ async fn store_dataplane(discovery: &Discovery, dataplane: Resource) -> Result<(
 fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::UnknownMesh(mesh) => Status::failed_precondition(format!("mesh {mesh:?} does not exist")),
-        StoreError::Conflict { .. } | StoreError::NotFound(_) => Status::aborted(e.to_string()),
+        StoreError::Conflict { .. }
+        | StoreError::NotFound(_)
+        | StoreError::MissingSecret { .. }
+        | StoreError::InUse { .. } => Status::aborted(e.to_string()),
         StoreError::Database(_) | StoreError::Corrupt { .. } => Status::internal(e.to_string()),
     }
 }

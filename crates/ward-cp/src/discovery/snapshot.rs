@@ -91,7 +91,7 @@ impl MeshSnapshot {
                     dataplanes.insert(r.meta.name.clone(), r);
                 }
                 Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) => permissions.push(r),
-                Spec::Mesh(_) => {}
+                Spec::Mesh(_) | Spec::Secret(_) => {}
             }
         }
         let names: Vec<&str> = services.keys().map(String::as_str).collect();

@@ -12,10 +12,11 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
 };
 use tokio::sync::{Mutex, watch};
-use ward_api::{Meta, Resource, ResourceType, Spec, parse};
+use ward_api::{Meta, Resource, ResourceType, Spec, parse, secret::Secret};
 
 mod identity;
 mod issued_certs;
+mod secret_refs;
 mod virtual_ips;
 
 pub use identity::{DataplaneCert, MeshCa, StoredSigningKey};
@@ -43,6 +44,26 @@ pub enum StoreError {
     /// The database failed.
     #[error("store: {0}")]
     Database(#[from] sqlx::Error),
+    /// A Mesh's provided backend names a Secret the mesh does not have.
+    #[error("{key}: {field}: Secret {name:?} does not exist in the mesh")]
+    MissingSecret {
+        /// `meshes/name`.
+        key: String,
+        /// The field naming it, e.g. `mtls.backends[0].conf.key.secret`.
+        field: String,
+        /// The Secret's name.
+        name: String,
+    },
+    /// A Secret cannot be deleted while a Mesh's provided backend names it.
+    #[error("{key}: in use by Mesh {mesh:?} at {field}; remove the reference before deleting the Secret")]
+    InUse {
+        /// `secrets/name`.
+        key: String,
+        /// The Mesh naming it.
+        mesh: String,
+        /// The field of the Mesh naming it.
+        field: String,
+    },
     /// A stored row no longer reads as a valid resource.
     #[error("stored {key} is unreadable: {reason}")]
     Corrupt {
@@ -87,7 +108,7 @@ pub struct AuditEntry {
     pub time: String,
     /// Name of the token that made the change.
     pub token_name: String,
-    /// created, updated or deleted.
+    /// created, updated, deleted, or read-data (a Secret's data was shown).
     pub action: String,
     /// `type mesh/name`.
     pub resource: String,
@@ -95,6 +116,15 @@ pub struct AuditEntry {
     pub old_version: Option<i64>,
     /// Version after the change.
     pub new_version: Option<i64>,
+}
+
+/// Whether a write is kept or only checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Kept, audited and announced on the change feed.
+    Yes,
+    /// Checked as if kept, then rolled back: a dry run.
+    No,
 }
 
 /// Result of a write.
@@ -188,12 +218,14 @@ impl Store {
         Ok((items, total as u64))
     }
 
-    /// Every resource of a mesh, of every mesh-scoped type (what policy decisions need).
+    /// Every resource of a mesh, of every mesh-scoped type but Secret (what policy decisions need).
     pub async fn mesh_resources(&self, mesh: &str) -> Result<Vec<Resource>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM resources WHERE mesh = ? AND type <> 'Mesh' ORDER BY type, name")
-            .bind(mesh)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM resources WHERE mesh = ? AND type NOT IN ('Mesh', 'Secret') ORDER BY type, name",
+        )
+        .bind(mesh)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 let kind: String = r.get("type");
@@ -206,15 +238,28 @@ impl Store {
 
     /// Creates or updates `resource`. A version other than 0 must equal the stored one.
     pub async fn put(&self, resource: Resource, actor: &Actor) -> Result<Written, StoreError> {
-        self.put_with_cas(resource, &[], actor).await
+        self.write(resource, &[], actor, Commit::Yes).await
     }
 
-    /// Like [`Store::put`]; for a Mesh it also writes `cas` and drops the CAs of backends
-    /// the mesh no longer lists, in the same transaction.
-    pub async fn put_with_cas(&self, resource: Resource, cas: &[MeshCa], actor: &Actor) -> Result<Written, StoreError> {
+    /// Like [`Store::put`]; for a Mesh it also writes `cas` and drops the CAs of backends the
+    /// mesh no longer lists, in the same transaction. With [`Commit::No`] it makes every check
+    /// and write, then rolls them back: a dry run answers exactly as the write would.
+    pub async fn write(
+        &self,
+        resource: Resource,
+        cas: &[MeshCa],
+        actor: &Actor,
+        commit: Commit,
+    ) -> Result<Written, StoreError> {
         let mut revision = self.write_lock.lock().await;
         let meta = &resource.meta;
         let ty = meta.ty.info().name;
+        if resource.spec_json().is_null() {
+            return Err(StoreError::Corrupt {
+                key: meta.key(),
+                reason: "a Secret's data must be sealed to be stored".into(),
+            });
+        }
         let mut tx = self.pool.begin().await?;
         if meta.ty.is_mesh_scoped() {
             let mesh_exists = sqlx::query("SELECT 1 FROM resources WHERE type = 'Mesh' AND name = ?")
@@ -258,12 +303,18 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if let Spec::Mesh(mesh) = &resource.spec {
+            secret_refs::check_named(&mut tx, &meta.name, mesh).await?;
             identity::sync_mesh_cas(&mut tx, &meta.name, mesh, cas).await?;
         }
         let op = if stored.is_some() { Op::Updated } else { Op::Created };
         audit(&mut tx, actor, op, &resource, stored.map(|(v, _)| v), Some(version as i64)).await?;
-        tx.commit().await?;
-        self.publish(&mut revision, op, &resource);
+        match commit {
+            Commit::Yes => {
+                tx.commit().await?;
+                self.publish(&mut revision, op, &resource);
+            }
+            Commit::No => tx.rollback().await?,
+        }
 
         let mut resource = resource;
         resource.meta.version = version;
@@ -291,6 +342,9 @@ impl Store {
                 .await?;
             if ty == ResourceType::Dataplane {
                 identity::delete_dataplane(&mut tx, mesh, name).await?;
+            }
+            if ty == ResourceType::Secret {
+                secret_refs::check_unnamed(&mut tx, mesh, name).await?;
             }
         }
         audit(&mut tx, actor, Op::Deleted, &existing, Some(existing.meta.version as i64), None).await?;
@@ -320,6 +374,14 @@ impl Store {
             })
             .collect();
         Ok((entries, total as u64))
+    }
+
+    /// Records in the audit log that `actor` read the data of the Secret or GlobalSecret `resource`.
+    pub async fn audit_data_read(&self, actor: &Actor, resource: &Resource) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let version = Some(resource.meta.version as i64);
+        audit_event(&mut conn, actor, "read-data", &audit_name(&resource.meta), version, version).await
     }
 
     /// A sealed secret by name.
@@ -366,12 +428,16 @@ async fn audit(
         Op::Updated => "updated",
         Op::Deleted => "deleted",
     };
-    let what = if meta.ty.is_mesh_scoped() {
+    audit_event(tx, actor, action, &audit_name(meta), old, new).await
+}
+
+/// How the audit log names a resource: `Type mesh/name`, or `Type name` for a global one.
+fn audit_name(meta: &Meta) -> String {
+    if meta.ty.is_mesh_scoped() {
         format!("{} {}/{}", meta.ty.info().name, meta.mesh, meta.name)
     } else {
         format!("{} {}", meta.ty.info().name, meta.name)
-    };
-    audit_event(tx, actor, action, &what, old, new).await
+    }
 }
 
 /// Appends one entry to the audit log.
@@ -410,6 +476,9 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::Dataplane => parse::typed("", spec).map(Spec::Dataplane),
         ResourceType::MeshTrafficPermission => parse::typed("spec", spec).map(Spec::MeshTrafficPermission),
         ResourceType::TrafficPermission => parse::typed("", spec).map(Spec::TrafficPermission),
+        ResourceType::Secret | ResourceType::GlobalSecret => {
+            Secret::from_stored(spec).map(Spec::Secret).map_err(|reason| ward_api::Cause::new("spec", reason))
+        }
     })?;
     let version: i64 = row.get("version");
     Ok(Resource {
@@ -470,6 +539,40 @@ mod tests {
         let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
         assert_eq!(actions, ["created", "created", "updated", "deleted"]);
         assert_eq!((log[2].old_version, log[2].new_version), (Some(1), Some(2)));
+    }
+
+    #[tokio::test]
+    async fn references_to_secrets_hold_and_dry_runs_leave_nothing() {
+        let store = Store::in_memory().await.unwrap();
+        store.put(resource("type: Mesh\nname: m\n"), &admin()).await.unwrap();
+        let feed = store.subscribe();
+        let provided = resource(
+            "type: Mesh\nname: m\nmtls:\n  backends:\n  - name: ca\n    type: provided\n    \
+             conf: {cert: {inlineString: x}, key: {secret: ca-key}}\n",
+        );
+        let err = store.put(provided.clone(), &admin()).await.unwrap_err().to_string();
+        assert_eq!(err, "meshes/m: mtls.backends[0].conf.key.secret: Secret \"ca-key\" does not exist in the mesh");
+
+        let secret = Resource {
+            spec: Spec::Secret(Secret::Sealed(b"sealed".to_vec())),
+            ..resource("type: Secret\nmesh: m\nname: ca-key\ndata: aA==\n")
+        };
+        let dry = store.write(secret.clone(), &[], &admin(), Commit::No).await.unwrap();
+        assert!(dry.created && dry.resource.meta.version == 1);
+        assert!(store.get(ResourceType::Secret, "m", "ca-key").await.unwrap().is_none(), "a dry run stores nothing");
+        assert!(!feed.has_changed().unwrap(), "nor announces anything");
+        store.put(secret, &admin()).await.unwrap();
+        store.put(provided, &admin()).await.unwrap();
+        let err = store.delete(ResourceType::Secret, "m", "ca-key", &admin()).await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "secrets/ca-key: in use by Mesh \"m\" at mtls.backends[0].conf.key.secret; remove the reference before deleting the Secret"
+        );
+        assert!(store.get(ResourceType::Secret, "m", "ca-key").await.unwrap().is_some());
+        store.delete(ResourceType::Mesh, "m", "m", &admin()).await.unwrap();
+        assert!(store.get(ResourceType::Secret, "m", "ca-key").await.unwrap().is_none(), "gone with its Mesh");
+        let (log, _) = store.audit_log(0, 100).await.unwrap();
+        assert_eq!(log.len(), 4, "the dry run and the refusals left no entry: {log:?}");
     }
 
     #[tokio::test]

@@ -1,11 +1,16 @@
-//! `ward apply -f FILE`: check every document first, then apply them one by one.
+//! `ward apply -f FILE [--dry-run]`: check every document first, then apply them one by one,
+//! or with `--dry-run` have the control plane check each as it would apply it, storing nothing.
 
-use std::{collections::HashMap, io::Read, path::PathBuf};
+use std::{
+    collections::{HashMap, HashSet},
+    io::Read,
+    path::PathBuf,
+};
 
 use anyhow::{Context, bail};
 use clap::Args;
 use reqwest::{Method, StatusCode};
-use ward_api::{Resource, parse};
+use ward_api::{Resource, ResourceType, parse};
 
 use super::resource_path;
 use crate::client::Client;
@@ -16,6 +21,10 @@ pub struct ApplyArgs {
     /// YAML file of one or more `---` documents; `-` reads standard input.
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
+    /// Have the control plane make every check of the apply and say what would be created or
+    /// updated, storing nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Reads and checks every document; nothing is sent when any of them is wrong.
@@ -66,20 +75,62 @@ pub async fn run(client: &Client, args: ApplyArgs) -> anyhow::Result<()> {
     };
     // Meshes first, so that a file may define a mesh and what goes in it in any order.
     resources.sort_by_key(|r| r.meta.ty);
+    if args.dry_run {
+        return dry_run(client, &resources).await;
+    }
     let total = resources.len();
     for (done, resource) in resources.iter().enumerate() {
         let meta = &resource.meta;
         let path = resource_path(meta.ty, &meta.mesh, &meta.name)?;
         match client.send(Method::PUT, &path, Some(&resource.to_json())).await {
-            Ok(reply) => {
-                let verb = if reply.status == StatusCode::CREATED { "created" } else { "updated" };
-                let place = if meta.ty.is_mesh_scoped() { format!(" in mesh {}", meta.mesh) } else { String::new() };
-                println!("{} {}{place} {verb}", meta.ty.info().name, meta.name);
-            }
+            Ok(reply) => println!("{} {}", describe(resource), verb(reply.status)),
             Err(e) => bail!("{e:#}\n{done} of {total} resources applied; stopped at {}", meta.key()),
         }
     }
     Ok(())
+}
+
+/// Sends each resource with `?dryRun=true` and reports every refusal. What goes into a mesh
+/// the same run would create cannot be checked by the control plane, which has no such mesh
+/// yet: it is checked here only, and says so.
+async fn dry_run(client: &Client, resources: &[Resource]) -> anyhow::Result<()> {
+    let mut new_meshes = HashSet::new();
+    let mut refused = 0;
+    for resource in resources {
+        let meta = &resource.meta;
+        if meta.ty.is_mesh_scoped() && new_meshes.contains(&meta.mesh) {
+            println!("{} created (dry run; checked without the control plane: the mesh is new)", describe(resource));
+            continue;
+        }
+        let path = format!("{}?dryRun=true", resource_path(meta.ty, &meta.mesh, &meta.name)?);
+        match client.send(Method::PUT, &path, Some(&resource.to_json())).await {
+            Ok(reply) => {
+                if meta.ty == ResourceType::Mesh && reply.status == StatusCode::CREATED {
+                    new_meshes.insert(meta.name.clone());
+                }
+                println!("{} {} (dry run)", describe(resource), verb(reply.status));
+            }
+            Err(e) => {
+                refused += 1;
+                eprintln!("{e:#}");
+            }
+        }
+    }
+    if refused > 0 {
+        bail!("dry run: {refused} of {} resources would be refused; nothing was applied", resources.len());
+    }
+    Ok(())
+}
+
+/// `Type name` or `Type name in mesh M`, as apply reports it.
+fn describe(resource: &Resource) -> String {
+    let meta = &resource.meta;
+    let place = if meta.ty.is_mesh_scoped() { format!(" in mesh {}", meta.mesh) } else { String::new() };
+    format!("{} {}{place}", meta.ty.info().name, meta.name)
+}
+
+fn verb(status: StatusCode) -> &'static str {
+    if status == StatusCode::CREATED { "created" } else { "updated" }
 }
 
 #[cfg(test)]
@@ -93,7 +144,7 @@ mod tests {
             errors,
             [
                 "meshes/a: document 2 repeats document 1; each resource may appear once",
-                "document 3: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission"
+                "document 3: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, Secret, GlobalSecret"
             ]
         );
         assert_eq!(load("").unwrap_err(), ["input: holds no document"]);

@@ -1,5 +1,6 @@
-//! `ward get TYPE [NAME] [-m MESH] [-o table|yaml|json]`.
+//! `ward get TYPE [NAME] [-m MESH] [-o table|yaml|json] [--show-data]`.
 
+use anyhow::bail;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 use ward_api::ResourceType;
@@ -21,7 +22,7 @@ pub enum Output {
 /// `ward get` arguments.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Resource type, e.g. meshes, dataplanes, meshtrafficpermissions, traffic-permissions.
+    /// Resource type, e.g. meshes, dataplanes, meshtrafficpermissions, traffic-permissions, secrets.
     #[arg(value_name = "TYPE")]
     ty: String,
     /// One resource by name; all of them when absent.
@@ -32,13 +33,29 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
+    /// With NAME and -o yaml or json: include a Secret's or GlobalSecret's data (admins only;
+    /// the control plane's audit log records it).
+    #[arg(long)]
+    show_data: bool,
 }
 
 /// Runs `ward get`.
 pub async fn run(client: &Client, args: GetArgs) -> anyhow::Result<()> {
     let ty = parse_type(&args.ty)?;
+    if args.show_data {
+        if !ty.is_secret() {
+            bail!("--show-data: {} have no data; only secrets and global-secrets do", ty.info().plural);
+        }
+        if args.name.is_none() || matches!(args.output, Output::Table) {
+            bail!("--show-data needs a NAME and -o yaml or -o json");
+        }
+    }
     let items = match &args.name {
-        Some(name) => vec![client.get_json(&resource_path(ty, &args.mesh, name)?).await?],
+        Some(name) => {
+            let path = resource_path(ty, &args.mesh, name)?;
+            let path = if args.show_data { format!("{path}?showData=true") } else { path };
+            vec![client.get_json(&path).await?]
+        }
         None => list_all(client, ty, &args.mesh).await?,
     };
     match args.output {
@@ -68,7 +85,7 @@ async fn list_all(client: &Client, ty: ResourceType, mesh: &str) -> anyhow::Resu
     let mut path = if ty.is_mesh_scoped() {
         format!("{}?size=1000", mesh_path(mesh, ty.info().plural)?)
     } else {
-        "/meshes?size=1000".into()
+        format!("/{}?size=1000", ty.info().plural)
     };
     let mut items = Vec::new();
     loop {
@@ -149,6 +166,8 @@ fn table(ty: ResourceType, items: &[Value]) -> String {
             };
             vec![text(&v["mesh"]), text(&v["name"]), services(&v["sources"]), services(&v["destinations"]), age(v)]
         }),
+        ResourceType::Secret => (&["MESH", "NAME", "AGE"], |v| vec![text(&v["mesh"]), text(&v["name"]), age(v)]),
+        ResourceType::GlobalSecret => (&["NAME", "AGE"], |v| vec![text(&v["name"]), age(v)]),
     };
     let rows: Vec<Vec<String>> = items.iter().map(row).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -27,7 +27,7 @@ pub fn resource_path(ty: ResourceType, mesh: &str, name: &str) -> Result<String,
             name,
         ])
     } else {
-        api_path(&[Segment::Fixed("meshes"), name])
+        api_path(&[Segment::Fixed(ty.info().plural), name])
     }
 }
 
