@@ -874,6 +874,12 @@ impl Dataplane {
                 );
             }
         }
+        if net.admin.is_some() {
+            warnings.add(
+                "networking.admin.port",
+                "the admin listener's address is set by `ward dp run --admin-address`, not by this field",
+            );
+        }
         if !net.listeners.is_empty() {
             warnings.add("networking.listeners", "Ward runs no zone ingress or egress; these listeners are not served");
         }

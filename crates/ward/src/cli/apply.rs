@@ -75,6 +75,9 @@ pub async fn run(client: &Client, args: ApplyArgs) -> anyhow::Result<()> {
                 let verb = if reply.status == StatusCode::CREATED { "created" } else { "updated" };
                 let place = if meta.ty.is_mesh_scoped() { format!(" in mesh {}", meta.mesh) } else { String::new() };
                 println!("{} {}{place} {verb}", meta.ty.info().name, meta.name);
+                for warning in &reply.warnings {
+                    eprintln!("warning: {}/{}: {warning}", meta.ty.info().name, meta.name);
+                }
             }
             Err(e) => bail!("{e:#}\n{done} of {total} resources applied; stopped at {}", meta.key()),
         }
