@@ -688,7 +688,7 @@ async fn kuma_fields_without_effect_apply_with_a_warning_and_read_back_unchanged
     };
     for args in [&["get", "mesh", "obs", "-o", "yaml"][..], &["get", "dataplane", "web-1", "-m", "obs", "-o", "yaml"]] {
         let first = cp.ward(args).ok();
-        for field in ["advertisedAddress: 192.0.2.1", "state: NotReady", "name: http", "backendRef:", "tracing:"] {
+        for field in ["advertisedAddress: \"192.0.2.1\"", "state: NotReady", "name: http", "backendRef:", "tracing:"] {
             if args[1] == "dataplane" && field == "tracing:" || args[1] == "mesh" && field != "tracing:" {
                 continue;
             }
