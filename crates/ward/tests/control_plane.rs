@@ -110,7 +110,7 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
         (
             "two identities",
             dp("  address: 127.0.0.1\n  inbound:\n  - port: 1\n    tags: {kuma.io/service: a}\n  - port: 2\n    tags: {kuma.io/service: b}\n"),
-            "dataplanes/bad-dp: networking.inbound[1].tags.kuma.io/service: a dataplane has one identity",
+            "dataplanes/bad-dp: networking.inbound[1].tags.kuma.io/service: is valid Kuma but not supported by Ward yet: several services per dataplane",
         ),
         (
             "unknown mesh",
@@ -147,7 +147,7 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
         (
             "targetRef without name",
             "type: MeshTrafficPermission\nmesh: marketplace\nname: p\nspec:\n  targetRef: {kind: MeshService}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n".into(),
-            "meshtrafficpermissions/p: spec.targetRef.name: is required for kind MeshService",
+            "meshtrafficpermissions/p: spec.targetRef: kind MeshService needs name or labels",
         ),
         ("empty file", "\n".into(), "input: holds no document"),
         (
