@@ -61,4 +61,24 @@ impl Causes {
     pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Cause::new(field, message));
     }
+
+    /// Records that `field` is valid in Kuma but Ward cannot serve it yet, and `why`.
+    pub fn unsupported(&mut self, field: impl Into<String>, why: impl fmt::Display) {
+        self.0.push(Cause::new(field, format!("{UNSUPPORTED}{why}")));
+    }
+}
+
+/// How the message of a refusal of valid Kuma input that Ward cannot serve yet begins.
+pub const UNSUPPORTED: &str = "is valid Kuma but not supported by Ward yet: ";
+
+/// Collects warnings while a resource is checked: fields accepted that have no effect in
+/// Ward, each under its field path with the reason.
+#[derive(Debug, Default)]
+pub struct Warnings(pub Vec<Cause>);
+
+impl Warnings {
+    /// Records that `field` is accepted but has no effect, because of `reason`.
+    pub fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Cause::new(field, reason));
+    }
 }

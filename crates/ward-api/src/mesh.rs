@@ -2,7 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{duration::KumaDuration, error::Causes, names::check_name};
+use crate::{
+    dataplane::{MetricsBackend, Tags, check_metrics_backend, check_selector},
+    duration::KumaDuration,
+    error::{Causes, Warnings},
+    names::check_name,
+};
 
 /// Shortest certificate lifetime a mesh accepts.
 pub const MIN_CERT_LIFETIME_SECS: u64 = 10;
@@ -17,6 +22,204 @@ pub struct Mesh {
     /// Networking settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub networking: Option<Networking>,
+    /// Kuma's tracing backends; Ward's proxy does not trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+    /// Kuma's access log backends; Ward's proxy logs to its own output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+    /// Kuma's Prometheus backends; Ward's proxy serves its own metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    /// Kuma's routing switches, for zones and locality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
+    /// Which dataplanes may join the mesh, by their tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<Constraints>,
+    /// Default policies Kuma would not create for this mesh; Ward creates none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_creating_initial_policies: Option<Vec<String>>,
+    /// Kuma's MeshService generation mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_services: Option<MeshServices>,
+}
+
+/// `tracing` of a mesh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tracing {
+    /// Name of the backend used by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<String>,
+    /// The backends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<TracingBackend>,
+}
+
+/// One tracing backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingBackend {
+    /// Name, unique within the mesh.
+    #[serde(default)]
+    pub name: String,
+    /// Percentage of requests traced, 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<f64>,
+    /// `zipkin` or `datadog`.
+    #[serde(rename = "type", default)]
+    pub ty: String,
+    /// Type-specific settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<serde_json::Value>,
+}
+
+/// `conf` of a zipkin tracing backend.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ZipkinConf {
+    #[serde(default)]
+    url: String,
+    #[serde(default, rename = "traceId128bit")]
+    _trace_id_128bit: Option<bool>,
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default, rename = "sharedSpanContext")]
+    _shared_span_context: Option<bool>,
+}
+
+/// `conf` of a datadog tracing backend.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DatadogConf {
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u32,
+    #[serde(default, rename = "splitService")]
+    _split_service: Option<bool>,
+}
+
+/// `logging` of a mesh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Logging {
+    /// Name of the backend used by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<String>,
+    /// The backends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<LoggingBackend>,
+}
+
+/// One access log backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingBackend {
+    /// Name, unique within the mesh.
+    #[serde(default)]
+    pub name: String,
+    /// Format of each line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// `file` or `tcp`.
+    #[serde(rename = "type", default)]
+    pub ty: String,
+    /// Type-specific settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<serde_json::Value>,
+}
+
+/// `conf` of a file or tcp logging backend.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoggingConf {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    address: Option<String>,
+}
+
+/// `metrics` of a mesh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metrics {
+    /// Name of the backend in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled_backend: Option<String>,
+    /// The backends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<MetricsBackend>,
+}
+
+/// `routing` of a mesh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Routing {
+    /// Prefer endpoints in the caller's locality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_aware_load_balancing: Option<bool>,
+    /// Send cross-zone and external traffic through zone egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_egress: Option<bool>,
+    /// Forbid MeshExternalService access unless a permission allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_forbid_mesh_external_service_access: Option<bool>,
+}
+
+/// `constraints` of a mesh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Constraints {
+    /// Rules on the tags of dataplanes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_proxy: Option<DataplaneProxyConstraints>,
+}
+
+/// `constraints.dataplaneProxy`: a dataplane must match a requirement (when there are any)
+/// and no restriction.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneProxyConstraints {
+    /// Tag selectors of which a dataplane must match at least one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<TagRule>,
+    /// Tag selectors of which a dataplane must match none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restrictions: Vec<TagRule>,
+}
+
+/// One constraint: a tag selector (`*` matches any value).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagRule {
+    /// The tags.
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+string_enum! {
+    /// Kuma's MeshService generation modes.
+    pub enum MeshServicesMode {
+        /// No MeshServices.
+        Disabled = "Disabled",
+        /// Generated and used everywhere.
+        Everywhere = "Everywhere",
+        /// Used for reachable backends.
+        ReachableBackends = "ReachableBackends",
+        /// Used instead of kuma.io/service.
+        Exclusive = "Exclusive",
+    }
+}
+
+/// `meshServices` of a mesh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshServices {
+    /// The mode (default Disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<MeshServicesMode>,
 }
 
 /// `mtls`: the CA backends and which one issues new certificates.
@@ -29,6 +232,9 @@ pub struct Mtls {
     /// Every backend; all of them are trusted.
     #[serde(default)]
     pub backends: Vec<Backend>,
+    /// Kuma's switch to skip checking a provided CA; Ward always checks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_validation: Option<bool>,
 }
 
 string_enum! {
@@ -38,6 +244,12 @@ string_enum! {
         Builtin = "builtin",
         /// Given by the user as PEM.
         Provided = "provided",
+        /// HashiCorp Vault, which Ward does not talk to.
+        Vault = "vault",
+        /// AWS Private CA, which Ward does not talk to.
+        AcmPca = "acmpca",
+        /// cert-manager on Kubernetes, which Ward does not talk to.
+        CertManager = "certmanager",
     }
 }
 
@@ -69,6 +281,18 @@ pub struct Backend {
     /// Type-specific settings, checked against [`BuiltinConf`] or [`ProvidedConf`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conf: Option<serde_json::Value>,
+    /// Kuma's timeout for fetching the root chain from an external CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_chain: Option<RootChain>,
+}
+
+/// `rootChain` of a backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RootChain {
+    /// Time allowed for the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<KumaDuration>,
 }
 
 /// `dpCert`: settings of dataplane certificates.
@@ -77,6 +301,9 @@ pub struct Backend {
 pub struct DpCert {
     /// `rotation.expiration`: certificate lifetime.
     pub rotation: Rotation,
+    /// Kuma's timeout for requesting a certificate from an external CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<KumaDuration>,
 }
 
 /// `dpCert.rotation`.
@@ -185,6 +412,23 @@ impl Mesh {
 
     /// Checks what serde cannot: names, references between fields, bounds.
     pub fn check(&self, causes: &mut Causes) {
+        self.check_observability(causes);
+        if let Some(rules) = self.constraints.as_ref().and_then(|c| c.dataplane_proxy.as_ref()) {
+            for (field, list) in [("requirements", &rules.requirements), ("restrictions", &rules.restrictions)] {
+                for (i, rule) in list.iter().enumerate() {
+                    let at = format!("constraints.dataplaneProxy.{field}[{i}].tags");
+                    if rule.tags.is_empty() {
+                        causes.add(&at, "must have at least one tag");
+                    }
+                    check_selector(&at, &rule.tags, causes);
+                }
+            }
+        }
+        if self.routing.as_ref().and_then(|r| r.zone_egress) == Some(true)
+            && self.mtls.as_ref().and_then(|m| m.enabled_backend.as_ref()).is_none()
+        {
+            causes.add("mtls", "must be enabled when routing.zoneEgress is true");
+        }
         let Some(mtls) = &self.mtls else { return };
         for (i, backend) in mtls.backends.iter().enumerate() {
             let at = format!("mtls.backends[{i}]");
@@ -202,7 +446,14 @@ impl Mesh {
                     format!("must be at least {MIN_CERT_LIFETIME_SECS}s"),
                 );
             }
-            backend.check_conf(&format!("{at}.conf"), causes);
+            if matches!(backend.ty, BackendType::Vault | BackendType::AcmPca | BackendType::CertManager) {
+                causes.unsupported(
+                    format!("{at}.type"),
+                    format!("Ward issues certificates only from builtin and provided CAs, not {}", backend.ty),
+                );
+            } else {
+                backend.check_conf(&format!("{at}.conf"), causes);
+            }
         }
         if let Some(enabled) = &mtls.enabled_backend
             && !mtls.backends.iter().any(|b| &b.name == enabled)
@@ -215,6 +466,199 @@ impl Mesh {
             };
             causes.add("mtls.enabledBackend", message);
         }
+    }
+}
+
+impl Mesh {
+    fn check_observability(&self, causes: &mut Causes) {
+        if let Some(tracing) = &self.tracing {
+            let names: Vec<&str> = tracing.backends.iter().map(|b| b.name.as_str()).collect();
+            check_backend_names("tracing", &names, tracing.default_backend.as_deref(), "defaultBackend", causes);
+            for (i, backend) in tracing.backends.iter().enumerate() {
+                let at = format!("tracing.backends[{i}]");
+                if backend.sampling.is_some_and(|s| !(0.0..=100.0).contains(&s)) {
+                    causes.add(format!("{at}.sampling"), "must be between 0 and 100");
+                }
+                let conf = backend.conf.clone().unwrap_or(serde_json::Value::Object(Default::default()));
+                let conf_at = format!("{at}.conf");
+                match backend.ty.as_str() {
+                    "zipkin" => match crate::parse::typed::<ZipkinConf>(&conf_at, conf) {
+                        Ok(c) => {
+                            if c.api_version
+                                .as_deref()
+                                .is_some_and(|v| !["httpJsonV1", "httpJson", "httpProto"].contains(&v))
+                            {
+                                causes.add(
+                                    format!("{conf_at}.apiVersion"),
+                                    "must be one of httpJsonV1, httpJson, httpProto",
+                                );
+                            }
+                            if let Err(e) = check_url_with_port(&c.url) {
+                                causes.add(format!("{conf_at}.url"), e);
+                            }
+                        }
+                        Err(cause) => causes.0.push(cause),
+                    },
+                    "datadog" => match crate::parse::typed::<DatadogConf>(&conf_at, conf) {
+                        Ok(c) => {
+                            if c.address.is_empty() {
+                                causes.add(format!("{conf_at}.address"), "must not be empty");
+                            }
+                            if !(1..=65535).contains(&c.port) {
+                                causes.add(format!("{conf_at}.port"), "must be a port number between 1 and 65535");
+                            }
+                        }
+                        Err(cause) => causes.0.push(cause),
+                    },
+                    _ => causes.add(format!("{at}.type"), "must be one of zipkin, datadog"),
+                }
+            }
+        }
+        if let Some(logging) = &self.logging {
+            let names: Vec<&str> = logging.backends.iter().map(|b| b.name.as_str()).collect();
+            check_backend_names("logging", &names, logging.default_backend.as_deref(), "defaultBackend", causes);
+            for (i, backend) in logging.backends.iter().enumerate() {
+                let at = format!("logging.backends[{i}]");
+                let conf = backend.conf.clone().unwrap_or(serde_json::Value::Object(Default::default()));
+                let conf_at = format!("{at}.conf");
+                let conf = match crate::parse::typed::<LoggingConf>(&conf_at, conf) {
+                    Ok(c) => c,
+                    Err(cause) => {
+                        causes.0.push(cause);
+                        continue;
+                    }
+                };
+                match backend.ty.as_str() {
+                    "file" => {
+                        if conf.path.as_deref().unwrap_or("").is_empty() {
+                            causes.add(format!("{conf_at}.path"), "must not be empty");
+                        }
+                    }
+                    "tcp" => match conf.address.as_deref().unwrap_or("") {
+                        "" => causes.add(format!("{conf_at}.address"), "must not be empty"),
+                        address => {
+                            let ok = split_host_port(address).is_some();
+                            if !ok {
+                                causes.add(format!("{conf_at}.address"), "must be HOST:PORT");
+                            }
+                        }
+                    },
+                    _ => causes.add(format!("{at}.type"), "must be one of file, tcp"),
+                }
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            let names: Vec<&str> = metrics.backends.iter().map(|b| b.name.as_deref().unwrap_or("")).collect();
+            check_backend_names("metrics", &names, metrics.enabled_backend.as_deref(), "enabledBackend", causes);
+            for (i, backend) in metrics.backends.iter().enumerate() {
+                check_metrics_backend(&format!("metrics.backends[{i}]"), backend, causes);
+            }
+        }
+    }
+
+    /// Fields accepted that have no effect in Ward, and why.
+    pub fn warnings(&self, warnings: &mut Warnings) {
+        if self.constraints.as_ref().and_then(|c| c.dataplane_proxy.as_ref()).is_some() {
+            warnings.add(
+                "constraints.dataplaneProxy",
+                "not enforced by Ward yet: dataplanes that do not match are still accepted",
+            );
+        }
+        if self.tracing.is_some() {
+            warnings.add("tracing", "Ward's proxy does not send traces");
+        }
+        if self.logging.is_some() {
+            warnings.add("logging", "Ward's proxy writes its access log to its own output, not to these backends");
+        }
+        if self.metrics.is_some() {
+            warnings.add("metrics", "Ward's proxy serves its own Prometheus metrics on its admin listener");
+        }
+        if let Some(routing) = &self.routing {
+            for (field, on) in [
+                ("localityAwareLoadBalancing", routing.locality_aware_load_balancing),
+                ("zoneEgress", routing.zone_egress),
+                ("defaultForbidMeshExternalServiceAccess", routing.default_forbid_mesh_external_service_access),
+            ] {
+                if on == Some(true) {
+                    warnings.add(
+                        format!("routing.{field}"),
+                        "Ward has no zones, zone egress or MeshExternalServices; this has no effect",
+                    );
+                }
+            }
+        }
+        if self.skip_creating_initial_policies.as_ref().is_some_and(|l| !l.is_empty()) {
+            warnings
+                .add("skipCreatingInitialPolicies", "Ward creates no default policies for a mesh, so none are skipped");
+        }
+        if self.mesh_services.as_ref().and_then(|m| m.mode).is_some_and(|m| m != MeshServicesMode::Disabled) {
+            warnings
+                .add("meshServices.mode", "Ward has no MeshService resources; services are named by kuma.io/service");
+        }
+        let Some(mtls) = &self.mtls else { return };
+        if mtls.skip_validation == Some(true) {
+            warnings.add("mtls.skipValidation", "Ward always checks a provided CA");
+        }
+        for (i, backend) in mtls.backends.iter().enumerate() {
+            if backend.dp_cert.as_ref().is_some_and(|d| d.request_timeout.is_some()) {
+                warnings.add(
+                    format!("mtls.backends[{i}].dpCert.requestTimeout"),
+                    "Ward signs certificates itself: there is no request to an outside CA to time out",
+                );
+            }
+            if backend.root_chain.is_some() {
+                warnings.add(
+                    format!("mtls.backends[{i}].rootChain"),
+                    "Ward signs certificates itself: there is no request to an outside CA to time out",
+                );
+            }
+        }
+    }
+}
+
+/// Checks backend names are set and unique, and that `default` (at `default_field`) names one.
+fn check_backend_names(at: &str, names: &[&str], default: Option<&str>, default_field: &str, causes: &mut Causes) {
+    for (i, name) in names.iter().enumerate() {
+        if name.is_empty() {
+            causes.add(format!("{at}.backends[{i}].name"), "must not be empty");
+        } else if names[..i].contains(name) {
+            causes.add(format!("{at}.backends[{i}].name"), format!("backend {name:?} is defined more than once"));
+        }
+    }
+    if let Some(default) = default.filter(|d| !d.is_empty())
+        && !names.contains(&default)
+    {
+        causes.add(
+            format!("{at}.{default_field}"),
+            format!("names backend {default:?}, which is not one of the backends"),
+        );
+    }
+}
+
+/// `HOST:PORT` split as Go's net.SplitHostPort does: an IPv6 host is bracketed, and
+/// neither part is empty.
+fn split_host_port(address: &str) -> Option<(&str, &str)> {
+    let (host, port) = match address.strip_prefix('[') {
+        Some(rest) => {
+            let (host, rest) = rest.split_once(']')?;
+            (host, rest.strip_prefix(':')?)
+        }
+        None => address.split_once(':').filter(|(_, port)| !port.contains(':'))?,
+    };
+    (!host.is_empty() && !port.is_empty()).then_some((host, port))
+}
+
+/// Checks a URL of the form `scheme://host:port/...` with an explicit port.
+fn check_url_with_port(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let Some((_, rest)) = url.split_once("://") else { return Err(format!("must be a URL (got {url:?})")) };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let port = authority.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.contains(']'));
+    match port.and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0) {
+        Some(_) => Ok(()),
+        None => Err(format!("must name its port explicitly (got {url:?})")),
     }
 }
 
@@ -278,6 +722,7 @@ impl Backend {
                     causes.0.push(cause);
                 }
             }
+            BackendType::Vault | BackendType::AcmPca | BackendType::CertManager => {}
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Envelope fields every resource may carry besides its content.
-const ENVELOPE: [&str; 7] = ["type", "name", "mesh", "labels", "version", "creationTime", "modificationTime"];
+const ENVELOPE: [&str; 8] = ["type", "name", "mesh", "labels", "version", "creationTime", "modificationTime", "kri"];
 
 /// Splits YAML text (one or more `---` documents; JSON is YAML too) into documents.
 /// Booleans follow YAML 1.2 (only `true`/`false`), as Kuma's Go parser does, so that a
@@ -101,9 +101,10 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
             0
         }),
     };
-    for time_field in ["creationTime", "modificationTime"] {
-        if fields.get(time_field).is_some_and(|v| !v.is_string()) {
-            causes.add(time_field, "must be a string (it is set by the control plane and ignored on input)");
+    // Set by a control plane (`kri` is Kuma's resource identifier in its output): ignored on input.
+    for output_field in ["creationTime", "modificationTime", "kri"] {
+        if fields.get(output_field).is_some_and(|v| !v.is_string()) {
+            causes.add(output_field, "must be a string (it is set by the control plane and ignored on input)");
         }
     }
     if !causes.0.is_empty() {
@@ -266,8 +267,8 @@ mod tests {
     fn bad_input_names_resource_field_and_reason() {
         let cases: &[(&str, &str)] = &[
             (
-                "type: Dataplane\nmesh: default\nname: gw\nnetworking:\n  address: 1.2.3.4\n  gateway: {type: BUILTIN, tags: {kuma.io/service: gw}}\n",
-                "dataplanes/gw: networking.gateway.type: must be one of DELEGATED",
+                "type: Dataplane\nmesh: default\nname: gw\nnetworking:\n  address: 1.2.3.4\n  gateway: {type: EDGE, tags: {kuma.io/service: gw}}\n",
+                "dataplanes/gw: networking.gateway.type: must be one of DELEGATED, BUILTIN",
             ),
             (
                 "type: Dataplane\nmesh: default\nname: gw\nnetworking:\n  address: 1.2.3.4\n  gateway: {type: DELEGATED, tags: {app: gw}}\n",
@@ -275,7 +276,7 @@ mod tests {
             ),
             (
                 "type: Dataplane\nmesh: default\nname: gw\nnetworking:\n  address: 1.2.3.4\n  gateway: {type: DELEGATED, tags: {kuma.io/service: gw}}\n  inbound:\n  - port: 1\n    tags: {kuma.io/service: gw}\n",
-                "dataplanes/gw: networking.inbound: a gateway dataplane has no inbounds",
+                "dataplanes/gw: networking.inbound: a delegated gateway has no inbounds",
             ),
             (
                 "type: MeshTrafficPermission\nmesh: default\nname: allow-web\nspec:\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Permit}\n",
@@ -296,7 +297,7 @@ mod tests {
             ),
             (
                 "type: Dataplane\nmesh: default\nname: dp\nnetworking:\n  address: 1.2.3.4\n  inbound:\n  - port: 1\n    tags: {kuma.io/service: a}\n  - port: 2\n    tags: {kuma.io/service: b}\n",
-                "dataplanes/dp: networking.inbound[1].tags.kuma.io/service: a dataplane has one identity",
+                "dataplanes/dp: networking.inbound[1].tags.kuma.io/service: is valid Kuma but not supported by Ward yet: several services per dataplane",
             ),
             (
                 "type: Dataplane\nmesh: default\nname: dp\nnetworking:\n  address: 1.2.3.4\n  inbound:\n  - port: '80'\n    tags: {kuma.io/service: a}\n",
@@ -319,8 +320,8 @@ mod tests {
                 "meshes/m: mtls.backends[0].dpCert.rotation.expiration: must be a duration",
             ),
             (
-                "type: Mesh\nname: m\nmtls:\n  backends:\n  - name: a\n    type: vault\n",
-                "meshes/m: mtls.backends[0].type: must be one of builtin, provided",
+                "type: Mesh\nname: m\nmtls:\n  backends:\n  - name: a\n    type: hsm\n",
+                "meshes/m: mtls.backends[0].type: must be one of builtin, provided, vault, acmpca, certmanager",
             ),
             (
                 "type: Mesh\nname: m\nmtls:\n  backends:\n  - name: a\n    type: provided\n",
@@ -344,7 +345,7 @@ mod tests {
             ("type: Mesh\nname: m\nmesh: m\n", "meshes/m: mesh: must not be set on a Mesh"),
             (
                 "type: MeshTrafficPermission\nmesh: default\nname: p\nspec:\n  targetRef: {kind: MeshService}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
-                "meshtrafficpermissions/p: spec.targetRef.name: is required for kind MeshService",
+                "meshtrafficpermissions/p: spec.targetRef: kind MeshService needs name or labels",
             ),
             (
                 "type: MeshTrafficPermission\nmesh: default\nname: p\nspec:\n  from:\n  - targetRef: {kind: Dataplane, name: x}\n    default: {action: Allow}\n",

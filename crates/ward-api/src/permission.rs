@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{Tags, check_tags},
+    dataplane::{SERVICE_TAG, Tags, check_selector, check_tags},
     error::Causes,
     names::check_name,
 };
@@ -29,8 +29,21 @@ string_enum! {
         MeshService = "MeshService",
         /// The dataplanes whose tags include `tags`.
         MeshSubset = "MeshSubset",
-        /// One dataplane by `name`, or those with `labels`.
+        /// The dataplanes of one service (`name`) whose tags include `tags`.
+        MeshServiceSubset = "MeshServiceSubset",
+        /// Dataplanes by `name` or `labels` (every one when neither), optionally one inbound
+        /// by `sectionName`.
         Dataplane = "Dataplane",
+    }
+}
+
+string_enum! {
+    /// Kinds of proxy a `Mesh` or `MeshSubset` targetRef may be narrowed to.
+    pub enum ProxyType {
+        /// Dataplanes with inbounds.
+        Sidecar = "Sidecar",
+        /// Gateway dataplanes.
+        Gateway = "Gateway",
     }
 }
 
@@ -43,12 +56,24 @@ pub struct TargetRef {
     /// Name of the service (`MeshService`) or dataplane (`Dataplane`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Tags (`MeshSubset`).
+    /// Tags (`MeshSubset`, `MeshServiceSubset`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Tags>,
     /// Labels of dataplanes (`Dataplane`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Tags>,
+    /// Another mesh, which no kind here takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<String>,
+    /// Kubernetes namespace of the referenced object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// One inbound of a dataplane: its name, or its port in decimal (`Dataplane`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    /// Kinds of proxy selected (`Mesh`, `MeshSubset`; default both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_types: Option<Vec<ProxyType>>,
 }
 
 /// A MeshTrafficPermission.
@@ -112,8 +137,31 @@ pub struct RuleConf {
 #[serde(deny_unknown_fields)]
 pub struct Matcher {
     /// Match on the caller's SPIFFE ID.
-    #[serde(rename = "spiffeID")]
-    pub spiffe_id: SpiffeIdMatch,
+    #[serde(rename = "spiffeID", default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<SpiffeIdMatch>,
+    /// Match on the server name the caller asked for, which Ward does not do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<SniMatch>,
+}
+
+/// `sni: {type, value}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniMatch {
+    /// `Exact`.
+    #[serde(rename = "type", default)]
+    pub ty: String,
+    /// The server name.
+    #[serde(default)]
+    pub value: String,
+}
+
+impl Matcher {
+    /// Whether the caller with SPIFFE ID `id` matches (a matcher without `spiffeID` never
+    /// does; such matchers are refused at apply).
+    pub fn matches(&self, id: &str) -> bool {
+        self.spiffe_id.as_ref().is_some_and(|m| m.matches(id))
+    }
 }
 
 string_enum! {
@@ -160,45 +208,109 @@ impl RuleConf {
 
 impl TargetRef {
     /// Checks the fields a kind needs and refuses those it does not take; `kinds` are the
-    /// kinds allowed at this position.
-    pub fn check(&self, at: &str, kinds: &[TargetKind], causes: &mut Causes) {
+    /// kinds allowed at this position, and `top` says whether it is the top-level targetRef.
+    pub fn check(&self, at: &str, kinds: &[TargetKind], top: bool, causes: &mut Causes) {
         if !kinds.contains(&self.kind) {
             let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
             causes.add(format!("{at}.kind"), format!("must be one of {}", names.join(", ")));
             return;
         }
-        let (name_rule, tags_rule, labels_rule) = match self.kind {
-            TargetKind::Mesh => (Field::Forbidden, Field::Forbidden, Field::Forbidden),
-            TargetKind::MeshService => (Field::Required, Field::Forbidden, Field::Forbidden),
-            TargetKind::MeshSubset => (Field::Forbidden, Field::Required, Field::Forbidden),
-            TargetKind::Dataplane => (Field::Optional, Field::Forbidden, Field::Optional),
+        use Field::{Forbidden as F, Optional as O, Required as R};
+        // name, tags, labels, namespace, sectionName, proxyTypes
+        let rules = match self.kind {
+            TargetKind::Mesh => [F, F, F, F, F, O],
+            TargetKind::MeshSubset => [F, O, F, F, F, O],
+            TargetKind::MeshService => [O, F, O, O, O, F],
+            TargetKind::MeshServiceSubset => [R, O, F, F, F, F],
+            TargetKind::Dataplane => [O, F, O, O, O, F],
         };
-        let kind = self.kind;
-        name_rule.check(&format!("{at}.name"), kind, self.name.is_some(), causes);
-        tags_rule.check(&format!("{at}.tags"), kind, self.tags.is_some(), causes);
-        labels_rule.check(&format!("{at}.labels"), kind, self.labels.is_some(), causes);
-        if kind == TargetKind::Dataplane && self.name.is_none() && self.labels.is_none() {
-            causes.add(at, "kind Dataplane needs name or labels");
+        let present = [
+            self.name.as_deref().is_some_and(|n| !n.is_empty()),
+            self.tags.as_ref().is_some_and(|t| !t.is_empty()),
+            self.labels.as_ref().is_some_and(|l| !l.is_empty()),
+            self.namespace.as_deref().is_some_and(|n| !n.is_empty()),
+            self.section_name.as_deref().is_some_and(|n| !n.is_empty()),
+            self.proxy_types.as_ref().is_some_and(|p| !p.is_empty()),
+        ];
+        let fields = ["name", "tags", "labels", "namespace", "sectionName", "proxyTypes"];
+        for ((rule, present), field) in rules.iter().zip(present).zip(fields) {
+            rule.check(&format!("{at}.{field}"), self.kind, present, causes);
         }
-        if let Some(name) = &self.name
-            && let Err(e) = check_name(name)
-        {
-            causes.add(format!("{at}.name"), e);
+        if self.mesh.is_some() {
+            causes.add(format!("{at}.mesh"), format!("is not allowed for kind {}", self.kind));
         }
-        for (field, tags) in [("tags", &self.tags), ("labels", &self.labels)] {
-            if let Some(tags) = tags {
-                if tags.is_empty() {
-                    causes.add(format!("{at}.{field}"), "must not be empty");
-                }
-                check_tags(&format!("{at}.{field}"), tags, causes);
+        if self.proxy_types.as_ref().is_some_and(Vec::is_empty) && rules[5] == O {
+            causes.add(format!("{at}.proxyTypes"), "must be left out or list at least one proxy type");
+        }
+        let named = present[0] || present[3];
+        if matches!(self.kind, TargetKind::MeshService | TargetKind::Dataplane) && named && present[2] {
+            causes.add(format!("{at}.labels"), "cannot be set together with name or namespace");
+        }
+        if self.kind == TargetKind::MeshService && !present[0] && !present[2] {
+            causes.add(at, "kind MeshService needs name or labels");
+        }
+        if self.kind == TargetKind::Dataplane && present[4] && !top {
+            causes.add(format!("{at}.sectionName"), "can only be used in the top-level targetRef");
+        }
+        if let Some(name) = self.name.as_deref().filter(|n| !n.is_empty()) {
+            let service_kind = matches!(self.kind, TargetKind::MeshService | TargetKind::MeshServiceSubset);
+            if service_kind
+                && !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+            {
+                causes.add(format!("{at}.name"), "must hold only lowercase letters, digits, '.', '-' and '_'");
+            } else if let Err(e) = check_name(name) {
+                causes.add(format!("{at}.name"), e);
+            }
+        }
+        if let Some(tags) = &self.tags {
+            match self.kind {
+                TargetKind::MeshServiceSubset => check_selector(&format!("{at}.tags"), tags, causes),
+                _ => check_tags(&format!("{at}.tags"), tags, causes),
             }
         }
         if let Some(labels) = &self.labels {
             crate::labels::check_labels(&format!("{at}.labels"), labels, true, causes);
         }
+        self.check_supported(at, causes);
+    }
+
+    /// Valid Kuma references that Ward cannot enforce exactly, refused as such.
+    fn check_supported(&self, at: &str, causes: &mut Causes) {
+        if self.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
+            causes.unsupported(format!("{at}.namespace"), "Ward has no Kubernetes namespaces, so none can be matched");
+        }
+        if self.kind == TargetKind::MeshService {
+            if self.labels.as_ref().is_some_and(|l| !l.is_empty()) {
+                causes.unsupported(
+                    format!("{at}.labels"),
+                    "Ward has no MeshService resources whose labels could be matched; name the service",
+                );
+            }
+            if self.section_name.as_deref().is_some_and(|n| !n.is_empty()) {
+                causes.unsupported(
+                    format!("{at}.sectionName"),
+                    "Ward has no MeshService resources whose ports could be named; use kind Dataplane with sectionName",
+                );
+            }
+        }
+    }
+
+    /// The tags a caller or inbound must carry to match a `MeshSubset` or `MeshServiceSubset`
+    /// reference: its tags, plus the service for the latter.
+    pub fn subset_tags(&self) -> Option<Tags> {
+        let mut tags = self.tags.clone().unwrap_or_default();
+        match self.kind {
+            TargetKind::MeshSubset => {}
+            TargetKind::MeshServiceSubset => {
+                tags.insert(SERVICE_TAG.to_string(), self.name.clone().unwrap_or_default());
+            }
+            _ => return None,
+        }
+        Some(tags)
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Field {
     Required,
     Optional,
@@ -220,7 +332,12 @@ impl MeshTrafficPermission {
     pub fn check(&self, causes: &mut Causes) {
         use TargetKind::*;
         if let Some(target) = &self.target_ref {
-            target.check("spec.targetRef", &[Mesh, MeshService, MeshSubset, Dataplane], causes);
+            target.check(
+                "spec.targetRef",
+                &[Mesh, MeshService, MeshSubset, MeshServiceSubset, Dataplane],
+                true,
+                causes,
+            );
         }
         match (&self.from, &self.rules) {
             (Some(_), Some(_)) => causes.add("spec", "from and rules cannot be used together"),
@@ -230,7 +347,8 @@ impl MeshTrafficPermission {
             _ => {}
         }
         for (i, entry) in self.from.iter().flatten().enumerate() {
-            entry.target_ref.check(&format!("spec.from[{i}].targetRef"), &[Mesh, MeshService, MeshSubset], causes);
+            let kinds = [Mesh, MeshService, MeshSubset, MeshServiceSubset];
+            entry.target_ref.check(&format!("spec.from[{i}].targetRef"), &kinds, false, causes);
         }
         for (i, rule) in self.rules.iter().flatten().enumerate() {
             let at = format!("spec.rules[{i}].default");
@@ -243,16 +361,46 @@ impl MeshTrafficPermission {
                 ("allowWithShadowDeny", &rule.default.allow_with_shadow_deny),
             ] {
                 for (j, matcher) in list.iter().enumerate() {
-                    if !matcher.spiffe_id.value.starts_with("spiffe://")
-                        || matcher.spiffe_id.value.len() <= "spiffe://".len()
+                    let at = format!("{at}.{field}[{j}]");
+                    if let Some(id) = &matcher.spiffe_id
+                        && (!id.value.starts_with("spiffe://") || id.value.len() <= "spiffe://".len())
                     {
-                        causes.add(
-                            format!("{at}.{field}[{j}].spiffeID.value"),
-                            "must start with spiffe:// and name a trust domain",
+                        causes.add(format!("{at}.spiffeID.value"), "must start with spiffe:// and name a trust domain");
+                    }
+                    if let Some(sni) = &matcher.sni {
+                        if sni.ty != "Exact" {
+                            causes.add(format!("{at}.sni.type"), "must be Exact");
+                        }
+                        if !is_dns_subdomain(&sni.value) {
+                            causes.add(
+                                format!("{at}.sni.value"),
+                                "must be a DNS name (lowercase letters, digits, '-' and '.')",
+                            );
+                        }
+                        causes.unsupported(
+                            format!("{at}.sni"),
+                            "Ward's proxy does not match callers on the server name they ask for",
+                        );
+                    } else if matcher.spiffe_id.is_none() {
+                        causes.unsupported(
+                            &at,
+                            "a matcher without spiffeID: Ward matches callers on their SPIFFE ID only",
                         );
                     }
                 }
             }
         }
     }
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }

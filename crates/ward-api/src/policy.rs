@@ -2,9 +2,15 @@
 //!
 //! Rules, in order:
 //! 1. Only MeshTrafficPermissions whose top-level `targetRef` selects the destination count.
-//!    The more specific top-level kind wins: Dataplane > MeshSubset > MeshService > Mesh.
+//!    The more specific top-level kind wins:
+//!    Dataplane > MeshServiceSubset > MeshSubset > MeshService > Mesh.
+//!    A targetRef selects inbounds by their own tags, service, name or port, as Kuma does.
+//!    A proxy decides once for all the inbounds of its dataplane, so a permission that selects
+//!    only some of them counts only with its Deny entries: it can deny on the others too,
+//!    never allow there.
 //! 2. Among those, the entry whose caller selector is most specific wins:
-//!    `rules[]` SPIFFE matchers > MeshSubset (more tags first) > MeshService > Mesh.
+//!    `rules[]` SPIFFE matchers > MeshSubset and MeshServiceSubset (more tags first, the
+//!    service counting as a tag) > MeshService > Mesh.
 //! 3. At equal specificity Deny beats AllowWithShadowDeny beats Allow, so a broad Allow
 //!    never overrides an equally specific Deny (unlike Kuma's issue #16873).
 //! 4. When no MeshTrafficPermission matches, legacy TrafficPermissions may allow.
@@ -13,8 +19,8 @@
 use std::fmt;
 
 use crate::{
-    dataplane::{Dataplane, SERVICE_TAG, Tags, tags_match},
-    permission::{Action, MeshTrafficPermission, TargetKind, TargetRef},
+    dataplane::{Dataplane, Inbound, SERVICE_TAG, Tags, tags_match},
+    permission::{Action, MeshTrafficPermission, ProxyType, TargetKind, TargetRef},
     resource::{Resource, ResourceType, Spec},
     spiffe::SpiffeId,
 };
@@ -67,19 +73,19 @@ pub fn depend_on_caller_tags(policies: &[Resource]) -> bool {
 }
 
 /// The caller selectors of `policies` that need tags beyond the service (see [`needs_tags`]).
-pub fn tag_selectors(policies: &[Resource]) -> Vec<&Tags> {
+pub fn tag_selectors(policies: &[Resource]) -> Vec<std::borrow::Cow<'_, Tags>> {
     policies
         .iter()
-        .flat_map(|r| -> Vec<&Tags> {
+        .flat_map(|r| -> Vec<std::borrow::Cow<'_, Tags>> {
             match &r.spec {
                 Spec::MeshTrafficPermission(mtp) => mtp
                     .from
                     .iter()
                     .flatten()
-                    .filter(|e| e.target_ref.kind == TargetKind::MeshSubset)
-                    .filter_map(|e| e.target_ref.tags.as_ref())
+                    .filter_map(|e| e.target_ref.subset_tags())
+                    .map(std::borrow::Cow::Owned)
                     .collect(),
-                Spec::TrafficPermission(tp) => tp.sources.iter().map(|s| &s.tags).collect(),
+                Spec::TrafficPermission(tp) => tp.sources.iter().map(|s| std::borrow::Cow::Borrowed(&s.tags)).collect(),
                 _ => Vec::new(),
             }
         })
@@ -191,7 +197,8 @@ fn target_rank(kind: TargetKind) -> u8 {
         TargetKind::Mesh => 0,
         TargetKind::MeshService => 1,
         TargetKind::MeshSubset => 2,
-        TargetKind::Dataplane => 3,
+        TargetKind::MeshServiceSubset => 3,
+        TargetKind::Dataplane => 4,
     }
 }
 
@@ -204,16 +211,45 @@ fn action_rank(action: Action) -> u8 {
     }
 }
 
-/// Whether a top-level targetRef selects the dataplane `name` with `labels`.
-fn selects_destination(target: Option<&TargetRef>, name: &str, labels: &Tags, dp: &Dataplane) -> bool {
-    let Some(target) = target else { return true };
+/// How much of a dataplane a top-level targetRef selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Selected {
+    /// Nothing.
+    None,
+    /// Some of its inbounds, not all.
+    Part,
+    /// All of it.
+    All,
+}
+
+/// Which of the dataplane `name` with `labels` a top-level targetRef selects.
+fn selects_destination(target: Option<&TargetRef>, name: &str, labels: &Tags, dp: &Dataplane) -> Selected {
+    let Some(target) = target else { return Selected::All };
+    let proxy_type = if dp.networking.gateway.is_some() { ProxyType::Gateway } else { ProxyType::Sidecar };
+    if target.proxy_types.as_ref().is_some_and(|types| !types.is_empty() && !types.contains(&proxy_type)) {
+        return Selected::None;
+    }
+    let inbounds = &dp.networking.inbound;
+    let by_inbound = |selects: &dyn Fn(&Inbound) -> bool| match inbounds.iter().filter(|i| selects(i)).count() {
+        0 => Selected::None,
+        n if n == inbounds.len() => Selected::All,
+        _ => Selected::Part,
+    };
     match target.kind {
-        TargetKind::Mesh => true,
-        TargetKind::MeshService => target.name.as_deref() == Some(dp.service()),
-        TargetKind::MeshSubset => target.tags.as_ref().is_some_and(|t| dp.has_tags(t)),
+        TargetKind::Mesh => Selected::All,
+        TargetKind::MeshService => by_inbound(&|i| i.service().is_some() && i.service() == target.name.as_deref()),
+        TargetKind::MeshSubset | TargetKind::MeshServiceSubset => match target.subset_tags() {
+            Some(tags) => by_inbound(&|i| tags_match(&tags, &i.tags)),
+            None => Selected::None,
+        },
         TargetKind::Dataplane => {
-            target.name.as_deref().is_none_or(|n| n == name)
-                && target.labels.as_ref().is_none_or(|l| tags_match(l, labels))
+            let this = target.name.as_deref().is_none_or(|n| n == name)
+                && target.labels.as_ref().is_none_or(|l| tags_match(l, labels));
+            match (this, target.section_name.as_deref()) {
+                (false, _) => Selected::None,
+                (true, None) => Selected::All,
+                (true, Some(section)) => by_inbound(&|i| i.is_section(section)),
+            }
         }
     }
 }
@@ -229,9 +265,9 @@ fn caller_rank(target: &TargetRef, action: Action, caller: &CallerView) -> Optio
     match target.kind {
         TargetKind::Mesh => Some((0, 0)),
         TargetKind::MeshService => (target.name == caller.service).then_some((1, 0)),
-        TargetKind::MeshSubset => {
-            let tags = target.tags.as_ref()?;
-            caller.matches(tags, action == Action::Deny).then_some((2, tags.len()))
+        TargetKind::MeshSubset | TargetKind::MeshServiceSubset => {
+            let tags = target.subset_tags()?;
+            caller.matches(&tags, action == Action::Deny).then_some((2, tags.len()))
         }
         TargetKind::Dataplane => None,
     }
@@ -251,7 +287,7 @@ fn candidates<'a>(name: &'a str, mtp: &'a MeshTrafficPermission, caller: &Caller
     let Some(id) = &caller.spiffe_id else { return out };
     for rule in mtp.rules.iter().flatten() {
         for (action, matchers) in rule.default.lists() {
-            if matchers.iter().any(|m| m.spiffe_id.matches(id)) {
+            if matchers.iter().any(|m| m.matches(id)) {
                 out.push(((top, 3, 0, action_rank(action)), action, name));
             }
         }
@@ -269,6 +305,7 @@ pub fn applies_to(policy: &Resource, destination: &Resource) -> bool {
     match &policy.spec {
         Spec::MeshTrafficPermission(mtp) => {
             selects_destination(mtp.target_ref.as_ref(), &destination.meta.name, &destination.meta.labels, dp)
+                != Selected::None
         }
         Spec::TrafficPermission(tp) => tp.destinations.iter().any(|d| dp.has_tags(&d.tags)),
         _ => false,
@@ -291,10 +328,16 @@ pub fn decide(policies: &[Resource], caller: &Caller, destination: &Resource) ->
             Spec::MeshTrafficPermission(mtp) => Some((r.meta.name.as_str(), mtp)),
             _ => None,
         })
-        .filter(|(_, mtp)| selects_destination(mtp.target_ref.as_ref(), dest_name, labels, dp))
         .flat_map(|(name, mtp)| {
+            let selected = selects_destination(mtp.target_ref.as_ref(), dest_name, labels, dp);
             let top = mtp.target_ref.as_ref().map_or(0, |t| target_rank(t.kind));
-            candidates(name, mtp, &caller, top)
+            let mut found = candidates(name, mtp, &caller, top);
+            match selected {
+                Selected::None => found.clear(),
+                Selected::Part => found.retain(|(_, action, _)| *action == Action::Deny),
+                Selected::All => {}
+            }
+            found
         })
         .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.2.cmp(a.2)));
     if let Some((_, action, name)) = best {
@@ -544,11 +587,76 @@ mod tests {
     }
 
     #[test]
+    fn kuma_2_14_target_refs_decide_exactly() {
+        let two = load(
+            "type: Dataplane\nmesh: m\nname: api-1\nlabels: {team: api}\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  \
+             - port: 8080\n    name: main\n    tags: {kuma.io/service: api, version: v1}\n  - port: 9090\n    \
+             tags: {kuma.io/service: api, version: v1, port: admin}\n",
+        )
+        .remove(0);
+        let web_v2 = || Caller::Workload {
+            id: SpiffeId::parse("spiffe://m/web").unwrap(),
+            tags: Some(vec![Tags::from([(SERVICE_TAG.into(), "web".into()), ("version".into(), "v2".into())])]),
+        };
+        let any = "{kind: Mesh}";
+        let cases: Vec<(String, Caller, Action)> = vec![
+            // MeshServiceSubset callers: service and tags must both match.
+            (
+                mtp("a", any, &[("{kind: MeshServiceSubset, name: web, tags: {version: v2}}", "Allow")]),
+                web_v2(),
+                Action::Allow,
+            ),
+            (
+                mtp("a", any, &[("{kind: MeshServiceSubset, name: web, tags: {version: v1}}", "Allow")]),
+                web_v2(),
+                Action::Deny,
+            ),
+            (
+                mtp("a", any, &[("{kind: MeshServiceSubset, name: other, tags: {version: v2}}", "Allow")]),
+                web_v2(),
+                Action::Deny,
+            ),
+            // A bare Dataplane selects every dataplane; labels select by the dataplane's labels.
+            (mtp("a", "{kind: Dataplane}", &[(any, "Allow")]), svc("web"), Action::Allow),
+            (mtp("a", "{kind: Dataplane, labels: {team: api}}", &[(any, "Allow")]), svc("web"), Action::Allow),
+            (mtp("a", "{kind: Dataplane, labels: {team: db}}", &[(any, "Allow")]), svc("web"), Action::Deny),
+            // proxyTypes: a sidecar is not a gateway.
+            (mtp("a", "{kind: Mesh, proxyTypes: [Gateway]}", &[(any, "Allow")]), svc("web"), Action::Deny),
+            (mtp("a", "{kind: Mesh, proxyTypes: [Sidecar]}", &[(any, "Allow")]), svc("web"), Action::Allow),
+            // Two permissions each selecting one inbound of two (by name, by port) do not add up to an
+            // allow: the proxy decides for both inbounds at once (stricter than Kuma, never looser).
+            (
+                mtp("a", "{kind: Dataplane, name: api-1, sectionName: main}", &[(any, "Allow")])
+                    + &mtp("b", "{kind: Dataplane, name: api-1, sectionName: '9090'}", &[(any, "Allow")]),
+                svc("web"),
+                Action::Deny,
+            ),
+            // Selecting one inbound of two, a permission may deny for both and never allow for the other.
+            (
+                mtp("a", "{kind: Dataplane, name: api-1, sectionName: main}", &[(any, "Allow")]),
+                svc("web"),
+                Action::Deny,
+            ),
+            (
+                mtp("a", any, &[(any, "Allow")]) + &mtp("b", "{kind: Dataplane, sectionName: main}", &[(any, "Deny")]),
+                svc("web"),
+                Action::Deny,
+            ),
+            (mtp("a", "{kind: MeshSubset, tags: {port: admin}}", &[(any, "Allow")]), svc("web"), Action::Deny),
+            (mtp("a", "{kind: MeshSubset, tags: {version: v1}}", &[(any, "Allow")]), svc("web"), Action::Allow),
+        ];
+        for (i, (yaml, caller, action)) in cases.into_iter().enumerate() {
+            let got = decide(&load(&yaml), &caller, &two);
+            assert_eq!(got.action, action, "case {i}: {caller:?}\n{yaml}");
+        }
+    }
+
+    #[test]
     fn which_policies_depend_on_tags() {
         let web = "{kind: MeshService, name: web}";
         let canary = "{kind: MeshSubset, tags: {kuma.io/service: web, version: canary}}";
         let only_service = "{kind: MeshSubset, tags: {kuma.io/service: web}}";
-        let wildcard = "{kind: MeshSubset, tags: {kuma.io/service: web, version: '*'}}";
+        let wildcard = "{kind: MeshServiceSubset, name: web, tags: {version: '*'}}";
         assert!(!depend_on_caller_tags(&load(&mtp("a", "{kind: Mesh}", &[(web, "Allow"), (only_service, "Deny")]))));
         assert!(!depend_on_caller_tags(&load(&mtp("a", "{kind: Mesh}", &[(wildcard, "Deny")]))));
         assert!(depend_on_caller_tags(&load(&mtp("a", "{kind: Mesh}", &[(web, "Allow"), (canary, "Deny")]))));

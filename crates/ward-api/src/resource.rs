@@ -225,6 +225,17 @@ impl Resource {
         serde_json::Value::Object(out)
     }
 
+    /// Fields accepted that have no effect in Ward, each with its path and the reason.
+    pub fn warnings(&self) -> Vec<crate::error::Cause> {
+        let mut warnings = crate::error::Warnings::default();
+        match &self.spec {
+            Spec::Mesh(s) => s.warnings(&mut warnings),
+            Spec::Dataplane(s) => s.warnings(&mut warnings),
+            Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) | Spec::Secret(_) => {}
+        }
+        warnings.0
+    }
+
     /// The typed content alone, as JSON (what the store keeps). A Secret's data that is not
     /// sealed yet has no stored form and reads as `null`, which the store refuses.
     pub fn spec_json(&self) -> serde_json::Value {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{SERVICE_TAG, Tags, check_tags},
+    dataplane::{Tags, check_selector},
     error::Causes,
 };
 
@@ -12,8 +12,10 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct TrafficPermission {
     /// Callers, by tags.
+    #[serde(default)]
     pub sources: Vec<Selector>,
     /// Dataplanes reached, by tags.
+    #[serde(default)]
     pub destinations: Vec<Selector>,
 }
 
@@ -22,12 +24,12 @@ pub struct TrafficPermission {
 #[serde(deny_unknown_fields)]
 pub struct Selector {
     /// The tags to match.
-    #[serde(rename = "match")]
+    #[serde(rename = "match", default)]
     pub tags: Tags,
 }
 
 impl TrafficPermission {
-    /// Checks that both lists are present and every selector names a service.
+    /// Checks that both lists have entries and every selector at least one valid tag.
     pub fn check(&self, causes: &mut Causes) {
         for (field, list) in [("sources", &self.sources), ("destinations", &self.destinations)] {
             if list.is_empty() {
@@ -35,10 +37,10 @@ impl TrafficPermission {
             }
             for (i, selector) in list.iter().enumerate() {
                 let at = format!("{field}[{i}].match");
-                check_tags(&at, &selector.tags, causes);
-                if !selector.tags.contains_key(SERVICE_TAG) {
-                    causes.add(at, format!("tag {SERVICE_TAG:?} is required (use \"*\" for any)"));
+                if selector.tags.is_empty() {
+                    causes.add(&at, "must have at least one tag");
                 }
+                check_selector(&at, &selector.tags, causes);
             }
         }
     }

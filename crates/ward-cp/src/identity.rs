@@ -147,6 +147,8 @@ impl Identity {
                         }
                     }
                 }
+                // Refused when the mesh is read: Ward does not issue from external CAs.
+                BackendType::Vault | BackendType::AcmPca | BackendType::CertManager => {}
                 BackendType::Provided => {
                     let Ok(conf) = backend.provided_conf() else { continue };
                     let stored = existing.get(&backend.name);

@@ -10,7 +10,7 @@ use std::{
 
 use ward_api::{
     Resource, Spec,
-    dataplane::{Dataplane, PROTOCOL_TAG, Protocol, SERVICE_TAG, Tags},
+    dataplane::{Dataplane, Protocol, SERVICE_TAG, Tags},
     parse,
 };
 use ward_pki::TrustBundle;
@@ -184,17 +184,18 @@ impl Config {
 
 /// The inbounds of `dp`: where callers connect, where the application listens.
 fn inbound_specs(dp: &Dataplane) -> Vec<Arc<InboundSpec>> {
-    let listen_ip: IpAddr = dp.networking.address.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let net = &dp.networking;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    dp.networking
-        .inbound
+    net.inbound
         .iter()
+        .filter(|i| i.listens())
         .map(|i| {
+            let listen_ip: IpAddr = net.listen_address(i).parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
             let app_ip = i.service_address.as_deref().and_then(|a| a.parse().ok()).unwrap_or(loopback);
             Arc::new(InboundSpec {
                 listen: SocketAddr::new(listen_ip, i.port.0),
                 app: SocketAddr::new(app_ip, i.service_port.unwrap_or(i.port).0),
-                protocol: i.tags.get(PROTOCOL_TAG).and_then(|p| Protocol::parse(p)),
+                protocol: i.protocol(),
                 service: i.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
             })
         })

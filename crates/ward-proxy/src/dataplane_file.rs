@@ -99,7 +99,7 @@ mod tests {
             (
                 "type: Dataplane\nmesh: m\nname: x\nnetworking:\n  address: 1.2.3.4\n  inbound: []\n",
                 name_only,
-                "must have at least one inbound",
+                "neither an inbound nor a gateway",
             ),
         ];
         for (text, vars, want) in cases {

@@ -106,7 +106,7 @@ where
     let activity = Activity::new();
     let io = Counted::new(io, activity.clone());
     let (protocol, io) = match spec.protocol {
-        Some(Protocol::Tcp) => (Detected::Tcp, crate::io::Prefixed::new(Default::default(), io)),
+        Some(p) if p.is_opaque() => (Detected::Tcp, crate::io::Prefixed::new(Default::default(), io)),
         Some(_) => (Detected::Http, crate::io::Prefixed::new(Default::default(), io)),
         None => match detect(io).await {
             Ok(found) => found,

@@ -44,14 +44,22 @@ pub fn wanted(config: &crate::config::Config) -> Vec<Wanted> {
     let dp = config.dataplane_spec();
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut wanted = match &dp.networking.transparent_proxying {
-        Some(tp) => vec![
-            Wanted::RedirectInbound(SocketAddr::new(ANY_V6, tp.redirect_port_inbound.0)),
-            Wanted::RedirectOutbound(SocketAddr::new(ANY_V6, tp.redirect_port_outbound.0)),
-            Wanted::Dns(SocketAddr::new(loopback, ward_net::redirect::DNS_PORT)),
-        ],
+        Some(tp) => {
+            let mut wanted = Vec::new();
+            if let Some(port) = tp.redirect_port_inbound {
+                wanted.push(Wanted::RedirectInbound(SocketAddr::new(ANY_V6, port.0)));
+            }
+            if let Some(port) = tp.redirect_port_outbound {
+                wanted.push(Wanted::RedirectOutbound(SocketAddr::new(ANY_V6, port.0)));
+            }
+            wanted.push(Wanted::Dns(SocketAddr::new(loopback, ward_net::redirect::DNS_PORT)));
+            wanted
+        }
         None => config.inbounds.iter().cloned().map(Wanted::Inbound).collect(),
     };
-    wanted.extend(dp.networking.outbound.iter().map(|o| {
+    // An outbound by backendRef names a MeshService, which Ward does not have: it is not
+    // served, as the warning at apply says.
+    wanted.extend(dp.networking.outbound.iter().filter(|o| o.backend_ref.is_none()).map(|o| {
         let ip = o.address.as_deref().and_then(|a| a.parse().ok()).unwrap_or(loopback);
         Wanted::Outbound(Arc::new(crate::outbound::OutboundSpec {
             listen: SocketAddr::new(ip, o.port.0),

@@ -8,7 +8,6 @@ use http::{Request, Response, StatusCode};
 use hyper::{body::Incoming, service::service_fn};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use ward_api::dataplane::Protocol;
 
 use ward_http::{
     Body,
@@ -50,7 +49,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
     let activity = Activity::new();
     let io = Counted::new(tcp, activity.clone());
     let (detected, io) = match protocol {
-        Some(Protocol::Tcp) => (Detected::Tcp, Prefixed::new(Default::default(), io)),
+        Some(p) if p.is_opaque() => (Detected::Tcp, Prefixed::new(Default::default(), io)),
         Some(_) => (Detected::Http, Prefixed::new(Default::default(), io)),
         None => match detect(io).await {
             Ok(found) => found,

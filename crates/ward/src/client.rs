@@ -20,6 +20,8 @@ pub struct Reply {
     pub status: StatusCode,
     /// Its body as text.
     pub body: String,
+    /// The texts of its `Warning` headers: fields accepted that have no effect.
+    pub warnings: Vec<String>,
 }
 
 impl Client {
@@ -43,9 +45,15 @@ impl Client {
             format!("cannot reach the control plane at {} (is `ward cp run` running?)", self.connection.address)
         })?;
         let status = response.status();
+        let warnings = response
+            .headers()
+            .get_all(reqwest::header::WARNING)
+            .iter()
+            .filter_map(|v| warning_text(v.to_str().ok()?))
+            .collect();
         let body = response.text().await.context("reading the API's answer")?;
         if status.is_success() {
-            return Ok(Reply { status, body });
+            return Ok(Reply { status, body, warnings });
         }
         bail!("{}", explain(status, &body))
     }
@@ -110,6 +118,21 @@ pub fn query_value(text: &str) -> String {
 }
 
 /// The message for an error answer: the API's `details`, else the status and body.
+/// The text of a `Warning` header value `CODE AGENT "TEXT" [DATE]`, unescaped.
+fn warning_text(value: &str) -> Option<String> {
+    let quoted = value.split_once('"')?.1;
+    let mut text = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => text.push(chars.next()?),
+            '"' => return Some(text),
+            _ => text.push(c),
+        }
+    }
+    None
+}
+
 fn explain(status: StatusCode, body: &str) -> String {
     match serde_json::from_str::<Value>(body)
         .ok()

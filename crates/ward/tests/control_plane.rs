@@ -111,7 +111,7 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
         (
             "two identities",
             dp("  address: 127.0.0.1\n  inbound:\n  - port: 1\n    tags: {kuma.io/service: a}\n  - port: 2\n    tags: {kuma.io/service: b}\n"),
-            "dataplanes/bad-dp: networking.inbound[1].tags.kuma.io/service: a dataplane has one identity",
+            "dataplanes/bad-dp: networking.inbound[1].tags.kuma.io/service: is valid Kuma but not supported by Ward yet: several services per dataplane",
         ),
         (
             "unknown mesh",
@@ -148,7 +148,7 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
         (
             "targetRef without name",
             "type: MeshTrafficPermission\nmesh: marketplace\nname: p\nspec:\n  targetRef: {kind: MeshService}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n".into(),
-            "meshtrafficpermissions/p: spec.targetRef.name: is required for kind MeshService",
+            "meshtrafficpermissions/p: spec.targetRef: kind MeshService needs name or labels",
         ),
         ("empty file", "\n".into(), "input: holds no document"),
         (
@@ -806,4 +806,49 @@ async fn secret_data_is_shown_only_to_admins_who_ask_and_every_read_is_audited()
         .map(|e| (e["tokenName"].as_str().unwrap(), e["resource"].as_str().unwrap()))
         .collect();
     assert_eq!(reads, [("admin-a", "Secret a/s"), ("admin", "Secret a/s"), ("admin", "GlobalSecret g")]);
+}
+
+/// Kuma 2.14 fields: a field without effect in Ward applies with a warning line on stderr
+/// naming it and why, and what `ward get -o yaml` prints applies again unchanged.
+#[tokio::test]
+async fn kuma_fields_without_effect_apply_with_a_warning_and_read_back_unchanged() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    let yaml = "type: Mesh\nname: obs\ntracing:\n  backends:\n  - name: zipkin\n    type: zipkin\n    \
+                conf: {url: 'http://zipkin:9411/api/v2/spans'}\nconstraints:\n  dataplaneProxy:\n    \
+                requirements:\n    - tags: {kuma.io/zone: east}\n---\ntype: Dataplane\nmesh: obs\nname: web-1\n\
+                networking:\n  address: 10.0.0.1\n  advertisedAddress: 192.0.2.1\n  inbound:\n  - port: 8080\n    \
+                address: 10.0.0.2\n    name: http\n    state: NotReady\n    serviceProbe: {interval: 5s, tcp: {}}\n    \
+                tags: {kuma.io/service: web}\n  outbound:\n  - port: 10001\n    \
+                backendRef: {kind: MeshService, name: backend, port: 80}\n";
+    let out = cp.ward_stdin(&["apply", "-f", "-"], yaml);
+    out.ok();
+    let stderr = out.stderr();
+    for want in [
+        "warning: Mesh/obs: tracing: Ward's proxy does not send traces",
+        "warning: Mesh/obs: constraints.dataplaneProxy: not enforced by Ward yet",
+        "warning: Dataplane/web-1: networking.inbound[0].serviceProbe: Ward does not probe applications",
+        "warning: Dataplane/web-1: networking.outbound[0].backendRef: Ward has no MeshService",
+    ] {
+        assert!(stderr.lines().any(|l| l.starts_with(want)), "wanted {want:?} in stderr:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("warning: ")).count(), 4, "{stderr}");
+
+    let stable = |text: &str| -> String {
+        text.lines()
+            .filter(|l| !l.starts_with("version:") && !l.starts_with("modificationTime:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for args in [&["get", "mesh", "obs", "-o", "yaml"][..], &["get", "dataplane", "web-1", "-m", "obs", "-o", "yaml"]] {
+        let first = cp.ward(args).ok();
+        for field in ["advertisedAddress: \"192.0.2.1\"", "state: NotReady", "name: http", "backendRef:", "tracing:"] {
+            if args[1] == "dataplane" && field == "tracing:" || args[1] == "mesh" && field != "tracing:" {
+                continue;
+            }
+            assert!(first.contains(field), "{args:?} keeps {field}:\n{first}");
+        }
+        cp.ward_stdin(&["apply", "-f", "-"], &first).ok();
+        assert_eq!(stable(&cp.ward(args).ok()), stable(&first), "{args:?} applies again unchanged");
+    }
 }

@@ -4,12 +4,15 @@ use axum::{
     Json,
     body::{Body, to_bytes},
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
+    http::{
+        HeaderMap, HeaderValue, StatusCode,
+        header::{CONTENT_TYPE, WARNING},
+    },
     response::IntoResponse,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use ward_api::{Resource, ResourceType, Spec, SpiffeId, parse, policy};
+use ward_api::{Cause, Resource, ResourceType, Spec, SpiffeId, parse, policy};
 
 use super::{ApiError, ApiState, Caller, MAX_BODY_BYTES};
 use crate::store::{Commit, MeshCa, Written};
@@ -202,24 +205,51 @@ pub(super) fn resource_for_path(doc: Value, ty: ResourceType, mesh: &str, name: 
 }
 
 /// Stores `resource` (a Secret's data sealed first) with `cas`, or with `?dryRun=true` only
-/// checks that it would be stored; answers 201 when it is (or would be) new, else 200.
+/// checks that it would be stored; answers 201 when it is (or would be) new, else 200, with a
+/// `Warning` header per field accepted without effect.
 pub(super) async fn write(
     state: &ApiState,
     caller: &Caller,
     resource: Resource,
     cas: &[MeshCa],
     options: WriteOptions,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    let warnings = resource.warnings();
     let secrets = state.identity.secrets();
     secrets.check_update(&resource).await?;
     let commit = if options.dry_run { Commit::No } else { Commit::Yes };
     let written = state.store.write(secrets.seal(resource), cas, &caller.actor(), commit).await?;
-    Ok(written_response(written))
+    Ok(written_response(written, &warnings))
 }
 
-fn written_response(written: Written) -> (StatusCode, Json<Value>) {
+/// The stored resource, with a `Warning` header (as Kubernetes sends them: code 299, a quoted
+/// text) per field accepted without effect.
+fn written_response(written: Written, warnings: &[Cause]) -> (StatusCode, HeaderMap, Json<Value>) {
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
-    (status, Json(written.resource.to_json()))
+    let mut headers = HeaderMap::new();
+    for warning in warnings {
+        headers.append(WARNING, warning_header(warning));
+    }
+    (status, headers, Json(written.resource.to_json()))
+}
+
+/// `299 - "FIELD: REASON"`, with `"` and `\` escaped and anything but printable ASCII as `?`.
+fn warning_header(warning: &Cause) -> HeaderValue {
+    let text = format!("{}: {}", warning.field, warning.message);
+    let mut quoted = String::with_capacity(text.len() + 10);
+    quoted.push_str("299 - \"");
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                quoted.push('\\');
+                quoted.push(c);
+            }
+            ' '..='~' => quoted.push(c),
+            _ => quoted.push('?'),
+        }
+    }
+    quoted.push('"');
+    HeaderValue::from_str(&quoted).unwrap_or_else(|_| HeaderValue::from_static("299 - \"unprintable warning\""))
 }
 
 /// `PUT /meshes/{name}`.
@@ -327,7 +357,7 @@ pub async fn authorization(
         .ok_or_else(|| ApiError::not_found(format!("dataplanes/{name} not found in mesh {mesh:?}")))?;
     let resources = state.store.mesh_resources(&mesh).await?;
     let decision = policy::decide(&resources, &who, &dataplane);
-    let depends_on: Vec<&ward_api::dataplane::Tags> = match &who {
+    let depends_on: Vec<std::borrow::Cow<'_, ward_api::dataplane::Tags>> = match &who {
         policy::Caller::Workload { tags: None, .. } => policy::tag_selectors(&resources),
         _ => Vec::new(),
     };

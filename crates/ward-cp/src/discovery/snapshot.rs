@@ -9,12 +9,7 @@ use std::{
 
 use chrono::Utc;
 use ipnet::Ipv4Net;
-use ward_api::{
-    Resource, ResourceType, Spec,
-    dataplane::{PROTOCOL_TAG, SERVICE_TAG},
-    mesh::Mesh,
-    policy,
-};
+use ward_api::{Resource, ResourceType, Spec, dataplane::SERVICE_TAG, mesh::Mesh, policy};
 use ward_proto::discovery::{Endpoint, MtlsMode, PeerCertificate, ProxyConfig, Service, TagSet};
 
 use crate::{
@@ -75,13 +70,14 @@ impl MeshSnapshot {
                         .or_insert_with(|| Service { name: dp.service().to_string(), ..Default::default() });
                     for inbound in &dp.networking.inbound {
                         if service.protocol.is_empty()
-                            && let Some(protocol) = inbound.tags.get(PROTOCOL_TAG)
+                            && let Some(protocol) = inbound.protocol()
                         {
-                            service.protocol = protocol.clone();
+                            service.protocol = protocol.to_string();
                         }
-                        if online.contains(&r.meta.name) {
+                        // Callers reach ready inbounds, at the advertised or listening address.
+                        if online.contains(&r.meta.name) && inbound.listens() && inbound.is_ready() {
                             service.endpoints.push(Endpoint {
-                                address: dp.networking.address.clone(),
+                                address: dp.networking.endpoint_address(inbound).to_string(),
                                 port: u32::from(inbound.port.0),
                                 dataplane: r.meta.name.clone(),
                                 tags: inbound.tags.clone().into_iter().collect(),

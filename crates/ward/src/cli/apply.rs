@@ -83,7 +83,10 @@ pub async fn run(client: &Client, args: ApplyArgs) -> anyhow::Result<()> {
         let meta = &resource.meta;
         let path = resource_path(meta.ty, &meta.mesh, &meta.name)?;
         match client.send(Method::PUT, &path, Some(&resource.to_json())).await {
-            Ok(reply) => println!("{} {}", describe(resource), verb(reply.status)),
+            Ok(reply) => {
+                println!("{} {}", describe(resource), verb(reply.status));
+                print_warnings(resource, &reply.warnings);
+            }
             Err(e) => bail!("{e:#}\n{done} of {total} resources applied; stopped at {}", meta.key()),
         }
     }
@@ -109,6 +112,7 @@ async fn dry_run(client: &Client, resources: &[Resource]) -> anyhow::Result<()> 
                     new_meshes.insert(meta.name.clone());
                 }
                 println!("{} {} (dry run)", describe(resource), verb(reply.status));
+                print_warnings(resource, &reply.warnings);
             }
             Err(e) => {
                 refused += 1;
@@ -127,6 +131,13 @@ fn describe(resource: &Resource) -> String {
     let meta = &resource.meta;
     let place = if meta.ty.is_mesh_scoped() { format!(" in mesh {}", meta.mesh) } else { String::new() };
     format!("{} {}{place}", meta.ty.info().name, meta.name)
+}
+
+/// One line on stderr per field the control plane accepted without effect.
+fn print_warnings(resource: &Resource, warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {}/{}: {warning}", resource.meta.ty.info().name, resource.meta.name);
+    }
 }
 
 fn verb(status: StatusCode) -> &'static str {

@@ -1,0 +1,134 @@
+//! Kuma 2.14's own documents, checked against Ward's reading of them.
+//!
+//! Under `tests/kuma/`:
+//! - `valid/KIND/*.yaml` must apply, and read back unchanged from their stored form;
+//! - `unsupported/KIND/*.yaml` are valid Kuma that Ward refuses, every cause saying it is
+//!   not supported yet;
+//! - `stricter/KIND/*.yaml` hold fields Kuma 2.14's schema does not have, which Kuma drops
+//!   silently and Ward refuses (as it refuses every unknown field);
+//! - `invalid/KIND/*.yaml` must be refused, with a cause at a field that a `# refuse: PATH`
+//!   comment line names (the paths Kuma's validator names, in Ward's spelling). Ward reports
+//!   every cause its checks find, but only the first a document's shape has (a wrong type).
+
+use std::path::{Path, PathBuf};
+
+use ward_api::{Resource, ValidationError, error::UNSUPPORTED, parse};
+
+fn fixtures(group: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kuma").join(group);
+    let mut out = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn load(path: &Path) -> (String, Vec<Result<Resource, ValidationError>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let docs = parse::documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let results =
+        docs.into_iter().enumerate().map(|(i, d)| parse::resource(d, &format!("document {}", i + 1))).collect();
+    (text, results)
+}
+
+fn is_unsupported(err: &ValidationError) -> bool {
+    err.causes.iter().all(|c| c.message.starts_with(UNSUPPORTED))
+}
+
+/// Whether Ward's field `got` names Kuma's `want`, or a field that contains it or that it
+/// contains (Kuma may name a message's parent where Ward names the member, or the reverse).
+fn names_field(got: &str, want: &str) -> bool {
+    let within = |inner: &str, outer: &str| {
+        inner.strip_prefix(outer).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    };
+    got == want || within(got, want) || within(want, got)
+}
+
+#[test]
+fn valid_kuma_documents_apply_and_read_back_unchanged() {
+    let files = fixtures("valid");
+    assert!(files.len() > 190, "the corpus is there: {}", files.len());
+    let mut failures = Vec::new();
+    for path in &files {
+        for result in load(path).1 {
+            match result {
+                Ok(resource) => {
+                    let again = parse::resource(resource.to_json(), "read back");
+                    if again.as_ref() != Ok(&resource) {
+                        failures.push(format!("{}: reads back as {again:?}", path.display()));
+                    }
+                }
+                Err(e) => failures.push(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} refused:\n{}", failures.len(), files.len(), failures.join("\n"));
+}
+
+#[test]
+fn valid_kuma_documents_ward_cannot_serve_are_refused_as_unsupported() {
+    let files = fixtures("unsupported");
+    let mut failures = Vec::new();
+    for path in &files {
+        for result in load(path).1 {
+            match result {
+                Ok(_) => failures.push(format!("{}: applies", path.display())),
+                Err(e) if !is_unsupported(&e) => failures.push(format!("{}: {e}", path.display())),
+                Err(_) => {}
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let valid = fixtures("valid").len();
+    let share = valid as f64 / (valid + files.len()) as f64;
+    assert!(share >= 0.89, "only {valid} of {} valid Kuma documents apply", valid + files.len());
+}
+
+#[test]
+fn fields_kuma_drops_silently_are_refused() {
+    let files = fixtures("stricter");
+    assert!(!files.is_empty());
+    for path in &files {
+        for result in load(path).1 {
+            assert!(result.is_err(), "{}: applies", path.display());
+        }
+    }
+}
+
+#[test]
+fn invalid_kuma_documents_are_refused_at_the_field_kuma_names() {
+    let files = fixtures("invalid");
+    assert!(files.len() > 80, "the corpus is there: {}", files.len());
+    let mut failures = Vec::new();
+    for path in &files {
+        let (text, results) = load(path);
+        let wanted: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# refuse: ")).collect();
+        for result in results {
+            let err = match result {
+                Ok(_) => {
+                    failures.push(format!("{}: applies", path.display()));
+                    continue;
+                }
+                Err(e) => e,
+            };
+            if is_unsupported(&err) {
+                failures.push(format!("{}: refused only as unsupported: {err}", path.display()));
+            }
+            let named = |want: &&str| err.causes.iter().any(|c| names_field(&c.field, want));
+            if !wanted.is_empty() && !wanted.iter().any(named) {
+                failures.push(format!("{}: nothing said about {wanted:?}; got:\n{err}", path.display()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
