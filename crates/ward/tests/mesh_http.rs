@@ -247,7 +247,7 @@ async fn sigint_drains_in_flight_requests_then_exits() {
     tokio::task::block_in_place(|| wait_all_ready(&[&web, &client]));
     let port = outbound[0].1;
 
-    let slow = tokio::spawn(common::http_client().get(format!("http://127.0.0.1:{port}/slow?ms=1500")).send());
+    let slow = tokio::spawn(common::http_client().get(format!("http://127.0.0.1:{port}/slow?ms=5000")).send());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !client.admin_get("/metrics").1.contains("ward_open_connections{direction=\"outbound\"} 1") {
         assert!(Instant::now() < deadline, "the slow request is in flight");

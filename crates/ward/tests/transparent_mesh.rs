@@ -120,10 +120,25 @@ struct ServiceHost<'tb> {
     _ssh: Option<ward_testbed::Responder>,
 }
 
-/// The Dataplane of `service` on a host with `address`. users' proxy reaches its application at
-/// the host's own address rather than loopback, which the rules must not capture again.
+/// A second address of users' host, where its proxy reaches its application: the host's own
+/// address rather than loopback, which the rules must not capture again (and not the address
+/// the proxy is reached at, which Kuma's validation refuses for the same port).
+fn app_address(address: IpAddr) -> Option<IpAddr> {
+    match address {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            Some(IpAddr::from([a, b, c, 250]))
+        }
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The Dataplane of `service` on a host with `address`.
 fn dataplane(service: &str, address: IpAddr) -> String {
-    let service_address = if service == "users" { format!("\n    serviceAddress: {address}") } else { String::new() };
+    let service_address = match app_address(address) {
+        Some(app) if service == "users" => format!("\n    serviceAddress: {app}"),
+        _ => String::new(),
+    };
     format!(
         "type: Dataplane\nmesh: marketplace\nname: {service}-1\nnetworking:\n  address: {address}\n  inbound:\n  \
          - port: {APP_PORT}{service_address}\n    tags:\n      kuma.io/service: {service}\n      kuma.io/protocol: http\n  \
@@ -145,6 +160,12 @@ fn start_service<'tb>(
         "ip route add",
         host.exec(Command::new("ip").args(["route", "add", "240.0.0.0/4", "dev", host.interface()])),
     );
+    if let Some(app) = app_address(host.addr()).filter(|_| service == "users") {
+        succeeds(
+            "ip addr add",
+            host.exec(Command::new("ip").args(["addr", "add", &format!("{app}/32"), "dev", host.interface()])),
+        );
+    }
     let mut app = Command::new(WARD);
     app.args(["demo-app", "--name", service, "--listen", &format!("0.0.0.0:{APP_PORT}")]);
     if service == "invoices" {
