@@ -5,7 +5,8 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -21,7 +22,7 @@ use ward_pki::{SpiffeId, VerifiedSvid, VerifyError};
 
 use crate::{
     config::Config,
-    metrics::{DecisionLabels, ReasonLabels},
+    metrics::{DecisionLabels, OUTBOUND, ReasonLabels},
     state::State,
 };
 
@@ -96,6 +97,14 @@ impl Peer {
     /// expiry, or with the first configuration that revokes it or no longer trusts its CA.
     pub async fn distrust(&self, state: &State) -> Cut {
         first_cut(state, Some(self.not_after), |config, _| self.distrusted(config, Utc::now())).await
+    }
+
+    /// Completes once this peer, reached by an outbound connection to `endpoint`, is no longer
+    /// trusted; logs and counts the cut. The connection it guards ends with it.
+    pub async fn watched(self, state: Arc<State>, endpoint: SocketAddr) {
+        let cut = self.distrust(&state).await;
+        tracing::info!(%endpoint, peer = %self.id, reason = cut.as_str(), "closing a connection to a peer no longer trusted");
+        cut.count(&state, OUTBOUND);
     }
 }
 

@@ -16,7 +16,6 @@ use ward_api::Resource;
 use ward_http::{Body, BoxError, body::boxed};
 
 use crate::{
-    authorization::Peer,
     balancer::{Balancer, Strategy},
     discovery::{self, DiscoveryOptions},
     mesh_client::{MeshClient, MeshError},
@@ -70,12 +69,12 @@ impl Member {
     }
 
     /// Sends an upgrade request to one instance of `service`, on a connection of its own; also
-    /// gives the peer that instance proved.
+    /// gives the future that ends the upgraded connection when that instance loses its trust.
     pub async fn send_upgrade(
         &self,
         service: &str,
         request: Request<Body>,
-    ) -> Result<(Response<Incoming>, Peer), SendError> {
+    ) -> Result<(Response<Incoming>, impl Future<Output = ()> + Send + 'static), SendError> {
         let endpoints = self.endpoints(service);
         let (endpoint, _in_flight) =
             self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;

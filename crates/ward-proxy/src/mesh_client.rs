@@ -143,13 +143,7 @@ impl MeshClient {
             let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| distrusted(endpoint))?;
             let fresh = fresh(&self.state, &peer);
             // A peer that stops being trusted loses the connection and its streams at once.
-            let state = self.state.clone();
-            let distrust = async move {
-                let cut = peer.distrust(&state).await;
-                tracing::info!(%endpoint, peer = %peer.id, reason = cut.as_str(), "closing the connection to a peer no longer trusted");
-                cut.count(&state, crate::metrics::OUTBOUND);
-            };
-            Ok((tls, distrust, fresh))
+            Ok((tls, peer.watched(self.state.clone(), endpoint), fresh))
         };
         let mut sender = self.h2.sender_until((service.to_string(), endpoint), connect).await.map_err(|e| match e {
             Http2ConnectError::Connect(e) => e,
@@ -160,14 +154,14 @@ impl MeshClient {
     }
 
     /// Sends an upgrade request over a new HTTP/1.1 connection, which the upgrade then takes
-    /// over; also gives the peer that connection proves, whose trust the upgraded connection
-    /// must keep.
+    /// over; also gives a future that completes (logged and counted) when the peer that
+    /// connection proves is no longer trusted, which ends the upgraded connection.
     pub async fn send_upgrade(
         &self,
         service: &str,
         endpoint: SocketAddr,
         request: Request<Body>,
-    ) -> Result<(Response<Incoming>, Peer), MeshError> {
+    ) -> Result<(Response<Incoming>, impl Future<Output = ()> + Send + 'static), MeshError> {
         let tls = self.connect(service, endpoint, ALPN_HTTP1).await?;
         let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| distrusted(endpoint))?;
         let (mut sender, connection) =
@@ -178,7 +172,7 @@ impl MeshClient {
             }
         });
         let response = sender.send_request(request).await.map_err(|source| MeshError::Http { endpoint, source })?;
-        Ok((response, peer))
+        Ok((response, peer.watched(self.state.clone(), endpoint)))
     }
 
     fn client_config(&self, service: &str, alpn: &'static [u8]) -> io::Result<Arc<ClientConfig>> {

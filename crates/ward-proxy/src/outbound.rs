@@ -77,10 +77,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
         tokio::select! {
             _ = forward::copy_tcp(&proxy, OUTBOUND, io, upstream) => {}
             _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
-            cut = peer.distrust(proxy.state()) => {
-                tracing::info!(%service, peer = %peer.id, reason = cut.as_str(), "closing a connection to an instance no longer trusted");
-                cut.count(proxy.state(), OUTBOUND);
-            }
+            () = peer.watched(proxy.state().clone(), endpoint) => {}
         }
         return;
     }
@@ -107,18 +104,8 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
     remove_every_spelling(request.headers_mut(), &[PEER_IDENTITY]);
     let member = &proxy.member;
     let result = if upgrading {
-        forward::upgrade(request, |r| async {
-            let (response, peer) = member.send_upgrade(service, r).await?;
-            // The upgraded connection outlives this request: it watches the peer's trust itself.
-            let (state, service) = (proxy.state().clone(), service.to_string());
-            let distrust = async move {
-                let cut = peer.distrust(&state).await;
-                tracing::info!(%service, peer = %peer.id, reason = cut.as_str(), "closing an upgraded connection to an instance no longer trusted");
-                cut.count(&state, OUTBOUND);
-            };
-            Ok::<_, crate::member::SendError>((response, distrust))
-        })
-        .await
+        // The upgraded connection outlives this request: it watches the peer's trust itself.
+        forward::upgrade(request, |r| member.send_upgrade(service, r)).await
     } else {
         member.send(service, request).await.map(|r| r.map(boxed))
     };
