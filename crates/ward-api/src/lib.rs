@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod duration;
 pub mod error;
 pub mod labels;
+pub mod membership;
 pub mod mesh;
 pub mod names;
 pub mod parse;

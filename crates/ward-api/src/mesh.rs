@@ -558,12 +558,6 @@ impl Mesh {
 
     /// Fields accepted that have no effect in Ward, and why.
     pub fn warnings(&self, warnings: &mut Warnings) {
-        if self.constraints.as_ref().and_then(|c| c.dataplane_proxy.as_ref()).is_some() {
-            warnings.add(
-                "constraints.dataplaneProxy",
-                "not enforced by Ward yet: dataplanes that do not match are still accepted",
-            );
-        }
         if self.tracing.is_some() {
             warnings.add("tracing", "Ward's proxy does not send traces");
         }

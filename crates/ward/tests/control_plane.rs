@@ -816,7 +816,7 @@ async fn kuma_fields_without_effect_apply_with_a_warning_and_read_back_unchanged
     let cp = ControlPlane::start(root.path());
     let yaml = "type: Mesh\nname: obs\ntracing:\n  backends:\n  - name: zipkin\n    type: zipkin\n    \
                 conf: {url: 'http://zipkin:9411/api/v2/spans'}\nconstraints:\n  dataplaneProxy:\n    \
-                requirements:\n    - tags: {kuma.io/zone: east}\n---\ntype: Dataplane\nmesh: obs\nname: web-1\n\
+                requirements:\n    - tags: {kuma.io/service: web}\n---\ntype: Dataplane\nmesh: obs\nname: web-1\n\
                 networking:\n  address: 10.0.0.1\n  advertisedAddress: 192.0.2.1\n  inbound:\n  - port: 8080\n    \
                 address: 10.0.0.2\n    name: http\n    state: NotReady\n    serviceProbe: {interval: 5s, tcp: {}}\n    \
                 tags: {kuma.io/service: web}\n  outbound:\n  - port: 10001\n    \
@@ -826,13 +826,12 @@ async fn kuma_fields_without_effect_apply_with_a_warning_and_read_back_unchanged
     let stderr = out.stderr();
     for want in [
         "warning: Mesh/obs: tracing: Ward's proxy does not send traces",
-        "warning: Mesh/obs: constraints.dataplaneProxy: not enforced by Ward yet",
         "warning: Dataplane/web-1: networking.inbound[0].serviceProbe: Ward does not probe applications",
         "warning: Dataplane/web-1: networking.outbound[0].backendRef: Ward has no MeshService",
     ] {
         assert!(stderr.lines().any(|l| l.starts_with(want)), "wanted {want:?} in stderr:\n{stderr}");
     }
-    assert_eq!(stderr.lines().filter(|l| l.starts_with("warning: ")).count(), 4, "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("warning: ")).count(), 3, "{stderr}");
 
     let stable = |text: &str| -> String {
         text.lines()

@@ -268,3 +268,61 @@ async fn a_shortened_certificate_lifetime_applies_at_once() {
     assert!(renewed.is_some(), "the proxy kept its 24h certificate: {}", mesh.backend.log());
     assert!(not_after(&mesh.backend) - chrono::Utc::now() <= chrono::TimeDelta::minutes(61));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mesh_constraints_refuse_dataplanes_at_apply_and_cut_off_connected_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let mesh_yaml = |restricted: &str| {
+        format!(
+            "type: Mesh\nname: m\nmtls:\n  enabledBackend: ca\n  backends:\n  - name: ca\n    type: builtin\n\
+             constraints:\n  dataplaneProxy:\n    requirements:\n    - tags: {{kuma.io/service: '*', team: '*'}}\n    \
+             - tags: {{kuma.io/service: backend}}\n    restrictions:\n    - tags: {{{restricted}}}\n"
+        )
+    };
+    let first = mesh_yaml("version: legacy");
+    let mesh = Mesh::start(root.path(), first.split_once("type: builtin\n").unwrap().1, ALLOW_WEB).await;
+
+    let dataplane = |name: &str, tags: &str| {
+        format!(
+            "type: Dataplane\nmesh: m\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
+             tags: {{kuma.io/service: web{tags}}}\n",
+            free_port()
+        )
+    };
+    for (tags, field, reason) in [
+        ("", "networking.inbound[0].tags", "fulfil none of the constraints.dataplaneProxy.requirements of Mesh \"m\""),
+        (
+            ", team: a, version: legacy",
+            "networking.inbound[0].tags",
+            "match constraints.dataplaneProxy.restrictions[0]",
+        ),
+    ] {
+        let refused = mesh.cp.ward_stdin(&["apply", "-f", "-"], &dataplane("web-x", tags)).fails();
+        assert!(refused.contains(field) && refused.contains(reason), "web{tags}: {refused}");
+    }
+    assert!(mesh.cp.ward(&["get", "dataplanes", "-m", "m"]).ok().lines().all(|l| !l.contains("web-x")));
+
+    let (web, port) = mesh.caller(root.path(), "web-1", ", team: a");
+    let http = client();
+    assert_eq!(status(&http, port).await, 200, "a member reaches backend");
+
+    // Restricting team a cuts web-1 off: the apply says so, backend refuses its certificate,
+    // its stream ends, and it says why.
+    let applied = mesh.cp.ward_stdin(&["apply", "-f", "-"], &mesh_yaml("team: a"));
+    let warning = applied.stderr();
+    assert!(
+        warning.contains("warning: Mesh/m: constraints.dataplaneProxy: 1 existing dataplane(s)")
+            && warning.contains("web-1"),
+        "{warning}"
+    );
+    applied.ok();
+    let cut = within(Duration::from_secs(5), async || status(&http, port).await != 200).await;
+    assert!(cut.is_some(), "web-1 still reaches backend 5s after it left the mesh: {}", mesh.backend.log());
+    let said = within(Duration::from_secs(5), async || {
+        let (ready, why) = web.admin_get("/ready");
+        ready == 503 && why.contains("not a member of mesh m")
+    });
+    assert!(said.await.is_some(), "{:?}\n{}", web.admin_get("/ready"), web.log());
+    let inspect = mesh.cp.ward(&["inspect", "dataplane", "web-1", "-m", "m"]).ok();
+    assert!(inspect.contains("refused") && inspect.contains("restrictions[0]"), "{inspect}");
+}

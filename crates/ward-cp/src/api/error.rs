@@ -97,6 +97,9 @@ impl From<StoreError> for ApiError {
             StoreError::MissingSecret { key, field, name } => {
                 ValidationError::single(key, field, format!("Secret {name:?} does not exist in the mesh")).into()
             }
+            StoreError::NotAMember { key, refusal } => {
+                ValidationError::single(key, &refusal.field, &refusal.reason).into()
+            }
             StoreError::InUse { key, mesh, field } => ValidationError::single(
                 key,
                 "name",

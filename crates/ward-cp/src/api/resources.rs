@@ -12,7 +12,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use ward_api::{Cause, Resource, ResourceType, Spec, SpiffeId, parse, policy};
+use ward_api::{Cause, Resource, ResourceType, Spec, SpiffeId, membership, mesh::Mesh, parse, policy};
 
 use super::{ApiError, ApiState, Caller, MAX_BODY_BYTES};
 use crate::store::{Commit, MeshCa, Written};
@@ -21,6 +21,8 @@ use crate::store::{Commit, MeshCa, Written};
 const MAX_PAGE: u64 = 1000;
 /// Page size when none is asked for.
 const DEFAULT_PAGE: u64 = 100;
+/// How many dataplanes a warning about constraints names.
+const NAMED_CUT_OFF: usize = 5;
 
 /// `?size=&offset=` of list requests.
 #[derive(Debug, Deserialize)]
@@ -214,12 +216,47 @@ pub(super) async fn write(
     cas: &[MeshCa],
     options: WriteOptions,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
-    let warnings = resource.warnings();
+    let mut warnings = resource.warnings();
+    if let Spec::Mesh(mesh) = &resource.spec {
+        warnings.extend(dataplanes_cut_off(state, &resource.meta.name, mesh).await?);
+    }
     let secrets = state.identity.secrets();
     secrets.check_update(&resource).await?;
     let commit = if options.dry_run { Commit::No } else { Commit::Yes };
     let written = state.store.write(secrets.seal(resource), cas, &caller.actor(), commit).await?;
     Ok(written_response(written, &warnings))
+}
+
+/// A warning naming the dataplanes of mesh `name` that `mesh`'s constraints would no longer
+/// admit (their proxies are cut off), at most [`NAMED_CUT_OFF`] of them by name.
+async fn dataplanes_cut_off(state: &ApiState, name: &str, mesh: &Mesh) -> Result<Option<Cause>, ApiError> {
+    if mesh.constraints.as_ref().and_then(|c| c.dataplane_proxy.as_ref()).is_none() {
+        return Ok(None);
+    }
+    let refused: Vec<String> = state
+        .store
+        .mesh_resources(name)
+        .await?
+        .into_iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Dataplane(dp) => membership::check(name, mesh, dp).err().map(|_| r.meta.name),
+            _ => None,
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(None);
+    }
+    let mut names = refused.iter().take(NAMED_CUT_OFF).cloned().collect::<Vec<_>>().join(", ");
+    if refused.len() > NAMED_CUT_OFF {
+        names.push_str(&format!(" and {} more", refused.len() - NAMED_CUT_OFF));
+    }
+    Ok(Some(Cause::new(
+        "constraints.dataplaneProxy",
+        format!(
+            "{} existing dataplane(s) do not fulfil these constraints and are cut off from the mesh: {names}",
+            refused.len()
+        ),
+    )))
 }
 
 /// The stored resource, with a `Warning` header (as Kubernetes sends them: code 299, a quoted

@@ -63,6 +63,13 @@ impl Session {
                 return Err(Status::permission_denied(reason));
             }
         };
+        if let Some(reason) = not_a_member(&discovery, &dataplane).await? {
+            tracing::warn!(%mesh, dataplane = %name, %reason, "proxy refused");
+            if discovery.store.get(ResourceType::Dataplane, &mesh, &name).await.is_ok_and(|d| d.is_some()) {
+                discovery.online.refuse(&mesh, &name, &reason);
+            }
+            return Err(Status::permission_denied(reason));
+        }
         store_dataplane(&discovery, dataplane).await?;
 
         let cancel = CancellationToken::new();
@@ -136,9 +143,15 @@ impl Session {
         }
     }
 
-    /// Sends the configuration when it differs from the last one sent.
+    /// Sends the configuration when it differs from the last one sent; ends the stream of a
+    /// dataplane its mesh's constraints no longer admit.
     async fn push_config(&mut self) -> Result<(), Status> {
         let snapshot = self.snapshots.borrow_and_update().clone();
+        if let Some(reason) = snapshot.non_members.get(&self.claims.name) {
+            let reason = format!("not a member of mesh {}: {reason}", self.claims.mesh);
+            self.discovery.online.refuse(&self.claims.mesh, &self.claims.name, &reason);
+            return Err(Status::permission_denied(reason));
+        }
         let Some(config) = snapshot.proxy_config(&self.claims.name) else {
             return Err(Status::not_found(format!(
                 "dataplane {} or its mesh {} was deleted",
@@ -176,6 +189,9 @@ impl Session {
             return refuse(format!("dataplane token refused: {e}"));
         }
         let snapshot = self.snapshots.borrow().clone();
+        if let Some(reason) = snapshot.non_members.get(&claims.name) {
+            return refuse(format!("not a member of mesh {}: {reason}", claims.mesh));
+        }
         let (Some(signer), Some(backend)) =
             (&snapshot.signer, snapshot.mesh.as_ref().and_then(|m| m.enabled_backend()))
         else {
@@ -240,6 +256,19 @@ pub fn read_dataplane(register: &Register) -> Result<(Resource, String), Status>
     Ok((resource, service))
 }
 
+/// Why the mesh's constraints refuse the registered Dataplane, if they do.
+async fn not_a_member(discovery: &Discovery, dataplane: &Resource) -> Result<Option<String>, Status> {
+    let (mesh, Spec::Dataplane(dp)) = (&dataplane.meta.mesh, &dataplane.spec) else { return Ok(None) };
+    let Some(Resource { spec: Spec::Mesh(spec), .. }) =
+        discovery.store.get(ResourceType::Mesh, mesh, mesh).await.map_err(store_status)?
+    else {
+        return Ok(None);
+    };
+    Ok(ward_api::membership::check(mesh, &spec, dp)
+        .err()
+        .map(|refusal| format!("not a member of mesh {mesh}: {refusal}")))
+}
+
 /// Stores the Dataplane as the proxy describes it, unless the store already holds exactly that.
 async fn store_dataplane(discovery: &Discovery, dataplane: Resource) -> Result<(), Status> {
     let meta = &dataplane.meta;
@@ -259,6 +288,7 @@ fn store_status(e: StoreError) -> Status {
         | StoreError::NotFound(_)
         | StoreError::MissingSecret { .. }
         | StoreError::InUse { .. } => Status::aborted(e.to_string()),
+        StoreError::NotAMember { .. } => Status::permission_denied(e.to_string()),
         StoreError::Database(_) | StoreError::Corrupt { .. } => Status::internal(e.to_string()),
     }
 }

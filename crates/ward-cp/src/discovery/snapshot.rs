@@ -9,7 +9,7 @@ use std::{
 
 use chrono::Utc;
 use ipnet::Ipv4Net;
-use ward_api::{Resource, ResourceType, Spec, dataplane::SERVICE_TAG, mesh::Mesh, policy};
+use ward_api::{Resource, ResourceType, Spec, dataplane::SERVICE_TAG, membership, mesh::Mesh, policy};
 use ward_proto::discovery::{Endpoint, MtlsMode, PeerCertificate, ProxyConfig, Service, TagSet};
 
 use crate::{
@@ -36,8 +36,12 @@ pub struct MeshSnapshot {
     pub services: BTreeMap<String, Service>,
     /// Certificates issued in the mesh and still valid, whose token is not revoked.
     pub issued: Vec<IssuedCert>,
-    /// Serials of certificates still valid whose token was revoked.
+    /// Serials of certificates still valid whose token was revoked, or whose dataplane the
+    /// mesh's constraints no longer admit.
     pub revoked_serials: Vec<String>,
+    /// Dataplanes the mesh's constraints do not admit, with the reason: no endpoints, no
+    /// certificates, and their streams end.
+    pub non_members: HashMap<String, String>,
 }
 
 impl MeshSnapshot {
@@ -61,10 +65,16 @@ impl MeshSnapshot {
 
         let mut permissions = Vec::new();
         let mut dataplanes = HashMap::new();
+        let mut non_members = HashMap::new();
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
         for r in store.mesh_resources(name).await? {
             match &r.spec {
                 Spec::Dataplane(dp) => {
+                    if let Err(refusal) = membership::check(name, &mesh, dp) {
+                        non_members.insert(r.meta.name.clone(), refusal.to_string());
+                        dataplanes.insert(r.meta.name.clone(), r);
+                        continue;
+                    }
                     let service = services
                         .entry(dp.service().to_string())
                         .or_insert_with(|| Service { name: dp.service().to_string(), ..Default::default() });
@@ -96,8 +106,11 @@ impl MeshSnapshot {
                 s.virtual_ip = ip.to_string();
             }
         }
-        let (revoked, issued): (Vec<IssuedCert>, Vec<IssuedCert>) =
-            store.issued_certs(name, Utc::now()).await?.into_iter().partition(|c| identity.is_revoked(&c.token_id));
+        let (revoked, issued): (Vec<IssuedCert>, Vec<IssuedCert>) = store
+            .issued_certs(name, Utc::now())
+            .await?
+            .into_iter()
+            .partition(|c| identity.is_revoked(&c.token_id) || non_members.contains_key(&c.dataplane));
         let revoked_serials = revoked.into_iter().map(|c| c.serial).collect();
         Ok(MeshSnapshot {
             version,
@@ -109,6 +122,7 @@ impl MeshSnapshot {
             services,
             issued,
             revoked_serials,
+            non_members,
         })
     }
 

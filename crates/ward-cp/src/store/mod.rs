@@ -64,6 +64,14 @@ pub enum StoreError {
         /// The field of the Mesh naming it.
         field: String,
     },
+    /// A Dataplane's tags do not fulfil its mesh's `constraints.dataplaneProxy`.
+    #[error("{key}: {refusal}")]
+    NotAMember {
+        /// `dataplanes/name`.
+        key: String,
+        /// The field at fault and why.
+        refusal: ward_api::membership::NotAMember,
+    },
     /// A stored row no longer reads as a valid resource.
     #[error("stored {key} is unreadable: {reason}")]
     Corrupt {
@@ -262,13 +270,15 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         if meta.ty.is_mesh_scoped() {
-            let mesh_exists = sqlx::query("SELECT 1 FROM resources WHERE type = 'Mesh' AND name = ?")
+            let mesh = sqlx::query("SELECT * FROM resources WHERE type = 'Mesh' AND name = ?")
                 .bind(&meta.mesh)
                 .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if !mesh_exists {
-                return Err(StoreError::UnknownMesh(meta.mesh.clone()));
+                .await?;
+            let Some(mesh) = mesh else { return Err(StoreError::UnknownMesh(meta.mesh.clone())) };
+            if let (Spec::Dataplane(dp), Spec::Mesh(mesh)) = (&resource.spec, decode(ResourceType::Mesh, &mesh)?.spec)
+                && let Err(refusal) = ward_api::membership::check(&meta.mesh, &mesh, dp)
+            {
+                return Err(StoreError::NotAMember { key: meta.key(), refusal });
             }
         }
         let stored: Option<(i64, String)> =
