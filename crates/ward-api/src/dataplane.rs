@@ -94,7 +94,7 @@ pub struct DataplaneNetworking {
     /// Set on a gateway's dataplane: it calls services but serves none through the mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Gateway>,
-    /// The proxy's admin listener.
+    /// The proxy's admin listener (`/ready`, `/metrics`, `/config`), on 127.0.0.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<Admin>,
     /// Kuma's zone ingress and egress listeners, which Ward does not run.
@@ -485,6 +485,16 @@ impl Inbound {
         self.tags.get(SERVICE_TAG).map(String::as_str)
     }
 
+    /// Where the application listens: `serviceAddress` (default 127.0.0.1) and `servicePort`
+    /// (default `port`). Valid after [`Dataplane::check`].
+    pub fn service_socket(&self) -> std::net::SocketAddr {
+        let ip = self.service_address.as_deref().and_then(|a| a.parse().ok());
+        std::net::SocketAddr::new(
+            ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            self.service_port.unwrap_or(self.port).0,
+        )
+    }
+
     /// Whether the proxy listens for it: not `Ignored`.
     pub fn listens(&self) -> bool {
         self.state != Some(InboundState::Ignored)
@@ -825,12 +835,6 @@ impl Dataplane {
             );
         }
         for (i, inbound) in net.inbound.iter().enumerate() {
-            if inbound.service_probe.is_some() {
-                warnings.add(
-                    format!("networking.inbound[{i}].serviceProbe"),
-                    "Ward does not probe applications; set health.ready or state from your own health checker",
-                );
-            }
             if inbound.protocol().is_some_and(|p| p == Protocol::Kafka) {
                 warnings.add(
                     format!("networking.inbound[{i}].protocol"),
@@ -873,12 +877,6 @@ impl Dataplane {
                     "Ward's proxy listens for both IP families; the redirection rules decide which arrive",
                 );
             }
-        }
-        if net.admin.is_some() {
-            warnings.add(
-                "networking.admin.port",
-                "the admin listener's address is set by `ward dp run --admin-address`, not by this field",
-            );
         }
         if !net.listeners.is_empty() {
             warnings.add("networking.listeners", "Ward runs no zone ingress or egress; these listeners are not served");

@@ -26,6 +26,8 @@ pub fn run(data: &[u8]) {
                 let lifetime = Duration::from_secs(86_400);
                 let _ = fixture().ca.sign_svid(&request.csr_pem, &fixture().id, lifetime, Utc::now());
             }
+            // An index and a flag, checked against the stored Dataplane by the session.
+            proxy_message::Message::InboundHealth(_) => {}
         }
     }
     if let Ok(ControlMessage { message: Some(message) }) = ControlMessage::decode(data) {

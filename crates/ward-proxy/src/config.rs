@@ -185,16 +185,14 @@ impl Config {
 /// The inbounds of `dp`: where callers connect, where the application listens.
 fn inbound_specs(dp: &Dataplane) -> Vec<Arc<InboundSpec>> {
     let net = &dp.networking;
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     net.inbound
         .iter()
         .filter(|i| i.listens())
         .map(|i| {
             let listen_ip: IpAddr = net.listen_address(i).parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-            let app_ip = i.service_address.as_deref().and_then(|a| a.parse().ok()).unwrap_or(loopback);
             Arc::new(InboundSpec {
                 listen: SocketAddr::new(listen_ip, i.port.0),
-                app: SocketAddr::new(app_ip, i.service_port.unwrap_or(i.port).0),
+                app: i.service_socket(),
                 protocol: i.protocol(),
                 service: i.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
             })

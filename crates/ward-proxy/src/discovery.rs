@@ -2,19 +2,19 @@
 //! certificates, renew the certificate at half its life, and reconnect with backoff when the
 //! control plane goes away, serving all along with what it last received.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use chrono::{TimeDelta, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate as CaCertificate, Channel, ClientTlsConfig, Endpoint};
 use ward_api::Resource;
 use ward_pki::{Backoff, SpiffeId};
 use ward_proto::discovery::{
-    CertificateRequest, ControlMessage, ProxyMessage, Register, control_message, discovery_client::DiscoveryClient,
-    proxy_message,
+    CertificateRequest, ControlMessage, InboundHealth, ProxyMessage, Register, control_message,
+    discovery_client::DiscoveryClient, proxy_message,
 };
 
 use crate::{
@@ -176,6 +176,10 @@ async fn session(
         renewal.now();
     }
     renewal.pending = None;
+    // The health of probed inbounds: all of it once per stream, then each change.
+    let mut health = state.inbound_health();
+    let mut reported = BTreeMap::new();
+    report_health(&outbox, &mut health, &mut reported).await?;
     loop {
         let wants_certificate = state.config().is_some_and(|c| c.mode != Mode::Disabled);
         let deadline = match &renewal.pending {
@@ -198,9 +202,26 @@ async fn session(
                 renewal.pending = Some((pending, tokio::time::Instant::now()));
                 outbox.send(ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(csr)) }).await?;
             }
+            Ok(()) = health.changed() => report_health(&outbox, &mut health, &mut reported).await?,
             _ = shutdown.cancelled() => return Ok(()),
         }
     }
+}
+
+/// Sends the health of each probed inbound that differs from what this stream reported.
+async fn report_health(
+    outbox: &mpsc::Sender<ProxyMessage>,
+    health: &mut watch::Receiver<BTreeMap<u32, bool>>,
+    reported: &mut BTreeMap<u32, bool>,
+) -> anyhow::Result<()> {
+    let current = health.borrow_and_update().clone();
+    for (inbound, ready) in current {
+        if reported.insert(inbound, ready) != Some(ready) {
+            let message = proxy_message::Message::InboundHealth(InboundHealth { inbound, ready });
+            outbox.send(ProxyMessage { message: Some(message) }).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Applies one message of the control plane.

@@ -19,6 +19,7 @@ pub mod member;
 pub mod mesh_client;
 pub mod metrics;
 pub mod outbound;
+pub mod probe;
 pub mod state;
 pub mod tls;
 pub mod transparent;
@@ -56,8 +57,9 @@ pub struct ProxyOptions {
     pub dataplane_vars: Vec<String>,
     /// File holding the dataplane token.
     pub token_file: PathBuf,
-    /// Address of `/ready`, `/metrics` and `/config`.
-    pub admin_address: SocketAddr,
+    /// Address of `/ready`, `/metrics` and `/config`; `None`: from the Dataplane's
+    /// `networking.admin.port`, else 127.0.0.1:9901.
+    pub admin_address: Option<SocketAddr>,
     /// How long in-flight requests may take to finish on SIGTERM.
     pub drain_timeout: Duration,
     /// Limits of every listener and connection.
@@ -118,10 +120,15 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
         listening: AtomicBool::new(false),
         limits: options.limits.clone(),
     });
-    let admin = tokio::net::TcpListener::bind(options.admin_address)
+    let admin_address = admin::address(options.admin_address, &dataplane)?;
+    let probes = match &dataplane.spec {
+        ward_api::Spec::Dataplane(dp) => probe::probes(dp),
+        _ => Vec::new(),
+    };
+    let admin = tokio::net::TcpListener::bind(admin_address)
         .await
-        .with_context(|| format!("--admin-address {}: cannot listen", options.admin_address))?;
-    tracing::info!(address = %options.admin_address, "admin listener (/ready, /metrics, /config)");
+        .with_context(|| format!("admin listener {admin_address}: cannot listen"))?;
+    tracing::info!(address = %admin_address, "admin listener (/ready, /metrics, /config)");
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
@@ -139,6 +146,9 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
     let discovery = tokio::spawn(discovery::run(state.clone(), discovery_options, stop.clone()));
     tokio::spawn(discovery::watch_expiry(state.clone(), stop.clone()));
     tokio::spawn(listener::reconcile(proxy.clone(), stop.clone()));
+    for probe in probes {
+        tokio::spawn(probe::run(probe, state.clone(), stop.clone()));
+    }
 
     tokio::select! {
         _ = shutdown => {}

@@ -1,9 +1,12 @@
 //! What the proxy runs on: the latest configuration and certificate, each replaced whole and
 //! atomically, so a connection sees either the old one or the new one, never a mix.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use arc_swap::ArcSwapOption;
@@ -19,6 +22,7 @@ pub struct State {
     changes: watch::Sender<u64>,
     cp_connected: AtomicBool,
     refused: Mutex<Option<String>>,
+    inbound_health: watch::Sender<BTreeMap<u32, bool>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
 }
@@ -33,6 +37,7 @@ impl State {
             changes,
             cp_connected: AtomicBool::new(false),
             refused: Mutex::new(None),
+            inbound_health: watch::channel(BTreeMap::new()).0,
             metrics: Metrics::new(),
         })
     }
@@ -79,6 +84,16 @@ impl State {
     /// Why the control plane refused this proxy, while it does.
     pub fn refused(&self) -> Option<String> {
         self.refused.lock().expect("refusal lock").clone()
+    }
+
+    /// Records what the probe of inbound `index` found (`ready` or not).
+    pub fn set_inbound_health(&self, index: u32, ready: bool) {
+        self.inbound_health.send_if_modified(|health| health.insert(index, ready) != Some(ready));
+    }
+
+    /// The health of each probed inbound, by index, woken on every change.
+    pub fn inbound_health(&self) -> watch::Receiver<BTreeMap<u32, bool>> {
+        self.inbound_health.subscribe()
     }
 
     /// Whether the discovery stream is up.

@@ -34,9 +34,10 @@ pub enum DpCommand {
         /// A template value for the dataplane file, `name=value` (repeatable).
         #[arg(long = "dataplane-var")]
         dataplane_vars: Vec<String>,
-        /// Address of /ready, /metrics and /config.
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin_address: SocketAddr,
+        /// Address of /ready, /metrics and /config (default: 127.0.0.1 and the Dataplane's
+        /// networking.admin.port, else 127.0.0.1:9901).
+        #[arg(long)]
+        admin_address: Option<SocketAddr>,
         /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
         #[arg(long, visible_alias = "shutdown-grace", default_value = "30s", value_parser = duration)]
         drain_timeout: KumaDuration,

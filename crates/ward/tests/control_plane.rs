@@ -826,12 +826,11 @@ async fn kuma_fields_without_effect_apply_with_a_warning_and_read_back_unchanged
     let stderr = out.stderr();
     for want in [
         "warning: Mesh/obs: tracing: Ward's proxy does not send traces",
-        "warning: Dataplane/web-1: networking.inbound[0].serviceProbe: Ward does not probe applications",
         "warning: Dataplane/web-1: networking.outbound[0].backendRef: Ward has no MeshService",
     ] {
         assert!(stderr.lines().any(|l| l.starts_with(want)), "wanted {want:?} in stderr:\n{stderr}");
     }
-    assert_eq!(stderr.lines().filter(|l| l.starts_with("warning: ")).count(), 3, "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("warning: ")).count(), 2, "{stderr}");
 
     let stable = |text: &str| -> String {
         text.lines()

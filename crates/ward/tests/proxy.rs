@@ -498,3 +498,81 @@ async fn a_permissive_mesh_admits_plaintext_only_through_mesh_wide_rules() {
     }
     assert_eq!(plaintext("users").await.ok(), Some(403), "only where a mesh-wide rule allows");
 }
+
+/// Kuma's serviceProbe and admin port: the proxy listens for its admin where its Dataplane
+/// says, probes its application, and the control plane withdraws the endpoint while the
+/// application does not answer, then restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_probed_application_that_stops_answering_is_withdrawn_until_it_answers_again() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = common::ControlPlane::start(root.path());
+    cp.apply(
+        "type: Mesh\nname: m\nmtls:\n  enabledBackend: ca\n  backends:\n  - name: ca\n    type: builtin\n---\n\
+         type: MeshTrafficPermission\nmesh: m\nname: all\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  \
+         - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
+    );
+    let app_address: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let mut app = Some(common::apps::http_echo(app_address, "backend").await);
+    let admin = common::free_port();
+    let backend = cp.start_proxy(
+        root.path(),
+        "backend-1",
+        &format!(
+            "type: Dataplane\nmesh: m\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  admin: {{port: {admin}}}\n  \
+             inbound:\n  - port: {}\n    servicePort: {}\n    \
+             serviceProbe: {{interval: 100ms, timeout: 1s, unhealthyThreshold: 2, healthyThreshold: 2, tcp: {{}}}}\n    \
+             tags: {{kuma.io/service: backend, kuma.io/protocol: http}}\n",
+            common::free_port(),
+            app_address.port()
+        ),
+        &[],
+    );
+    // start_proxy waited for /ready on `admin`: the port the Dataplane names, with no --admin-address.
+    let outbound = common::free_port();
+    let _web = cp.start_proxy(
+        root.path(),
+        "web-1",
+        &format!(
+            "type: Dataplane\nmesh: m\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
+             tags: {{kuma.io/service: web}}\n  outbound:\n  - port: {outbound}\n    tags: {{kuma.io/service: backend}}\n",
+            common::free_port()
+        ),
+        &[],
+    );
+    let http = common::http_client();
+    let call = async || {
+        let response = http.get(format!("http://127.0.0.1:{outbound}/")).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    // The inbound's health.ready as the control plane records it.
+    let recorded = |want: &str| {
+        let yaml = cp.ward(&["get", "dataplane", "backend-1", "-m", "m", "-o", "yaml"]).ok();
+        yaml.lines().any(|l| l.trim() == format!("ready: {want}"))
+    };
+    let deadline = || std::time::Instant::now() + Duration::from_secs(10);
+
+    let until = deadline();
+    while !recorded("true") || call().await.0 != 200 {
+        assert!(std::time::Instant::now() < until, "the first probe was not recorded:\n{}", backend.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    app.take();
+    let until = deadline();
+    loop {
+        let (status, body) = call().await;
+        if recorded("false") && status == 503 && body.contains("no healthy upstream") {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "backend-1 was not withdrawn: {status} {body}\n{}", backend.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    app = Some(common::apps::http_echo(app_address, "backend").await);
+    let until = deadline();
+    while !recorded("true") || call().await.0 != 200 {
+        assert!(std::time::Instant::now() < until, "backend-1 was not restored:\n{}", backend.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(app);
+}

@@ -7,11 +7,11 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
-use ward_api::{Resource, ResourceType, Spec, parse, policy};
+use ward_api::{Resource, ResourceType, Spec, dataplane::Health, parse, policy};
 use ward_pki::{DataplaneClaims, SpiffeId};
 use ward_proto::discovery::{
-    Certificate, CertificateRefused, ControlMessage, ProxyConfig, ProxyMessage, Register, control_message,
-    proxy_message,
+    Certificate, CertificateRefused, ControlMessage, InboundHealth, ProxyConfig, ProxyMessage, Register,
+    control_message, proxy_message,
 };
 
 use super::{Discovery, online::SessionInfo, snapshot::SharedSnapshot};
@@ -119,7 +119,12 @@ impl Session {
                         let answer = self.sign(&request.csr_pem).await;
                         self.send(answer).await?;
                     }
-                    Ok(Some(_)) => return Err(Status::invalid_argument("only CertificateRequest may follow Register")),
+                    Ok(Some(ProxyMessage { message: Some(proxy_message::Message::InboundHealth(report)) })) => {
+                        self.record_health(report).await?;
+                    }
+                    Ok(Some(_)) => {
+                        return Err(Status::invalid_argument("only CertificateRequest and InboundHealth may follow Register"));
+                    }
                     Ok(None) => return Ok(()),
                     Err(status) => {
                         tracing::debug!(error = %status, "proxy stream broke");
@@ -141,6 +146,33 @@ impl Session {
                 _ = self.out.closed() => return Ok(()),
             }
         }
+    }
+
+    /// Records the health the proxy found by probing an inbound as that inbound's
+    /// `health.ready`, as Kuma's health discovery does; the snapshot then adds or removes the
+    /// endpoint.
+    async fn record_health(&self, report: InboundHealth) -> Result<(), Status> {
+        let (mesh, name) = (&self.claims.mesh, &self.claims.name);
+        let Some(mut stored) =
+            self.discovery.store.get(ResourceType::Dataplane, mesh, name).await.map_err(store_status)?
+        else {
+            return Ok(());
+        };
+        let Spec::Dataplane(dp) = &mut stored.spec else { return Ok(()) };
+        let at = format!("networking.inbound[{}]", report.inbound);
+        let Some(inbound) = dp.networking.inbound.get_mut(report.inbound as usize) else {
+            return Err(Status::invalid_argument(format!("inbound health: the Dataplane has no {at}")));
+        };
+        if inbound.service_probe.is_none() {
+            return Err(Status::invalid_argument(format!("inbound health: {at} has no serviceProbe")));
+        }
+        if inbound.health.as_ref().map(|h| h.ready) == Some(report.ready) {
+            return Ok(());
+        }
+        inbound.health = Some(Health { ready: report.ready });
+        tracing::info!(%mesh, dataplane = %name, inbound = %at, ready = report.ready, "probed inbound health changed");
+        self.discovery.store.put(stored, &Actor(format!("dataplane:{name}"))).await.map_err(store_status)?;
+        Ok(())
     }
 
     /// Sends the configuration when it differs from the last one sent; ends the stream of a
@@ -271,8 +303,18 @@ async fn not_a_member(discovery: &Discovery, dataplane: &Resource) -> Result<Opt
 
 /// Stores the Dataplane as the proxy describes it, unless the store already holds exactly that.
 async fn store_dataplane(discovery: &Discovery, dataplane: Resource) -> Result<(), Status> {
+    let mut dataplane = dataplane;
     let meta = &dataplane.meta;
     let stored = discovery.store.get(ResourceType::Dataplane, &meta.mesh, &meta.name).await.map_err(store_status)?;
+    // The health of a probed inbound is the control plane's to keep, not the file's to reset.
+    if let (Some(Resource { spec: Spec::Dataplane(old), .. }), Spec::Dataplane(new)) = (&stored, &mut dataplane.spec) {
+        for (inbound, before) in new.networking.inbound.iter_mut().zip(&old.networking.inbound) {
+            if inbound.service_probe.is_some() && before.service_probe.is_some() && inbound.health.is_none() {
+                inbound.health.clone_from(&before.health);
+            }
+        }
+    }
+    let meta = &dataplane.meta;
     if stored.is_some_and(|s| s.spec == dataplane.spec && s.meta.labels == meta.labels) {
         return Ok(());
     }

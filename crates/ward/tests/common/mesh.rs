@@ -47,7 +47,6 @@ impl ControlPlane {
         std::fs::write(&token, self.dataplane_token(mesh, name, service, "1h")).unwrap();
         let file = root.join(format!("{name}.yaml"));
         std::fs::write(&file, yaml).unwrap();
-        let admin = free_port();
         let log = root.join(format!("{name}.log"));
         let mut args: Vec<String> = vec![
             "dp".into(),
@@ -60,9 +59,16 @@ impl ControlPlane {
             file.display().to_string(),
             "--dataplane-token-file".into(),
             token.display().to_string(),
-            "--admin-address".into(),
-            format!("127.0.0.1:{admin}"),
         ];
+        // The Dataplane's networking.admin.port, when it has one, is where the proxy listens.
+        let admin = match &dp.networking.admin {
+            Some(admin) => admin.port.0,
+            None => {
+                let port = free_port();
+                args.extend(["--admin-address".into(), format!("127.0.0.1:{port}")]);
+                port
+            }
+        };
         args.extend(extra.iter().map(|a| a.to_string()));
         let child = Command::new(WARD)
             .args(&args)
