@@ -43,8 +43,8 @@ pub fn probes(dp: &Dataplane) -> Vec<Probe> {
             Some(Probe {
                 inbound: i as u32,
                 target: inbound.service_socket(),
-                interval: probe.interval.map_or(DEFAULT_INTERVAL, |d| d.get()),
-                timeout: probe.timeout.map_or(DEFAULT_TIMEOUT, |d| d.get()),
+                interval: probe.interval.as_ref().map_or(DEFAULT_INTERVAL, |d| d.get()),
+                timeout: probe.timeout.as_ref().map_or(DEFAULT_TIMEOUT, |d| d.get()),
                 healthy_threshold: probe.healthy_threshold.unwrap_or(DEFAULT_THRESHOLD),
                 unhealthy_threshold: probe.unhealthy_threshold.unwrap_or(DEFAULT_THRESHOLD),
             })
