@@ -66,7 +66,7 @@ pub async fn fetch_svid(cp: &ControlPlane, mesh: &str, name: &str, service: &str
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.subject_alt_names = vec![rcgen::SanType::URI(format!("spiffe://{mesh}/{service}").try_into()?)];
     let csr = params.serialize_request(&key)?.pem()?;
-    let request = CertificateRequest { csr_pem: csr };
+    let request = CertificateRequest { csr_pem: csr, service: String::new() };
     stream.outbox.send(ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(request)) }).await?;
     let (mut chain_pem, mut bundle_pem) = (None, None);
     while chain_pem.is_none() || bundle_pem.is_none() {

@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|(mut stream, csr_pem)| {
             tokio::spawn(async move {
                 let sent = Instant::now();
-                let request = CertificateRequest { csr_pem };
+                let request = CertificateRequest { csr_pem, service: String::new() };
                 let message = ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(request)) };
                 stream.outbox.send(message).await?;
                 certificate(&mut stream).await?;

@@ -525,14 +525,26 @@ impl DataplaneNetworking {
 }
 
 impl Dataplane {
-    /// The one service this dataplane is (from its gateway tags or its first inbound); valid
-    /// after [`Dataplane::check`].
+    /// The service whose identity this dataplane calls others with (its gateway's, else its
+    /// first inbound's); valid after [`Dataplane::check`].
     pub fn service(&self) -> &str {
         let tags = match &self.networking.gateway {
             Some(gateway) => Some(&gateway.tags),
             None => self.networking.inbound.first().map(|i| &i.tags),
         };
         tags.and_then(|t| t.get(SERVICE_TAG)).map_or("", String::as_str)
+    }
+
+    /// Every service it holds an identity for, each once: its outbound identity
+    /// ([`Dataplane::service`]) first, then those of its other inbounds in order.
+    pub fn services(&self) -> Vec<&str> {
+        let mut services = vec![self.service()];
+        for service in self.networking.inbound.iter().filter_map(Inbound::service) {
+            if !services.contains(&service) {
+                services.push(service);
+            }
+        }
+        services
     }
 
     /// Whether any inbound carries every tag of `wanted` (value `*` matches any value).
@@ -792,23 +804,15 @@ impl Dataplane {
                 "a dataplane with neither an inbound nor a gateway has no service to name in its identity",
             );
         }
-        let first = net.inbound.first().and_then(Inbound::service);
         for (i, inbound) in net.inbound.iter().enumerate() {
             let at = format!("networking.inbound[{i}].tags");
-            match (inbound.service(), first) {
-                (None, _) if inbound.tags.is_empty() => causes.unsupported(
+            match inbound.service() {
+                None if inbound.tags.is_empty() => causes.unsupported(
                     at,
                     format!("an inbound without tags has no {SERVICE_TAG} to name the dataplane's identity"),
                 ),
-                (None, _) => {}
-                (Some(service), Some(first)) if service != first => causes.unsupported(
-                    format!("{at}.{SERVICE_TAG}"),
-                    format!(
-                        "several services per dataplane (inbound[0] is {first:?}, this one {service:?}): a \
-                         dataplane has one identity; use one dataplane per service"
-                    ),
-                ),
-                (Some(service), _) => {
+                None => {}
+                Some(service) => {
                     if let Err(e) = check_service(service) {
                         causes.unsupported(format!("{at}.{SERVICE_TAG}"), service_name(&e));
                     }

@@ -296,8 +296,8 @@ mod tests {
                 "dataplanes/dp: networking.inbound[0].tags: tag \"kuma.io/service\" is required",
             ),
             (
-                "type: Dataplane\nmesh: default\nname: dp\nnetworking:\n  address: 1.2.3.4\n  inbound:\n  - port: 1\n    tags: {kuma.io/service: a}\n  - port: 2\n    tags: {kuma.io/service: b}\n",
-                "dataplanes/dp: networking.inbound[1].tags.kuma.io/service: is valid Kuma but not supported by Ward yet: several services per dataplane",
+                "type: Dataplane\nmesh: default\nname: dp\nnetworking:\n  address: 1.2.3.4\n  outbound:\n  - port: 1\n    tags: {kuma.io/service: a}\n",
+                "dataplanes/dp: networking.inbound: is valid Kuma but not supported by Ward yet: a dataplane with neither an inbound nor a gateway",
             ),
             (
                 "type: Dataplane\nmesh: default\nname: dp\nnetworking:\n  address: 1.2.3.4\n  inbound:\n  - port: '80'\n    tags: {kuma.io/service: a}\n",

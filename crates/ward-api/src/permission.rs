@@ -276,8 +276,12 @@ impl TargetRef {
 
     /// Valid Kuma references that Ward cannot enforce exactly, refused as such.
     fn check_supported(&self, at: &str, causes: &mut Causes) {
-        if self.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
-            causes.unsupported(format!("{at}.namespace"), "Ward has no Kubernetes namespaces, so none can be matched");
+        if self.kind != TargetKind::Dataplane && self.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
+            causes.unsupported(
+                format!("{at}.namespace"),
+                "Ward has no Kubernetes namespaces for services; only a Dataplane reference may name one (matched \
+                 against the dataplane's k8s.kuma.io/namespace label)",
+            );
         }
         if self.kind == TargetKind::MeshService {
             if self.labels.as_ref().is_some_and(|l| !l.is_empty()) {

@@ -211,6 +211,9 @@ fn action_rank(action: Action) -> u8 {
     }
 }
 
+/// The label that holds a dataplane's Kubernetes namespace.
+const NAMESPACE_LABEL: &str = "k8s.kuma.io/namespace";
+
 /// How much of a dataplane a top-level targetRef selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Selected {
@@ -222,18 +225,29 @@ enum Selected {
     All,
 }
 
-/// Which of the dataplane `name` with `labels` a top-level targetRef selects.
-fn selects_destination(target: Option<&TargetRef>, name: &str, labels: &Tags, dp: &Dataplane) -> Selected {
+/// Which of the dataplane `name` with `labels` a top-level targetRef selects; with `at`, only
+/// whether it selects that one inbound (all of what is decided there, or none).
+fn selects_destination(
+    target: Option<&TargetRef>,
+    name: &str,
+    labels: &Tags,
+    dp: &Dataplane,
+    at: Option<&Inbound>,
+) -> Selected {
     let Some(target) = target else { return Selected::All };
     let proxy_type = if dp.networking.gateway.is_some() { ProxyType::Gateway } else { ProxyType::Sidecar };
     if target.proxy_types.as_ref().is_some_and(|types| !types.is_empty() && !types.contains(&proxy_type)) {
         return Selected::None;
     }
     let inbounds = &dp.networking.inbound;
-    let by_inbound = |selects: &dyn Fn(&Inbound) -> bool| match inbounds.iter().filter(|i| selects(i)).count() {
-        0 => Selected::None,
-        n if n == inbounds.len() => Selected::All,
-        _ => Selected::Part,
+    let by_inbound = |selects: &dyn Fn(&Inbound) -> bool| match at {
+        Some(inbound) if selects(inbound) => Selected::All,
+        Some(_) => Selected::None,
+        None => match inbounds.iter().filter(|i| selects(i)).count() {
+            0 => Selected::None,
+            n if n == inbounds.len() => Selected::All,
+            _ => Selected::Part,
+        },
     };
     match target.kind {
         TargetKind::Mesh => Selected::All,
@@ -243,7 +257,9 @@ fn selects_destination(target: Option<&TargetRef>, name: &str, labels: &Tags, dp
             None => Selected::None,
         },
         TargetKind::Dataplane => {
+            // A namespace (Kubernetes') is the dataplane's k8s.kuma.io/namespace label, as Kuma reads it.
             let this = target.name.as_deref().is_none_or(|n| n == name)
+                && target.namespace.as_deref().is_none_or(|ns| labels.get(NAMESPACE_LABEL).is_some_and(|l| l == ns))
                 && target.labels.as_ref().is_none_or(|l| tags_match(l, labels));
             match (this, target.section_name.as_deref()) {
                 (false, _) => Selected::None,
@@ -304,7 +320,7 @@ pub fn applies_to(policy: &Resource, destination: &Resource) -> bool {
     }
     match &policy.spec {
         Spec::MeshTrafficPermission(mtp) => {
-            selects_destination(mtp.target_ref.as_ref(), &destination.meta.name, &destination.meta.labels, dp)
+            selects_destination(mtp.target_ref.as_ref(), &destination.meta.name, &destination.meta.labels, dp, None)
                 != Selected::None
         }
         Spec::TrafficPermission(tp) => tp.destinations.iter().any(|d| dp.has_tags(&d.tags)),
@@ -312,9 +328,27 @@ pub fn applies_to(policy: &Resource, destination: &Resource) -> bool {
     }
 }
 
-/// Decides whether `caller` may reach the dataplane `destination`, given every
-/// resource of its mesh (other types are ignored).
+/// Decides whether `caller` may reach the dataplane `destination` as a whole, given every
+/// resource of its mesh (other types are ignored). A policy selecting only some of its
+/// inbounds counts only for its Deny here; [`decide_at_inbound`] is exact.
 pub fn decide(policies: &[Resource], caller: &Caller, destination: &Resource) -> Decision {
+    decide_at(policies, caller, destination, None)
+}
+
+/// Decides whether `caller` may reach inbound `inbound` (an index into
+/// `networking.inbound`) of the dataplane `destination`: the policies selecting that
+/// inbound decide, as Kuma computes rules per inbound. An index out of range is denied.
+pub fn decide_at_inbound(policies: &[Resource], caller: &Caller, destination: &Resource, inbound: usize) -> Decision {
+    let Spec::Dataplane(dp) = &destination.spec else {
+        return Decision { action: Action::Deny, policy: None };
+    };
+    match dp.networking.inbound.get(inbound) {
+        Some(at) => decide_at(policies, caller, destination, Some(at)),
+        None => Decision { action: Action::Deny, policy: None },
+    }
+}
+
+fn decide_at(policies: &[Resource], caller: &Caller, destination: &Resource, at: Option<&Inbound>) -> Decision {
     let Spec::Dataplane(dp) = &destination.spec else {
         return Decision { action: Action::Deny, policy: None };
     };
@@ -329,7 +363,7 @@ pub fn decide(policies: &[Resource], caller: &Caller, destination: &Resource) ->
             _ => None,
         })
         .flat_map(|(name, mtp)| {
-            let selected = selects_destination(mtp.target_ref.as_ref(), dest_name, labels, dp);
+            let selected = selects_destination(mtp.target_ref.as_ref(), dest_name, labels, dp, at);
             let top = mtp.target_ref.as_ref().map_or(0, |t| target_rank(t.kind));
             let mut found = candidates(name, mtp, &caller, top);
             match selected {
@@ -351,7 +385,10 @@ pub fn decide(policies: &[Resource], caller: &Caller, destination: &Resource) ->
         Spec::TrafficPermission(tp) => {
             caller.in_mesh()
                 && tp.sources.iter().any(|s| caller.matches(&s.tags, false))
-                && tp.destinations.iter().any(|d| dp.has_tags(&d.tags))
+                && tp.destinations.iter().any(|d| match at {
+                    Some(inbound) => tags_match(&d.tags, &inbound.tags),
+                    None => dp.has_tags(&d.tags),
+                })
         }
         _ => false,
     });
@@ -589,7 +626,7 @@ mod tests {
     #[test]
     fn kuma_2_14_target_refs_decide_exactly() {
         let two = load(
-            "type: Dataplane\nmesh: m\nname: api-1\nlabels: {team: api}\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  \
+            "type: Dataplane\nmesh: m\nname: api-1\nlabels: {team: api, k8s.kuma.io/namespace: demo}\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  \
              - port: 8080\n    name: main\n    tags: {kuma.io/service: api, version: v1}\n  - port: 9090\n    \
              tags: {kuma.io/service: api, version: v1, port: admin}\n",
         )
@@ -620,11 +657,16 @@ mod tests {
             (mtp("a", "{kind: Dataplane}", &[(any, "Allow")]), svc("web"), Action::Allow),
             (mtp("a", "{kind: Dataplane, labels: {team: api}}", &[(any, "Allow")]), svc("web"), Action::Allow),
             (mtp("a", "{kind: Dataplane, labels: {team: db}}", &[(any, "Allow")]), svc("web"), Action::Deny),
+            // A namespace is the dataplane's k8s.kuma.io/namespace label.
+            (mtp("a", "{kind: Dataplane, name: api-1, namespace: demo}", &[(any, "Allow")]), svc("web"), Action::Allow),
+            (mtp("a", "{kind: Dataplane, name: api-1, namespace: other}", &[(any, "Allow")]), svc("web"), Action::Deny),
+            (mtp("a", "{kind: Dataplane, namespace: demo}", &[(any, "Allow")]), svc("web"), Action::Allow),
             // proxyTypes: a sidecar is not a gateway.
             (mtp("a", "{kind: Mesh, proxyTypes: [Gateway]}", &[(any, "Allow")]), svc("web"), Action::Deny),
             (mtp("a", "{kind: Mesh, proxyTypes: [Sidecar]}", &[(any, "Allow")]), svc("web"), Action::Allow),
-            // Two permissions each selecting one inbound of two (by name, by port) do not add up to an
-            // allow: the proxy decides for both inbounds at once (stricter than Kuma, never looser).
+            // Decided for the dataplane as a whole (as `ward explain` does without an inbound), two
+            // permissions each selecting one inbound of two (by name, by port) do not add up to an
+            // allow; the proxy decides per inbound (see the next test).
             (
                 mtp("a", "{kind: Dataplane, name: api-1, sectionName: main}", &[(any, "Allow")])
                     + &mtp("b", "{kind: Dataplane, name: api-1, sectionName: '9090'}", &[(any, "Allow")]),
@@ -648,6 +690,80 @@ mod tests {
         for (i, (yaml, caller, action)) in cases.into_iter().enumerate() {
             let got = decide(&load(&yaml), &caller, &two);
             assert_eq!(got.action, action, "case {i}: {caller:?}\n{yaml}");
+        }
+    }
+
+    /// What the proxy decides at each inbound: exactly the policies that select that inbound,
+    /// for a dataplane with sections and one whose inbounds serve two services.
+    #[test]
+    fn decisions_at_an_inbound_follow_the_policies_selecting_it() {
+        let dataplane = |yaml: &str| load(yaml).remove(0);
+        let api = dataplane(
+            "type: Dataplane\nmesh: m\nname: api-1\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  \
+             - port: 8080\n    name: main\n    tags: {kuma.io/service: api}\n  - port: 9090\n    \
+             tags: {kuma.io/service: api, port: admin}\n",
+        );
+        let two_services = dataplane(
+            "type: Dataplane\nmesh: m\nname: backend-1\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  \
+             - port: 8080\n    tags: {kuma.io/service: backend}\n  - port: 8081\n    tags: {kuma.io/service: backend-api}\n",
+        );
+        let any = "{kind: Mesh}";
+        // (policies, destination, [action at inbound 0, at inbound 1], action as a whole)
+        let cases: Vec<(String, &Resource, [Action; 2], Action)> = vec![
+            (
+                mtp("a", "{kind: Dataplane, sectionName: main}", &[(any, "Allow")])
+                    + &mtp("b", "{kind: Dataplane, sectionName: '9090'}", &[(any, "Allow")]),
+                &api,
+                [Action::Allow, Action::Allow],
+                Action::Deny,
+            ),
+            (
+                mtp("a", "{kind: Dataplane, sectionName: main}", &[(any, "Allow")]),
+                &api,
+                [Action::Allow, Action::Deny],
+                Action::Deny,
+            ),
+            (
+                mtp("a", any, &[(any, "Allow")])
+                    + &mtp("b", "{kind: MeshSubset, tags: {port: admin}}", &[(any, "Deny")]),
+                &api,
+                [Action::Allow, Action::Deny],
+                Action::Deny,
+            ),
+            (
+                mtp("a", "{kind: MeshService, name: backend}", &[("{kind: MeshService, name: web}", "Allow")]),
+                &two_services,
+                [Action::Allow, Action::Deny],
+                Action::Deny,
+            ),
+            (
+                mtp("a", "{kind: MeshService, name: backend}", &[("{kind: MeshService, name: web}", "Allow")])
+                    + &mtp(
+                        "b",
+                        "{kind: MeshService, name: backend-api}",
+                        &[("{kind: MeshService, name: web}", "Allow")],
+                    ),
+                &two_services,
+                [Action::Allow, Action::Allow],
+                Action::Deny,
+            ),
+            (
+                "---\ntype: TrafficPermission\nmesh: m\nname: tp\nsources:\n- match: {kuma.io/service: web}\n\
+                 destinations:\n- match: {kuma.io/service: backend-api}\n"
+                    .to_string(),
+                &two_services,
+                [Action::Deny, Action::Allow],
+                Action::Allow,
+            ),
+        ];
+        for (i, (yaml, destination, at, whole)) in cases.into_iter().enumerate() {
+            let policies = load(&yaml);
+            for (inbound, want) in at.into_iter().enumerate() {
+                let got = decide_at_inbound(&policies, &svc("web"), destination, inbound);
+                assert_eq!(got.action, want, "case {i} at inbound {inbound}:\n{yaml}");
+            }
+            assert_eq!(decide(&policies, &svc("web"), destination).action, whole, "case {i} as a whole:\n{yaml}");
+            assert_eq!(decide_at_inbound(&policies, &svc("web"), destination, 2).action, Action::Deny, "case {i}");
         }
     }
 

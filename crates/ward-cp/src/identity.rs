@@ -272,13 +272,13 @@ impl Identity {
         Ok(out)
     }
 
-    /// Issues a dataplane token for `name` of `service` in `mesh`, signed by the mesh's newest
-    /// key (created on first use).
+    /// Issues a dataplane token for `name` of `services` (at least one) in `mesh`, signed by
+    /// the mesh's newest key (created on first use).
     pub async fn issue_token(
         &self,
         mesh: &str,
         name: &str,
-        service: &str,
+        services: &[&str],
         valid_for: Duration,
         actor: &Actor,
     ) -> Result<(String, DataplaneClaims), IdentityError> {
@@ -289,7 +289,7 @@ impl Identity {
                 self.signing_keys(mesh).await?.pop().expect("a key was just added")
             }
         };
-        let claims = DataplaneClaims::new(mesh, name, service, Utc::now(), valid_for);
+        let claims = DataplaneClaims::new(mesh, name, services, Utc::now(), valid_for);
         Ok((token::issue(&key, &claims)?, claims))
     }
 
@@ -307,13 +307,14 @@ impl Identity {
         Ok(key.kid().to_string())
     }
 
-    /// Checks that `token` is valid now and grants dataplane `name` of `service` in `mesh`.
+    /// Checks that `token` is valid now and grants dataplane `name` in `mesh` the identity of
+    /// every one of `services`.
     pub async fn verify_token(
         &self,
         token: &str,
         mesh: &str,
         name: &str,
-        service: &str,
+        services: &[&str],
     ) -> Result<DataplaneClaims, IdentityError> {
         let keys: Vec<_> = self.signing_keys(mesh).await?.iter().map(SigningKey::verifying_key).collect();
         let claims = token::verify(token, &keys, Utc::now()).map_err(|e| match e {
@@ -323,7 +324,9 @@ impl Identity {
                 .map_or(e, |token_mesh| TokenError::WrongMesh { token: token_mesh, requested: mesh.into() }),
             e => e,
         })?;
-        token::authorize(&claims, mesh, name, service, &|jti| self.is_revoked(jti))?;
+        for service in services {
+            token::authorize(&claims, mesh, name, service, &|jti| self.is_revoked(jti))?;
+        }
         Ok(claims)
     }
 

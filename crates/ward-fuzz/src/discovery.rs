@@ -35,8 +35,8 @@ pub fn run(data: &[u8]) {
             control_message::Message::Config(proto) => {
                 if let Ok(config) = Config::from_proto(&proto) {
                     let peer = &fixture().peer;
-                    config.authorizer.decide(None);
-                    config.authorizer.decide(Some((peer, config.peer_tags.get(&peer.serial))));
+                    config.authorizer.decide(None, 0);
+                    config.authorizer.decide(Some((peer, config.peer_tags.get(&peer.serial))), 0);
                 }
             }
             control_message::Message::Certificate(certificate) => {

@@ -26,8 +26,12 @@ pub struct DataplaneClaims {
     pub mesh: String,
     /// The dataplane's name.
     pub name: String,
-    /// The service whose identity the dataplane may hold.
+    /// The service whose identity the dataplane may hold (the first, when it may hold several).
     pub service: String,
+    /// Further services whose identities the dataplane may hold: a dataplane whose inbounds
+    /// serve several services holds one certificate per service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_services: Vec<String>,
     /// Expiry (JWT `exp`, seconds).
     #[serde(with = "chrono::serde::ts_seconds")]
     pub exp: DateTime<Utc>,
@@ -39,18 +43,26 @@ pub struct DataplaneClaims {
 }
 
 impl DataplaneClaims {
-    /// Claims issued at `now`, expiring after `lifetime`, with a fresh random `jti`.
-    pub fn new(mesh: &str, name: &str, service: &str, now: DateTime<Utc>, lifetime: std::time::Duration) -> Self {
+    /// Claims for `services` (at least one), issued at `now`, expiring after `lifetime`, with
+    /// a fresh random `jti`.
+    pub fn new(mesh: &str, name: &str, services: &[&str], now: DateTime<Utc>, lifetime: std::time::Duration) -> Self {
         let mut jti = [0u8; 16];
         rand::rng().fill_bytes(&mut jti);
+        let (first, more) = services.split_first().map_or(("", &[][..]), |(f, m)| (*f, m));
         DataplaneClaims {
             mesh: mesh.to_string(),
             name: name.to_string(),
-            service: service.to_string(),
+            service: first.to_string(),
+            more_services: more.iter().map(|s| s.to_string()).collect(),
             exp: x509::add(now, lifetime),
             iat: now,
             jti: x509::hex(&jti),
         }
+    }
+
+    /// Every service whose identity the token grants, the first first.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.service.as_str()).chain(self.more_services.iter().map(String::as_str))
     }
 }
 
@@ -112,10 +124,10 @@ pub enum TokenError {
         /// The name requested.
         requested: String,
     },
-    /// The token is for another service.
+    /// The token is for other services.
     #[error("token: issued for service `{token}`, not `{requested}`")]
     WrongService {
-        /// The service in the token.
+        /// The services in the token, comma-separated.
         token: String,
         /// The service requested.
         requested: String,
@@ -260,8 +272,9 @@ pub fn authorize(
     if claims.name != name {
         return Err(TokenError::WrongName { token: claims.name.clone(), requested: name.to_string() });
     }
-    if claims.service != service {
-        return Err(TokenError::WrongService { token: claims.service.clone(), requested: service.to_string() });
+    if !claims.services().any(|s| s == service) {
+        let token = claims.services().collect::<Vec<_>>().join(", ");
+        return Err(TokenError::WrongService { token, requested: service.to_string() });
     }
     if revoked(&claims.jti) {
         return Err(TokenError::Revoked { jti: claims.jti.clone() });
@@ -280,7 +293,7 @@ mod tests {
     }
 
     fn claims() -> DataplaneClaims {
-        DataplaneClaims::new("default", "users-1", "users", now(), Duration::from_secs(3600))
+        DataplaneClaims::new("default", "users-1", &["users"], now(), Duration::from_secs(3600))
     }
 
     fn b64(json: &str) -> String {
@@ -419,6 +432,15 @@ mod tests {
             };
             assert!(check(&got), "{mesh}/{name}/{service} revoked={revoked}: {got:?}");
         }
+        let both =
+            DataplaneClaims::new("default", "users-1", &["users", "users-admin"], now(), Duration::from_secs(60));
+        for (service, granted) in [("users", true), ("users-admin", true), ("items", false)] {
+            assert_eq!(authorize(&both, "default", "users-1", service, &none).is_ok(), granted, "{service}");
+        }
+        assert_eq!(
+            authorize(&both, "default", "users-1", "items", &none).unwrap_err().to_string(),
+            "token: issued for service `users, users-admin`, not `items`"
+        );
         let revoked_jti = c.jti.clone();
         let err = authorize(&c, "default", "users-1", "users", &|jti: &str| jti == revoked_jti).unwrap_err();
         assert_eq!(err.to_string(), format!("token: `{}` has been revoked", c.jti));

@@ -70,9 +70,9 @@ async fn metrics(AxumState(proxy): AxumState<Arc<Proxy>>) -> impl IntoResponse {
     ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], proxy.state().metrics.encode())
 }
 
-/// The configuration in force and the certificate's public facts; never a private key.
+/// The configuration in force and the certificates' public facts; never a private key.
 async fn config(AxumState(proxy): AxumState<Arc<Proxy>>) -> impl IntoResponse {
-    let certificate = proxy.state().svid().map(|s| {
+    let facts = |s: &crate::identity::Svid| {
         json!({
             "spiffeId": s.spiffe_id.to_string(),
             "serial": s.serial,
@@ -80,10 +80,12 @@ async fn config(AxumState(proxy): AxumState<Arc<Proxy>>) -> impl IntoResponse {
             "notAfter": s.not_after,
             "backend": s.backend,
         })
-    });
+    };
+    let more: Vec<_> = proxy.state().more_svids().values().map(|s| facts(s)).collect();
     axum::Json(json!({
         "controlPlaneConnected": proxy.state().cp_connected(),
-        "certificate": certificate,
+        "certificate": proxy.state().svid().map(|s| facts(&s)),
+        "moreCertificates": more,
         "config": proxy.state().config().as_deref(),
     }))
 }

@@ -180,11 +180,11 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The decision of `config` for this caller.
-    pub fn decide(&self, config: &Config) -> Decision {
+    /// The decision of `config` for this caller at inbound `inbound` (its index in the Dataplane).
+    pub fn decide(&self, config: &Config, inbound: usize) -> Decision {
         match self {
-            Caller::Mesh(peer) => config.authorizer.decide(Some((peer, config.peer_tags.get(&peer.serial)))),
-            Caller::Anonymous => config.authorizer.decide(None),
+            Caller::Mesh(peer) => config.authorizer.decide(Some((peer, config.peer_tags.get(&peer.serial))), inbound),
+            Caller::Anonymous => config.authorizer.decide(None, inbound),
             Caller::Unchecked => Decision { action: Action::Allow, policy: None },
         }
     }
@@ -197,17 +197,18 @@ impl Caller {
         }
     }
 
-    /// Completes, with the reason, when the caller's connection must be closed: its certificate
-    /// expires, is revoked or is no longer trusted, or a new configuration denies it. A caller
-    /// denied from the start keeps its connection, and gets 403 for each request.
-    pub async fn cut(&self, state: &State) -> Cut {
+    /// Completes, with the reason, when the caller's connection to inbound `inbound` must be
+    /// closed: its certificate expires, is revoked or is no longer trusted, or a new
+    /// configuration denies it. A caller denied from the start keeps its connection, and gets
+    /// 403 for each request.
+    pub async fn cut(&self, state: &State, inbound: usize) -> Cut {
         let peer = match self {
             Caller::Mesh(peer) => Some(peer),
             Caller::Anonymous | Caller::Unchecked => None,
         };
         first_cut(state, peer.map(|p| p.not_after), |config, changed| {
             peer.and_then(|p| p.distrusted(config, Utc::now()))
-                .or_else(|| (changed && !self.decide(config).allows()).then_some(Cut::Permission))
+                .or_else(|| (changed && !self.decide(config, inbound).allows()).then_some(Cut::Permission))
         })
         .await
     }
@@ -233,9 +234,9 @@ impl Caller {
     }
 }
 
-/// Decides a caller with the configuration in force, counting the decision.
-pub fn authorize(state: &State, caller: &Caller, config: &Config) -> Decision {
-    let decision = caller.decide(config);
+/// Decides a caller at inbound `inbound` with the configuration in force, counting the decision.
+pub fn authorize(state: &State, caller: &Caller, config: &Config, inbound: usize) -> Decision {
+    let decision = caller.decide(config, inbound);
     if !matches!(caller, Caller::Unchecked) {
         let policy = decision.policy.as_ref().map_or_else(|| "default-deny".to_string(), ToString::to_string);
         let labels = DecisionLabels { action: decision.action.as_str().to_string(), policy };
@@ -256,12 +257,12 @@ pub struct Authorizer {
     destination: Resource,
     #[serde(skip)]
     needs_tags: bool,
-    /// Decisions by the caller's certificate serial (a serial names one identity).
+    /// Decisions by inbound and the caller's certificate serial (a serial names one identity).
     #[serde(skip)]
-    decided: Mutex<HashMap<String, Decision>>,
-    /// The decision for anonymous callers, once made.
+    decided: Mutex<HashMap<(usize, String), Decision>>,
+    /// The decisions for anonymous callers, by inbound, once made.
     #[serde(skip)]
-    anonymous: Mutex<Option<Decision>>,
+    anonymous: Mutex<HashMap<usize, Decision>>,
 }
 
 impl Authorizer {
@@ -276,23 +277,23 @@ impl Authorizer {
         self.needs_tags
     }
 
-    /// The decision for a caller proven by a certificate (with the tags of the dataplane it
-    /// was issued to, when known), or anonymous (`None`); each certificate is decided once per
-    /// configuration.
-    pub fn decide(&self, caller: Option<(&Peer, Option<&Vec<Tags>>)>) -> Decision {
+    /// The decision at inbound `inbound` for a caller proven by a certificate (with the tags of
+    /// the dataplane it was issued to, when known), or anonymous (`None`); each certificate is
+    /// decided once per inbound and configuration.
+    pub fn decide(&self, caller: Option<(&Peer, Option<&Vec<Tags>>)>, inbound: usize) -> Decision {
+        let at =
+            |caller: &policy::Caller| policy::decide_at_inbound(&self.permissions, caller, &self.destination, inbound);
         let Some((peer, tags)) = caller else {
             let mut anonymous = self.anonymous.lock().expect("decision cache lock");
-            return anonymous
-                .get_or_insert_with(|| policy::decide(&self.permissions, &policy::Caller::Anonymous, &self.destination))
-                .clone();
+            return anonymous.entry(inbound).or_insert_with(|| at(&policy::Caller::Anonymous)).clone();
         };
         let mut decided = self.decided.lock().expect("decision cache lock");
-        if let Some(d) = decided.get(peer.serial.as_str()) {
+        let key = (inbound, peer.serial.clone());
+        if let Some(d) = decided.get(&key) {
             return d.clone();
         }
-        let caller = policy::Caller::Workload { id: peer.id.clone(), tags: tags.cloned() };
-        let decision = policy::decide(&self.permissions, &caller, &self.destination);
-        decided.insert(peer.serial.clone(), decision.clone());
+        let decision = at(&policy::Caller::Workload { id: peer.id.clone(), tags: tags.cloned() });
+        decided.insert(key, decision.clone());
         decision
     }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use ward_api::{
     Resource, Spec,
-    dataplane::{Dataplane, Protocol, SERVICE_TAG, Tags},
+    dataplane::{Dataplane, Protocol, Tags},
     parse,
 };
 use ward_pki::TrustBundle;
@@ -187,14 +187,16 @@ fn inbound_specs(dp: &Dataplane) -> Vec<Arc<InboundSpec>> {
     let net = &dp.networking;
     net.inbound
         .iter()
-        .filter(|i| i.listens())
-        .map(|i| {
+        .enumerate()
+        .filter(|(_, i)| i.listens())
+        .map(|(index, i)| {
             let listen_ip: IpAddr = net.listen_address(i).parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
             Arc::new(InboundSpec {
                 listen: SocketAddr::new(listen_ip, i.port.0),
                 app: i.service_socket(),
                 protocol: i.protocol(),
-                service: i.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
+                service: i.service().unwrap_or(dp.service()).to_string(),
+                index,
             })
         })
         .collect()

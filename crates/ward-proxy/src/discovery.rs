@@ -68,32 +68,57 @@ pub struct DiscoveryOptions {
     pub dataplane: Resource,
 }
 
-/// When the next CSR is due, and the key waiting for its certificate.
-struct Renewal {
-    identity: SpiffeId,
-    pending: Option<(PendingKey, tokio::time::Instant)>,
+/// One identity the proxy holds a certificate for, and when its next CSR is due.
+struct Held {
+    id: SpiffeId,
+    service: String,
+    /// The identity the proxy calls others with (the first service), as opposed to that of a
+    /// further service its inbounds serve.
+    main: bool,
     due: tokio::time::Instant,
     backoff: Backoff,
 }
 
-impl Renewal {
-    fn now(&mut self) {
-        self.due = tokio::time::Instant::now();
+impl Held {
+    /// Its certificate in use, if any.
+    fn svid(&self, state: &State) -> Option<Arc<crate::identity::Svid>> {
+        if self.main { state.svid() } else { state.svid_for(&self.service) }
     }
 
     fn retry_later(&mut self) {
-        self.pending = None;
         self.due = tokio::time::Instant::now() + self.backoff.next_delay(rand::random());
+    }
+}
+
+/// The proxy's certificates, one per service it serves (the main one first), and the one key
+/// waiting for its certificate: requests go one at a time, so each answer is for the pending one.
+struct Renewal {
+    held: Vec<Held>,
+    pending: Option<(usize, PendingKey, tokio::time::Instant)>,
+}
+
+impl Renewal {
+    /// Which certificate to ask for next, and when: the pending one again after its timeout,
+    /// else the one due first.
+    fn next(&self) -> (usize, tokio::time::Instant) {
+        match &self.pending {
+            Some((i, _, sent)) => (*i, *sent + CSR_TIMEOUT),
+            None => self
+                .held
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (i, h.due))
+                .min_by_key(|(_, due)| *due)
+                .unwrap_or_else(|| (0, tokio::time::Instant::now() + Duration::from_secs(365 * 86_400))),
+        }
     }
 }
 
 /// Runs the stream until `shutdown`, reconnecting whenever it breaks.
 pub async fn run(state: Arc<State>, options: DiscoveryOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let channel = channel(&options)?;
-    let Some(identity) = identity_of(&options.dataplane) else {
-        bail!("dataplane file: the Dataplane has no kuma.io/service to take an identity from");
-    };
-    let mut renewal = Renewal { identity, pending: None, due: tokio::time::Instant::now(), backoff: Backoff::new() };
+    let held = identities_of(&options.dataplane)?;
+    let mut renewal = Renewal { held, pending: None };
     let mut backoff = Backoff::new();
     loop {
         let outcome = session(&state, &options, channel.clone(), &mut renewal, &mut backoff, &shutdown).await;
@@ -143,9 +168,17 @@ fn channel(options: &DiscoveryOptions) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-fn identity_of(dataplane: &Resource) -> Option<SpiffeId> {
-    let ward_api::Spec::Dataplane(dp) = &dataplane.spec else { return None };
-    SpiffeId::for_service(&dataplane.meta.mesh, dp.service()).ok()
+/// The identities the Dataplane's services give it: the one it calls others with first.
+fn identities_of(dataplane: &Resource) -> anyhow::Result<Vec<Held>> {
+    let ward_api::Spec::Dataplane(dp) = &dataplane.spec else { bail!("dataplane file: not a Dataplane") };
+    let mut held = Vec::new();
+    for (i, service) in dp.services().into_iter().enumerate() {
+        let id = SpiffeId::for_service(&dataplane.meta.mesh, service)
+            .map_err(|e| anyhow::anyhow!("dataplane file: no SPIFFE ID for service {service:?}: {e}"))?;
+        let (service, main, due, backoff) = (service.to_string(), i == 0, tokio::time::Instant::now(), Backoff::new());
+        held.push(Held { id, service, main, due, backoff });
+    }
+    Ok(held)
 }
 
 /// One stream, from connection to its end; `Ok` only on shutdown.
@@ -171,21 +204,20 @@ async fn session(
     let mut incoming = DiscoveryClient::new(channel).stream(request).await.map_err(status_error)?.into_inner();
     state.set_cp_connected(true);
     tracing::info!(cp = %options.cp_address, "connected to the control plane");
-    // A certificate held from an earlier stream is renewed on schedule; a missing one at once.
-    if state.svid().is_none() && renewal.pending.is_none() {
-        renewal.now();
-    }
+    // Certificates held from an earlier stream are renewed on schedule; missing ones at once.
     renewal.pending = None;
+    for held in &mut renewal.held {
+        if held.svid(state).is_none() {
+            held.due = tokio::time::Instant::now();
+        }
+    }
     // The health of probed inbounds: all of it once per stream, then each change.
     let mut health = state.inbound_health();
     let mut reported = BTreeMap::new();
     report_health(&outbox, &mut health, &mut reported).await?;
     loop {
         let wants_certificate = state.config().is_some_and(|c| c.mode != Mode::Disabled);
-        let deadline = match &renewal.pending {
-            Some((_, sent)) => *sent + CSR_TIMEOUT,
-            None => renewal.due,
-        };
+        let (next, deadline) = renewal.next();
         tokio::select! {
             message = incoming.message() => {
                 let message = message.map_err(status_error)?.context("the control plane closed the stream")?;
@@ -197,9 +229,10 @@ async fn session(
                 if renewal.pending.is_some() {
                     tracing::warn!("no answer to the certificate request within 15s; asking again");
                 }
-                let pending = identity::request(&renewal.identity)?;
-                let csr = CertificateRequest { csr_pem: pending.csr_pem.clone() };
-                renewal.pending = Some((pending, tokio::time::Instant::now()));
+                let held = &renewal.held[next];
+                let pending = identity::request(&held.id)?;
+                let csr = CertificateRequest { csr_pem: pending.csr_pem.clone(), service: held.service.clone() };
+                renewal.pending = Some((next, pending, tokio::time::Instant::now()));
                 outbox.send(ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(csr)) }).await?;
             }
             Ok(()) = health.changed() => report_health(&outbox, &mut health, &mut reported).await?,
@@ -229,20 +262,8 @@ fn handle(state: &State, renewal: &mut Renewal, message: ControlMessage) {
     match message.message {
         Some(control_message::Message::Config(proto)) => match Config::from_proto(&proto) {
             Ok(config) => {
-                let issuer_changed = state.svid().is_some_and(|s| s.backend != proto.enabled_backend);
-                if config.mode != Mode::Disabled && issuer_changed && renewal.pending.is_none() {
-                    tracing::info!(backend = %proto.enabled_backend, "the mesh's signing CA changed; renewing the certificate now");
-                    renewal.now();
-                }
-                if config.mode != Mode::Disabled
-                    && renewal.pending.is_none()
-                    && let Some(svid) = state.svid()
-                    && outlives(&svid, config.certificate_lifetime, Utc::now())
-                {
-                    let spread = (config.certificate_lifetime / 10).min(SHORTENED_LIFETIME_SPREAD);
-                    let wait = spread.mul_f64(rand::random::<f64>());
-                    tracing::info!(not_after = %svid.not_after, lifetime = ?config.certificate_lifetime, renew_in = ?wait, "the certificate outlives the mesh's new lifetime; renewing");
-                    renewal.due = renewal.due.min(tokio::time::Instant::now() + wait);
+                if config.mode != Mode::Disabled {
+                    reschedule(state, renewal, &config, &proto.enabled_backend);
                 }
                 tracing::debug!(version = config.version, "new configuration");
                 state.set_config(config);
@@ -250,36 +271,60 @@ fn handle(state: &State, renewal: &mut Renewal, message: ControlMessage) {
             Err(e) => tracing::error!(error = %e, "configuration refused; keeping the previous one"),
         },
         Some(control_message::Message::Certificate(certificate)) => {
-            let Some((pending, _)) = renewal.pending.take() else {
+            let Some((i, pending, _)) = renewal.pending.take() else {
                 tracing::warn!("a certificate arrived that no request was waiting for; ignored");
                 return;
             };
+            let held = &mut renewal.held[i];
             let Some(config) = state.config() else {
                 tracing::warn!("a certificate arrived before any configuration; asking again");
-                renewal.retry_later();
+                held.retry_later();
                 return;
             };
-            match identity::accept(&pending, &certificate, &renewal.identity, &config.bundle) {
+            match identity::accept(&pending, &certificate, &held.id, &config.bundle) {
                 Ok(svid) => {
                     // Half of the life left from now (NotBefore is backdated for clock skew).
                     let renew_at = ward_pki::renew_at(Utc::now(), svid.not_after, rand::random());
                     let wait = (renew_at - Utc::now()).max(TimeDelta::zero()).to_std().unwrap_or_default();
                     tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, not_after = %svid.not_after, renew_in = ?wait, "certificate installed");
-                    state.set_svid(svid);
-                    renewal.backoff.reset();
-                    renewal.due = tokio::time::Instant::now() + wait;
+                    state.set_svid(svid, held.main);
+                    held.backoff.reset();
+                    held.due = tokio::time::Instant::now() + wait;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "certificate from the control plane refused");
-                    renewal.retry_later();
+                    held.retry_later();
                 }
             }
         }
         Some(control_message::Message::CertificateRefused(refused)) => {
             tracing::error!(reason = %refused.reason, "the control plane refused to sign a certificate");
-            renewal.retry_later();
+            if let Some((i, _, _)) = renewal.pending.take() {
+                renewal.held[i].retry_later();
+            }
         }
         None => tracing::warn!("empty message from the control plane"),
+    }
+}
+
+/// Brings renewals forward for a new configuration: at once when the mesh's signing CA changed,
+/// soon (spread) when a certificate outlives a shortened lifetime.
+fn reschedule(state: &State, renewal: &mut Renewal, config: &Config, enabled_backend: &str) {
+    let pending = renewal.pending.as_ref().map(|(i, _, _)| *i);
+    for (i, held) in renewal.held.iter_mut().enumerate() {
+        let Some(svid) = held.svid(state) else { continue };
+        if Some(i) == pending {
+            continue;
+        }
+        if svid.backend != enabled_backend {
+            tracing::info!(backend = %enabled_backend, service = %held.service, "the mesh's signing CA changed; renewing the certificate now");
+            held.due = tokio::time::Instant::now();
+        } else if outlives(&svid, config.certificate_lifetime, Utc::now()) {
+            let spread = (config.certificate_lifetime / 10).min(SHORTENED_LIFETIME_SPREAD);
+            let wait = spread.mul_f64(rand::random::<f64>());
+            tracing::info!(not_after = %svid.not_after, lifetime = ?config.certificate_lifetime, renew_in = ?wait, "the certificate outlives the mesh's new lifetime; renewing");
+            held.due = held.due.min(tokio::time::Instant::now() + wait);
+        }
     }
 }
 

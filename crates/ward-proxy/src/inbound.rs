@@ -43,8 +43,10 @@ pub struct InboundSpec {
     pub app: SocketAddr,
     /// Its `kuma.io/protocol`, when declared.
     pub protocol: Option<Protocol>,
-    /// The service it serves.
+    /// The service it serves, whose certificate it presents.
     pub service: String,
+    /// Its index in the Dataplane's `networking.inbound`, where permissions are decided.
+    pub index: usize,
 }
 
 /// Accepts callers on `listener` until `stop`.
@@ -75,7 +77,7 @@ pub async fn handle(proxy: Arc<Proxy>, spec: Arc<InboundSpec>, tcp: TcpStream) {
     if let Some(caller) = plaintext {
         return serve_caller(proxy, spec, tcp, caller).await;
     }
-    let acceptor = TlsAcceptor::from(proxy.server_tls.clone());
+    let acceptor = TlsAcceptor::from(proxy.server_tls(&spec.service));
     let tls = match tokio::time::timeout(proxy.limits.header_read_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -116,7 +118,7 @@ where
     caller.await_tags(proxy.state()).await;
     if protocol == Detected::Tcp {
         let Some(config) = proxy.state().config() else { return };
-        if !authorize(proxy.state(), &caller, &config).allows() {
+        if !authorize(proxy.state(), &caller, &config, spec.index).allows() {
             return;
         }
         let app = match crate::app_client::connect(spec.app).await {
@@ -130,7 +132,7 @@ where
         tokio::select! {
             _ = forward::copy_tcp(&proxy, INBOUND, io, app) => {}
             _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
-            cut = caller.cut(proxy.state()) => {
+            cut = caller.cut(proxy.state(), spec.index) => {
                 tracing::info!(caller = caller.label(), reason = cut.as_str(), "closing the caller's connection");
                 cut.count(proxy.state(), INBOUND);
             }
@@ -146,7 +148,7 @@ where
     };
     let (io, service) = ward_http::server::guard(io, service, &proxy.limits);
     let connection = proxy.http_server.serve_connection_with_upgrades(io, service);
-    if let Some(reason) = forward::drive(&proxy, connection, &activity, caller.cut(proxy.state())).await {
+    if let Some(reason) = forward::drive(&proxy, connection, &activity, caller.cut(proxy.state(), spec.index)).await {
         tracing::info!(
             caller = caller.label(),
             reason = reason.as_str(),
@@ -166,7 +168,7 @@ async fn handle_request(
     let Some(config) = proxy.state().config() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "proxy has no configuration\n");
     };
-    let decision = authorize(proxy.state(), caller, &config);
+    let decision = authorize(proxy.state(), caller, &config, spec.index);
     let response = if decision.allows() {
         let upgrading = is_upgrade(&request);
         let headers = request.headers_mut();
@@ -185,9 +187,9 @@ async fn handle_request(
         let h2c = matches!(spec.protocol, Some(Protocol::Http2 | Protocol::Grpc));
         let result = if upgrading {
             // The upgraded connection outlives this HTTP connection: it watches the caller itself.
-            let (state, caller) = (proxy.state().clone(), caller.clone());
+            let (state, caller, inbound) = (proxy.state().clone(), caller.clone(), spec.index);
             let cut = async move {
-                let reason = caller.cut(&state).await;
+                let reason = caller.cut(&state, inbound).await;
                 tracing::info!(
                     caller = caller.label(),
                     reason = reason.as_str(),

@@ -76,8 +76,10 @@ pub struct Proxy {
     pub member: Member,
     /// Limits of every listener and connection.
     pub limits: Limits,
-    /// Inbound mTLS.
-    pub server_tls: Arc<rustls::ServerConfig>,
+    /// Inbound mTLS, one configuration per service served (each presents its own certificate).
+    pub server_tls: Mutex<BTreeMap<String, Arc<rustls::ServerConfig>>>,
+    /// Whether TLS 1.2 is allowed between proxies besides 1.3.
+    pub allow_tls12: bool,
     /// The HTTP server every connection uses.
     pub http_server: auto::Builder<TokioExecutor>,
     /// Clients for the local application.
@@ -97,6 +99,15 @@ impl Proxy {
     pub fn state(&self) -> &Arc<State> {
         &self.member.state
     }
+
+    /// The inbound mTLS configuration of `service`, made on first use.
+    pub fn server_tls(&self, service: &str) -> Arc<rustls::ServerConfig> {
+        let mut configs = self.server_tls.lock().expect("server TLS lock");
+        configs
+            .entry(service.to_string())
+            .or_insert_with(|| tls::server_config(self.state().clone(), service.to_string(), self.allow_tls12))
+            .clone()
+    }
 }
 
 /// Runs the proxy until `shutdown` completes, then drains.
@@ -110,7 +121,8 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
 
     let state = State::new();
     let proxy = Arc::new(Proxy {
-        server_tls: tls::server_config(state.clone(), options.allow_tls12),
+        server_tls: Mutex::default(),
+        allow_tls12: options.allow_tls12,
         http_server: ward_http::server::builder(&options.limits),
         app: AppClient::new(),
         member: Member::new(state.clone(), options.allow_tls12, options.strategy),

@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::Utc;
 use tokio::sync::watch;
 
@@ -19,6 +19,7 @@ use crate::{config::Config, identity::Svid, metrics::Metrics};
 pub struct State {
     config: ArcSwapOption<Config>,
     svid: ArcSwapOption<Svid>,
+    more_svids: ArcSwap<BTreeMap<String, Arc<Svid>>>,
     changes: watch::Sender<u64>,
     cp_connected: AtomicBool,
     refused: Mutex<Option<String>>,
@@ -34,6 +35,7 @@ impl State {
         Arc::new(State {
             config: ArcSwapOption::empty(),
             svid: ArcSwapOption::empty(),
+            more_svids: ArcSwap::default(),
             changes,
             cp_connected: AtomicBool::new(false),
             refused: Mutex::new(None),
@@ -47,9 +49,18 @@ impl State {
         self.config.load_full()
     }
 
-    /// The certificate in use, if any.
+    /// The certificate of the identity the proxy calls others with, if any.
     pub fn svid(&self) -> Option<Arc<Svid>> {
         self.svid.load_full()
+    }
+
+    /// The certificate an inbound of `service` presents: the main one when it is that
+    /// service's, else the one held for it (a dataplane whose inbounds serve several services).
+    pub fn svid_for(&self, service: &str) -> Option<Arc<Svid>> {
+        match self.svid.load_full() {
+            Some(main) if main.spiffe_id.service() == Some(service) => Some(main),
+            _ => self.more_svids.load().get(service).cloned(),
+        }
     }
 
     /// Puts a new configuration in force for every new connection and request.
@@ -58,10 +69,25 @@ impl State {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// Puts a new certificate in use for every new handshake.
-    pub fn set_svid(&self, svid: Svid) {
-        self.metrics.certificate_expiry.set(svid.not_after.timestamp());
-        self.svid.store(Some(Arc::new(svid)));
+    /// The certificates of the further services the proxy serves, by service.
+    pub fn more_svids(&self) -> Arc<BTreeMap<String, Arc<Svid>>> {
+        self.more_svids.load_full()
+    }
+
+    /// Puts a new certificate in use for every new handshake: the main one (the identity the
+    /// proxy calls with), or with `main` false, the one of another service it serves.
+    pub fn set_svid(&self, svid: Svid, main: bool) {
+        if main {
+            self.metrics.certificate_expiry.set(svid.not_after.timestamp());
+            self.svid.store(Some(Arc::new(svid)));
+        } else if let Some(service) = svid.spiffe_id.service().map(String::from) {
+            let svid = Arc::new(svid);
+            self.more_svids.rcu(|held| {
+                let mut held = BTreeMap::clone(held);
+                held.insert(service.clone(), svid.clone());
+                held
+            });
+        }
         self.changes.send_modify(|n| *n += 1);
     }
 
@@ -123,15 +149,23 @@ impl State {
         if config.mode == crate::config::Mode::Disabled {
             return None;
         }
-        match self.svid() {
-            None => Some("no certificate yet".into()),
-            Some(svid) if !svid.valid_at(Utc::now()) => Some(format!(
-                "certificate {} expired at {}{}",
-                svid.serial,
-                svid.not_after.to_rfc3339(),
-                if self.cp_connected() { "" } else { " and the control plane is unreachable" }
-            )),
-            Some(_) => None,
+        let unreachable = if self.cp_connected() { "" } else { " and the control plane is unreachable" };
+        // The first service is the main identity's; each further one has its own certificate.
+        for (i, service) in config.dataplane_spec().services().into_iter().enumerate() {
+            let svid = if i == 0 { self.svid() } else { self.svid_for(service) };
+            match svid {
+                None if i == 0 => return Some("no certificate yet".into()),
+                None => return Some(format!("no certificate yet for service {service}")),
+                Some(svid) if !svid.valid_at(Utc::now()) => {
+                    return Some(format!(
+                        "certificate {} expired at {}{unreachable}",
+                        svid.serial,
+                        svid.not_after.to_rfc3339()
+                    ));
+                }
+                Some(_) => {}
+            }
         }
+        None
     }
 }

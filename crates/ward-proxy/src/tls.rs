@@ -36,8 +36,9 @@ pub fn versions(allow_tls12: bool) -> &'static [&'static rustls::SupportedProtoc
     if allow_tls12 { rustls::ALL_VERSIONS } else { TLS13_ONLY }
 }
 
-/// The server side of inbound mTLS: a client certificate from the mesh is required.
-pub fn server_config(state: Arc<State>, allow_tls12: bool) -> Arc<ServerConfig> {
+/// The server side of inbound mTLS for an inbound of `service`, which presents that service's
+/// certificate: a client certificate from the mesh is required.
+pub fn server_config(state: Arc<State>, service: String, allow_tls12: bool) -> Arc<ServerConfig> {
     let provider = provider();
     let verifier =
         Arc::new(MeshClientVerifier { signatures: HandshakeSignatures::of(&provider), state: state.clone() });
@@ -45,7 +46,7 @@ pub fn server_config(state: Arc<State>, allow_tls12: bool) -> Arc<ServerConfig> 
         .with_protocol_versions(versions(allow_tls12))
         .expect("the provider supports these versions")
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(CurrentSvid(state)));
+        .with_cert_resolver(Arc::new(ServiceSvid { state, service }));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     // A resumed session skips certificate verification: a revoked, expired or no longer trusted
     // caller would get back in with its old session. Every handshake is a full one.
@@ -71,18 +72,30 @@ pub fn client_config(state: Arc<State>, expected: SpiffeId, allow_tls12: bool, a
     Arc::new(config)
 }
 
-/// Presents the proxy's current certificate, as server and as client.
+/// Presents the current certificate of one service the proxy serves, as a server.
+struct ServiceSvid {
+    state: Arc<State>,
+    service: String,
+}
+
+impl fmt::Debug for ServiceSvid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceSvid({})", self.service)
+    }
+}
+
+impl ResolvesServerCert for ServiceSvid {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.state.svid_for(&self.service).map(|s| s.certified.clone())
+    }
+}
+
+/// Presents the proxy's current main certificate (the identity it calls others with), as a client.
 struct CurrentSvid(Arc<State>);
 
 impl fmt::Debug for CurrentSvid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("CurrentSvid")
-    }
-}
-
-impl ResolvesServerCert for CurrentSvid {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.svid().map(|s| s.certified.clone())
     }
 }
 

@@ -109,9 +109,9 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
             "dataplanes/bad-dp: networking.inbound[0].tags: tag \"kuma.io/service\" is required",
         ),
         (
-            "two identities",
-            dp("  address: 127.0.0.1\n  inbound:\n  - port: 1\n    tags: {kuma.io/service: a}\n  - port: 2\n    tags: {kuma.io/service: b}\n"),
-            "dataplanes/bad-dp: networking.inbound[1].tags.kuma.io/service: is valid Kuma but not supported by Ward yet: several services per dataplane",
+            "no identity",
+            dp("  address: 127.0.0.1\n  outbound:\n  - port: 3333\n    tags: {kuma.io/service: redis}\n"),
+            "dataplanes/bad-dp: networking.inbound: is valid Kuma but not supported by Ward yet: a dataplane with neither an inbound nor a gateway",
         ),
         (
             "unknown mesh",

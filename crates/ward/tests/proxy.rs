@@ -576,3 +576,95 @@ async fn a_probed_application_that_stops_answering_is_withdrawn_until_it_answers
     }
     drop(app);
 }
+
+/// A Dataplane whose inbounds serve two services: each inbound presents its own service's
+/// certificate (the callers' outbounds check it), and each is decided by the permissions of
+/// its own service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dataplane_serving_two_services_has_an_identity_and_permissions_per_inbound() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = common::ControlPlane::start(root.path());
+    let allow = |name: &str, service: &str| {
+        format!(
+            "type: MeshTrafficPermission\nmesh: m\nname: {name}\nspec:\n  targetRef: {{kind: MeshService, name: {service}}}\n  \
+             from:\n  - targetRef: {{kind: MeshService, name: web}}\n    default: {{action: Allow}}\n"
+        )
+    };
+    cp.apply(&format!(
+        "type: Mesh\nname: m\nmtls:\n  enabledBackend: ca\n  backends:\n  - name: ca\n    type: builtin\n---\n{}",
+        allow("web-to-backend", "backend")
+    ));
+    let main_app = common::apps::http_echo(([127, 0, 0, 1], common::free_port()).into(), "backend").await;
+    let api_app = common::apps::http_echo(([127, 0, 0, 1], common::free_port()).into(), "backend-api").await;
+    let api_inbound = common::free_port();
+    let backend = cp.start_proxy(
+        root.path(),
+        "backend-1",
+        &format!(
+            "type: Dataplane\nmesh: m\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  \
+             - port: {}\n    name: main\n    servicePort: {}\n    tags: {{kuma.io/service: backend, kuma.io/protocol: http}}\n  \
+             - port: {api_inbound}\n    servicePort: {}\n    tags: {{kuma.io/service: backend-api, kuma.io/protocol: http}}\n",
+            common::free_port(),
+            main_app.address.port(),
+            api_app.address.port()
+        ),
+        &[],
+    );
+    let explain =
+        |inbound: &str| cp.ward(&["explain", "backend-1", "-m", "m", "--caller", "web", "--inbound", inbound]).ok();
+    assert!(explain("main").starts_with("Allow by MeshTrafficPermission/web-to-backend"), "{}", explain("main"));
+    assert!(explain(&api_inbound.to_string()).starts_with("Deny"), "{}", explain(&api_inbound.to_string()));
+    let config = backend.config();
+    assert_eq!(config["certificate"]["spiffeId"], "spiffe://m/backend", "{config}");
+    assert_eq!(config["moreCertificates"][0]["spiffeId"], "spiffe://m/backend-api", "{config}");
+
+    let (to_backend, to_api) = (common::free_port(), common::free_port());
+    let _web = cp.start_proxy(
+        root.path(),
+        "web-1",
+        &format!(
+            "type: Dataplane\nmesh: m\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
+             tags: {{kuma.io/service: web}}\n  outbound:\n  - port: {to_backend}\n    tags: {{kuma.io/service: backend}}\n  \
+             - port: {to_api}\n    tags: {{kuma.io/service: backend-api}}\n",
+            common::free_port()
+        ),
+        &[],
+    );
+    let http = common::http_client();
+    let call = async |port: u16| {
+        let response = http.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    // Each outbound checks the inbound's certificate names the service it called: a 200 or a
+    // 403 from the inbound means the handshake found the right identity.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ((main_status, main_body), (api_status, api_body)) = (call(to_backend).await, call(to_api).await);
+        if main_status == 200 && api_status == 403 {
+            assert!(main_body.contains(r#""service":"backend""#), "{main_body}");
+            assert!(api_body.contains("denied"), "{api_body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "backend {main_status} {main_body}, backend-api {api_status} {api_body}\n{}",
+            backend.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    cp.apply(&allow("web-to-api", "backend-api"));
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = call(to_api).await;
+        if status == 200 {
+            assert!(body.contains(r#""service":"backend-api""#), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "backend-api still {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(call(to_backend).await.0, 200);
+    let both = explain(&api_inbound.to_string());
+    assert!(both.starts_with("Allow by MeshTrafficPermission/web-to-api"), "{both}");
+}

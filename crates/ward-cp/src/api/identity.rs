@@ -68,7 +68,8 @@ pub struct DataplaneTokenRequest {
     valid_for: String,
 }
 
-/// `POST /tokens/dataplane`: a token that lets one dataplane obtain one service's identity.
+/// `POST /tokens/dataplane`: a token that lets one dataplane obtain the identities of the
+/// services it names (one per service its inbounds serve).
 pub async fn dataplane_token(
     State(state): State<ApiState>,
     caller: Caller,
@@ -85,20 +86,28 @@ pub async fn dataplane_token(
     if let Some(other) = request.tags.keys().find(|k| *k != SERVICE_TAG) {
         return Err(bad(&format!("tags.{other}"), &format!("only {SERVICE_TAG} can be granted")));
     }
-    let service = match request.tags.get(SERVICE_TAG) {
-        Some(TagValue::One(s)) => s.clone(),
-        Some(TagValue::List(list)) if list.len() == 1 => list[0].clone(),
-        Some(TagValue::List(_)) => return Err(bad(&format!("tags.{SERVICE_TAG}"), "must name exactly one service")),
+    let services: Vec<&str> = match request.tags.get(SERVICE_TAG) {
+        Some(TagValue::One(s)) => vec![s.as_str()],
+        Some(TagValue::List(list)) => list.iter().map(String::as_str).collect(),
         None => return Err(bad("tags", &format!("tag {SERVICE_TAG:?} is required"))),
     };
-    ward_api::names::check_service(&service).map_err(|e| bad(&format!("tags.{SERVICE_TAG}"), &e))?;
+    if services.is_empty() {
+        return Err(bad(&format!("tags.{SERVICE_TAG}"), "must name at least one service"));
+    }
+    for (i, service) in services.iter().enumerate() {
+        let at = format!("tags.{SERVICE_TAG}[{i}]");
+        ward_api::names::check_service(service).map_err(|e| bad(&at, &e))?;
+        if services[..i].contains(service) {
+            return Err(bad(&at, &format!("service {service:?} is named twice")));
+        }
+    }
     let valid_for = KumaDuration::parse(&request.valid_for).map_err(|e| bad("validFor", &e))?;
     if valid_for.get().is_zero() {
         return Err(bad("validFor", "must be longer than 0s"));
     }
     let (token, claims) =
-        state.identity.issue_token(&request.mesh, &request.name, &service, valid_for.get(), &caller.actor()).await?;
-    tracing::info!(by = %caller.0.sub, mesh = %claims.mesh, dataplane = %claims.name, service = %claims.service, jti = %claims.jti, "issued a dataplane token");
+        state.identity.issue_token(&request.mesh, &request.name, &services, valid_for.get(), &caller.actor()).await?;
+    tracing::info!(by = %caller.0.sub, mesh = %claims.mesh, dataplane = %claims.name, services = ?services, jti = %claims.jti, "issued a dataplane token");
     Ok(token)
 }
 

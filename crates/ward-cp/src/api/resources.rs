@@ -351,6 +351,8 @@ pub struct CallerQuery {
     caller: String,
     /// A Dataplane of the caller's service whose tags the decision uses, as its proxy's would.
     caller_dataplane: Option<String>,
+    /// The inbound called, by name or port; a dataplane of one inbound needs none.
+    inbound: Option<String>,
 }
 
 /// `GET /meshes/{mesh}/dataplanes/{name}/_authorization?caller=X`: would `caller` be let
@@ -392,8 +394,26 @@ pub async fn authorization(
         .get(ResourceType::Dataplane, &mesh, &name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("dataplanes/{name} not found in mesh {mesh:?}")))?;
+    let inbounds = match &dataplane.spec {
+        Spec::Dataplane(dp) => dp.networking.inbound.as_slice(),
+        _ => &[],
+    };
+    let inbound = match (&query.inbound, inbounds.len()) {
+        (Some(section), _) => Some(inbounds.iter().position(|i| i.is_section(section)).ok_or_else(|| {
+            ApiError::bad_field(
+                "_authorization",
+                "inbound",
+                &format!("names no inbound of dataplanes/{name} (by its name or port): {section:?}"),
+            )
+        })?),
+        (None, 1) => Some(0),
+        (None, _) => None,
+    };
     let resources = state.store.mesh_resources(&mesh).await?;
-    let decision = policy::decide(&resources, &who, &dataplane);
+    let decision = match inbound {
+        Some(i) => policy::decide_at_inbound(&resources, &who, &dataplane, i),
+        None => policy::decide(&resources, &who, &dataplane),
+    };
     let depends_on: Vec<std::borrow::Cow<'_, ward_api::dataplane::Tags>> = match &who {
         policy::Caller::Workload { tags: None, .. } => policy::tag_selectors(&resources),
         _ => Vec::new(),
@@ -401,6 +421,7 @@ pub async fn authorization(
     Ok(Json(json!({
         "caller": query.caller,
         "dataplane": name,
+        "inbound": inbound.map(|i| format!("networking.inbound[{i}]")),
         "action": decision.action,
         "policy": decision.policy.as_ref().map(ToString::to_string),
         "explanation": decision.to_string(),

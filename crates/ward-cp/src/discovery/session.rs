@@ -49,9 +49,10 @@ impl Session {
         let Some(ProxyMessage { message: Some(proxy_message::Message::Register(register)) }) = first else {
             return Err(Status::invalid_argument("the first message of a stream must be Register"));
         };
-        let (dataplane, service) = read_dataplane(&register)?;
+        let (dataplane, services) = read_dataplane(&register)?;
         let (mesh, name) = (dataplane.meta.mesh.clone(), dataplane.meta.name.clone());
-        let claims = match discovery.identity.verify_token(&token, &mesh, &name, &service).await {
+        let services: Vec<&str> = services.iter().map(String::as_str).collect();
+        let claims = match discovery.identity.verify_token(&token, &mesh, &name, &services).await {
             Ok(claims) => claims,
             Err(e) => {
                 let reason = format!("dataplane token refused: {e}");
@@ -83,7 +84,7 @@ impl Session {
         };
         let snapshots = discovery.snapshots.subscribe(&mesh);
         let id = discovery.online.connect(&mesh, &name, info);
-        tracing::info!(%mesh, dataplane = %name, %service, remote = ?remote, "proxy connected");
+        tracing::info!(%mesh, dataplane = %name, ?services, remote = ?remote, "proxy connected");
         Ok(Session { discovery, token, claims, id, cancel, snapshots, out, last_config: None })
     }
 
@@ -116,7 +117,7 @@ impl Session {
             tokio::select! {
                 message = incoming.message() => match message {
                     Ok(Some(ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(request)) })) => {
-                        let answer = self.sign(&request.csr_pem).await;
+                        let answer = self.sign(&request.csr_pem, &request.service).await;
                         self.send(answer).await?;
                     }
                     Ok(Some(ProxyMessage { message: Some(proxy_message::Message::InboundHealth(report)) })) => {
@@ -208,28 +209,39 @@ impl Session {
             .map_err(|_| Status::cancelled("the proxy went away"))
     }
 
-    /// Signs a CSR for the identity the token grants, or says why not.
-    async fn sign(&self, csr_pem: &str) -> control_message::Message {
+    /// Signs a CSR for the identity of `service` (empty: the dataplane's first), one of the
+    /// registered Dataplane's services that the token grants, or says why not.
+    async fn sign(&self, csr_pem: &str, service: &str) -> control_message::Message {
         let refuse = |reason: String| {
             tracing::warn!(mesh = %self.claims.mesh, dataplane = %self.claims.name, %reason, "certificate request refused");
             control_message::Message::CertificateRefused(CertificateRefused { reason })
         };
         let claims = &self.claims;
-        if let Err(e) =
-            self.discovery.identity.verify_token(&self.token, &claims.mesh, &claims.name, &claims.service).await
-        {
-            return refuse(format!("dataplane token refused: {e}"));
-        }
         let snapshot = self.snapshots.borrow().clone();
         if let Some(reason) = snapshot.non_members.get(&claims.name) {
             return refuse(format!("not a member of mesh {}: {reason}", claims.mesh));
+        }
+        let Some(Resource { spec: Spec::Dataplane(dp), .. }) = snapshot.dataplanes.get(&claims.name) else {
+            return refuse(format!("dataplane {} is not in mesh {}", claims.name, claims.mesh));
+        };
+        let services = dp.services();
+        let service = if service.is_empty() { dp.service() } else { service };
+        if !services.contains(&service) {
+            return refuse(format!(
+                "service {service:?} is not one of the dataplane's (networking.inbound[].tags.kuma.io/service: {})",
+                services.join(", ")
+            ));
+        }
+        if let Err(e) = self.discovery.identity.verify_token(&self.token, &claims.mesh, &claims.name, &[service]).await
+        {
+            return refuse(format!("dataplane token refused: {e}"));
         }
         let (Some(signer), Some(backend)) =
             (&snapshot.signer, snapshot.mesh.as_ref().and_then(|m| m.enabled_backend()))
         else {
             return refuse(format!("mesh {} has mTLS disabled: there is no CA to sign with", claims.mesh));
         };
-        let id = match SpiffeId::for_service(&claims.mesh, &claims.service) {
+        let id = match SpiffeId::for_service(&claims.mesh, service) {
             Ok(id) => id,
             Err(e) => return refuse(format!("no SPIFFE ID for this dataplane: {e}")),
         };
@@ -254,10 +266,13 @@ impl Session {
         let issued = IssuedCert {
             serial: svid.serial_hex.clone(),
             dataplane: claims.name.clone(),
+            service: service.to_string(),
             token_id: claims.jti.clone(),
             not_after: svid.not_after,
         };
-        if let Err(e) = self.discovery.store.record_issued_cert(&claims.mesh, &issued, &record).await {
+        // `ward inspect dataplane` shows the certificate of the identity the dataplane calls with.
+        let shown = (service == dp.service()).then_some(&record);
+        if let Err(e) = self.discovery.store.record_issued_cert(&claims.mesh, &issued, shown).await {
             return refuse(format!("cannot record the certificate: {e}"));
         }
         // Peers whose permissions look at callers' tags learn this serial's; other meshes need
@@ -276,16 +291,16 @@ impl Session {
     }
 }
 
-/// Parses the registered Dataplane and its service, refusing anything else with the reason.
-pub fn read_dataplane(register: &Register) -> Result<(Resource, String), Status> {
+/// Parses the registered Dataplane and its services, refusing anything else with the reason.
+pub fn read_dataplane(register: &Register) -> Result<(Resource, Vec<String>), Status> {
     let doc: serde_json::Value = serde_json::from_str(&register.dataplane_json)
         .map_err(|e| Status::invalid_argument(format!("dataplane: not valid JSON: {e}")))?;
     let resource = parse::resource(doc, "dataplane").map_err(|e| Status::invalid_argument(e.to_string()))?;
     let Spec::Dataplane(dp) = &resource.spec else {
         return Err(Status::invalid_argument(format!("{}: a proxy registers a Dataplane", resource.meta.key())));
     };
-    let service = dp.service().to_string();
-    Ok((resource, service))
+    let services = dp.services().into_iter().map(String::from).collect();
+    Ok((resource, services))
 }
 
 /// Why the mesh's constraints refuse the registered Dataplane, if they do.

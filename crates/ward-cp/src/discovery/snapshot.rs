@@ -75,10 +75,15 @@ impl MeshSnapshot {
                         dataplanes.insert(r.meta.name.clone(), r);
                         continue;
                     }
-                    let service = services
+                    // A gateway serves none; every other dataplane is an endpoint of each inbound's service.
+                    services
                         .entry(dp.service().to_string())
                         .or_insert_with(|| Service { name: dp.service().to_string(), ..Default::default() });
                     for inbound in &dp.networking.inbound {
+                        let name = inbound.service().unwrap_or(dp.service());
+                        let service = services
+                            .entry(name.to_string())
+                            .or_insert_with(|| Service { name: name.to_string(), ..Default::default() });
                         if service.protocol.is_empty()
                             && let Some(protocol) = inbound.protocol()
                         {
@@ -183,7 +188,7 @@ impl MeshSnapshot {
             .iter()
             .filter_map(|cert| {
                 let Spec::Dataplane(dp) = &self.dataplanes.get(&cert.dataplane)?.spec else { return None };
-                let service = dp.service();
+                let service = if cert.service.is_empty() { dp.service() } else { cert.service.as_str() };
                 if services.as_ref().is_some_and(|s| !s.contains(service)) {
                     return None;
                 }

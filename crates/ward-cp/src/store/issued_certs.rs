@@ -13,6 +13,9 @@ pub struct IssuedCert {
     pub serial: String,
     /// The Dataplane it was issued to.
     pub dataplane: String,
+    /// The service whose identity it carries (empty, for certificates recorded before services
+    /// were: the dataplane's first).
+    pub service: String,
     /// The `jti` of the dataplane token that asked for it.
     pub token_id: String,
     /// End of validity.
@@ -21,30 +24,32 @@ pub struct IssuedCert {
 
 impl Store {
     /// Records a certificate issued in `mesh`: among the valid ones (forgetting the expired ones
-    /// of its dataplane) and as its dataplane's latest (`shown`), in one transaction.
+    /// of its dataplane) and, with `shown`, as its dataplane's latest, in one transaction.
     pub async fn record_issued_cert(
         &self,
         mesh: &str,
         cert: &IssuedCert,
-        shown: &DataplaneCert,
+        shown: Option<&DataplaneCert>,
     ) -> Result<(), StoreError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO dataplane_certs (mesh, dataplane, spiffe_id, serial, not_before, not_after, backend)
+        if let Some(shown) = shown {
+            sqlx::query(
+                "INSERT INTO dataplane_certs (mesh, dataplane, spiffe_id, serial, not_before, not_after, backend)
              VALUES (?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (mesh, dataplane) DO UPDATE SET spiffe_id = excluded.spiffe_id, serial = excluded.serial,
                not_before = excluded.not_before, not_after = excluded.not_after, backend = excluded.backend",
-        )
-        .bind(mesh)
-        .bind(&cert.dataplane)
-        .bind(&shown.spiffe_id)
-        .bind(&shown.serial)
-        .bind(&shown.not_before)
-        .bind(&shown.not_after)
-        .bind(&shown.backend)
-        .execute(&mut *tx)
-        .await?;
+            )
+            .bind(mesh)
+            .bind(&cert.dataplane)
+            .bind(&shown.spiffe_id)
+            .bind(&shown.serial)
+            .bind(&shown.not_before)
+            .bind(&shown.not_after)
+            .bind(&shown.backend)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query("DELETE FROM issued_certs WHERE mesh = ? AND dataplane = ? AND not_after <= ?")
             .bind(mesh)
             .bind(&cert.dataplane)
@@ -52,11 +57,13 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT OR REPLACE INTO issued_certs (mesh, serial, dataplane, token_id, not_after) VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO issued_certs (mesh, serial, dataplane, service, token_id, not_after)
+             VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(mesh)
         .bind(&cert.serial)
         .bind(&cert.dataplane)
+        .bind(&cert.service)
         .bind(&cert.token_id)
         .bind(cert.not_after.timestamp())
         .execute(&mut *tx)
@@ -68,7 +75,8 @@ impl Store {
     /// The certificates of `mesh` still valid at `now`.
     pub async fn issued_certs(&self, mesh: &str, now: DateTime<Utc>) -> Result<Vec<IssuedCert>, StoreError> {
         let rows = sqlx::query(
-            "SELECT serial, dataplane, token_id, not_after FROM issued_certs WHERE mesh = ? AND not_after > ? ORDER BY serial",
+            "SELECT serial, dataplane, service, token_id, not_after FROM issued_certs
+             WHERE mesh = ? AND not_after > ? ORDER BY serial",
         )
         .bind(mesh)
         .bind(now.timestamp())
@@ -79,6 +87,7 @@ impl Store {
             .map(|r| IssuedCert {
                 serial: r.get("serial"),
                 dataplane: r.get("dataplane"),
+                service: r.get("service"),
                 token_id: r.get("token_id"),
                 not_after: DateTime::from_timestamp(r.get("not_after"), 0).unwrap_or_default(),
             })
@@ -108,9 +117,14 @@ pub(super) mod tests {
         let store = Store::in_memory().await.unwrap();
         let now = Utc::now();
         let record = async |mesh: &str, serial: &str, not_after| {
-            let cert =
-                IssuedCert { serial: serial.into(), dataplane: "web-1".into(), token_id: "t1".into(), not_after };
-            store.record_issued_cert(mesh, &cert, &shown(serial)).await.unwrap();
+            let cert = IssuedCert {
+                serial: serial.into(),
+                dataplane: "web-1".into(),
+                service: "web".into(),
+                token_id: "t1".into(),
+                not_after,
+            };
+            store.record_issued_cert(mesh, &cert, Some(&shown(serial))).await.unwrap();
         };
         record("m", "01", now - TimeDelta::seconds(1)).await;
         record("m", "02", now + TimeDelta::hours(1)).await;

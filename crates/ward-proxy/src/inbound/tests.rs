@@ -81,7 +81,8 @@ impl Lab {
         let state = State::new();
         let limits = Limits::default();
         let proxy = Arc::new(Proxy {
-            server_tls: crate::tls::server_config(state.clone(), false),
+            server_tls: Mutex::default(),
+            allow_tls12: false,
             http_server: ward_http::server::builder(&limits),
             app: AppClient::new(),
             member: Member::new(state.clone(), false, Default::default()),
@@ -96,6 +97,7 @@ impl Lab {
             app,
             protocol: Some(ward_api::dataplane::Protocol::Http),
             service: "backend".into(),
+            index: 0,
         });
         let lab = Lab { proxy, spec, ca, ca_pem };
         lab.configure(&[ALLOW_WEB], &[], None);

@@ -16,6 +16,11 @@ pub struct ExplainArgs {
     /// A Dataplane of the caller, whose tags decide permissions that look at more than the service.
     #[arg(long)]
     caller_dataplane: Option<String>,
+    /// The inbound called, by name or port (decided as that inbound's proxy decides); without
+    /// it, a dataplane of several inbounds is decided as a whole (only a Deny of a policy
+    /// selecting some of them counts).
+    #[arg(long)]
+    inbound: Option<String>,
     /// Mesh of the dataplane.
     #[arg(short, long, default_value = "default")]
     mesh: String,
@@ -27,6 +32,9 @@ pub async fn run(client: &Client, args: ExplainArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.caller_dataplane {
         check_name(name).map_err(|reason| BadName { what: "caller dataplane", value: name.clone(), reason })?;
         path += &format!("&callerDataplane={}", query_value(name));
+    }
+    if let Some(inbound) = &args.inbound {
+        path += &format!("&inbound={}", query_value(inbound));
     }
     let answer = client.get_json(&path).await?;
     println!("{}", answer["explanation"].as_str().unwrap_or("?"));

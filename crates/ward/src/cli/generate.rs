@@ -36,7 +36,7 @@ pub enum GenerateCommand {
         #[arg(long, default_value = "24h")]
         valid_for: String,
     },
-    /// Issue the token a proxy needs to join a mesh as one service (needs an admin token).
+    /// Issue the token a proxy needs to join a mesh as its services (needs an admin token).
     DataplaneToken {
         /// Mesh the dataplane joins.
         #[arg(short, long)]
@@ -44,7 +44,8 @@ pub enum GenerateCommand {
         /// Name of the dataplane (its Dataplane resource's name).
         #[arg(long)]
         name: String,
-        /// The identity granted, as `kuma.io/service=SERVICE`.
+        /// The identities granted, as `kuma.io/service=SERVICE` or, for a dataplane whose
+        /// inbounds serve several, `kuma.io/service=A,B`.
         #[arg(long)]
         tag: String,
         /// Lifetime, e.g. 720h.
@@ -65,11 +66,15 @@ pub async fn run(client: &Client, command: GenerateCommand) -> anyhow::Result<()
             ("/tokens/user", json!({ "name": name, "role": role, "meshes": meshes, "validFor": valid_for }))
         }
         GenerateCommand::DataplaneToken { mesh, name, tag, valid_for } => {
-            let service = match tag.split_once('=') {
-                Some((SERVICE_TAG, service)) if !service.is_empty() => service.to_string(),
-                _ => bail!("--tag {tag:?}: must be {SERVICE_TAG}=SERVICE (the one identity the token grants)"),
+            let services: Vec<&str> = match tag.split_once('=') {
+                Some((SERVICE_TAG, services)) if !services.split(',').any(str::is_empty) => {
+                    services.split(',').collect()
+                }
+                _ => {
+                    bail!("--tag {tag:?}: must be {SERVICE_TAG}=SERVICE[,SERVICE...] (the identities the token grants)")
+                }
             };
-            let body = json!({ "mesh": mesh, "name": name, "tags": { SERVICE_TAG: [service] }, "validFor": valid_for });
+            let body = json!({ "mesh": mesh, "name": name, "tags": { SERVICE_TAG: services }, "validFor": valid_for });
             ("/tokens/dataplane", body)
         }
     };

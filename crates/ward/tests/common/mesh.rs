@@ -15,7 +15,8 @@ use ward_proto::discovery::{
 use super::{ControlPlane, WARD, free_port};
 
 impl ControlPlane {
-    /// A dataplane token for `name` of `service` in `mesh`, valid for `valid_for` (e.g. `1h`).
+    /// A dataplane token for `name` of `service` (or `a,b`: several) in `mesh`, valid for
+    /// `valid_for` (e.g. `1h`).
     pub fn dataplane_token(&self, mesh: &str, name: &str, service: &str, valid_for: &str) -> String {
         let tag = format!("kuma.io/service={service}");
         self.ward(&["generate", "dataplane-token", "-m", mesh, "--name", name, "--tag", &tag, "--valid-for", valid_for])
@@ -42,9 +43,9 @@ impl ControlPlane {
         let doc = ward_api::parse::documents(yaml).expect("dataplane YAML").remove(0);
         let resource = ward_api::parse::resource(doc, "dataplane").unwrap_or_else(|e| panic!("{e}"));
         let ward_api::Spec::Dataplane(dp) = &resource.spec else { panic!("not a Dataplane") };
-        let (mesh, service) = (resource.meta.mesh.as_str(), dp.service());
+        let (mesh, services) = (resource.meta.mesh.as_str(), dp.services().join(","));
         let token = root.join(format!("{name}.token"));
-        std::fs::write(&token, self.dataplane_token(mesh, name, service, "1h")).unwrap();
+        std::fs::write(&token, self.dataplane_token(mesh, name, &services, "1h")).unwrap();
         let file = root.join(format!("{name}.yaml"));
         std::fs::write(&file, yaml).unwrap();
         let log = root.join(format!("{name}.log"));
@@ -220,7 +221,7 @@ pub async fn raw_stream(cp: &ControlPlane, token: &str, dataplane_json: &str) ->
 impl RawStream {
     /// Sends a CSR.
     pub async fn request_certificate(&self, csr_pem: &str) {
-        let request = CertificateRequest { csr_pem: csr_pem.to_string() };
+        let request = CertificateRequest { csr_pem: csr_pem.to_string(), service: String::new() };
         self.outbox
             .send(ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(request)) })
             .await
