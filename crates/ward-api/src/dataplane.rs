@@ -65,7 +65,7 @@ impl<'de> Deserialize<'de> for Port {
 pub struct Dataplane {
     /// Addresses and listeners.
     pub networking: DataplaneNetworking,
-    /// Kuma's per-dataplane Prometheus settings; Ward's proxy serves its own metrics.
+    /// Adjustments of the mesh's Prometheus endpoint for this dataplane (port, path, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsBackend>,
     /// Kuma's deprecated virtual probes.
@@ -884,12 +884,6 @@ impl Dataplane {
         }
         if !net.listeners.is_empty() {
             warnings.add("networking.listeners", "Ward runs no zone ingress or egress; these listeners are not served");
-        }
-        if self.metrics.is_some() {
-            warnings.add(
-                "metrics",
-                "Ward's proxy serves its own metrics on its admin listener; Kuma's Prometheus settings do not apply",
-            );
         }
         if self.probes.is_some() {
             warnings.add("probes", "virtual probes are deprecated in Kuma and not served by Ward");

@@ -28,7 +28,7 @@ pub struct Mesh {
     /// Kuma's access log backends; Ward's proxy logs to its own output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
-    /// Kuma's Prometheus backends; Ward's proxy serves its own metrics.
+    /// Prometheus backends: the enabled one has every proxy of the mesh serve its metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
     /// Kuma's routing switches, for zones and locality.
@@ -563,9 +563,6 @@ impl Mesh {
         }
         if self.logging.is_some() {
             warnings.add("logging", "Ward's proxy writes its access log to its own output, not to these backends");
-        }
-        if self.metrics.is_some() {
-            warnings.add("metrics", "Ward's proxy serves its own Prometheus metrics on its admin listener");
         }
         if let Some(routing) = &self.routing {
             for (field, on) in [

@@ -18,14 +18,7 @@ use ward_http::tls::HandshakeSignatures;
 use crate::config::Declaration;
 use crate::error::ConfigErrors;
 
-pub(crate) use ward_http::tls::provider;
-
-/// Reads every certificate of a PEM text.
-pub(crate) fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs =
-        CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    if certs.is_empty() { Err("no certificate in PEM".into()) } else { Ok(certs) }
-}
+pub(crate) use ward_http::tls::{certificates, provider};
 
 /// A certificate and key as rustls serves them.
 fn certified_key(cert: &str, key: &str) -> Result<Arc<CertifiedKey>, String> {

@@ -1,6 +1,6 @@
-//! TLS pieces every side of Ward shares: the crypto provider, and the part of a rustls
-//! certificate verifier that checks handshake signatures, which is the same whoever decides
-//! whether a certificate is acceptable.
+//! TLS pieces every side of Ward shares: the crypto provider, reading certificates from PEM,
+//! and the part of a rustls certificate verifier that checks handshake signatures, which is
+//! the same whoever decides whether a certificate is acceptable.
 
 use std::sync::Arc;
 
@@ -9,7 +9,14 @@ use rustls::{
     client::danger::HandshakeSignatureValid,
     crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
 };
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+
+/// Reads every certificate of a PEM text; none is an error.
+pub fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs =
+        CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    if certs.is_empty() { Err("no certificate in PEM".into()) } else { Ok(certs) }
+}
 
 /// The crypto provider every TLS configuration uses (aws-lc-rs).
 pub fn provider() -> Arc<CryptoProvider> {

@@ -11,12 +11,13 @@ use std::{
 use ward_api::{
     Resource, Spec,
     dataplane::{Dataplane, Protocol, Tags},
+    metrics::PrometheusEndpoint,
     parse,
 };
 use ward_pki::TrustBundle;
 use ward_proto::discovery::{MtlsMode, ProxyConfig};
 
-use crate::{authorization::Authorizer, inbound::InboundSpec};
+use crate::{authorization::Authorizer, inbound::InboundSpec, metrics_endpoint::EndpointSpec};
 
 /// How the mesh treats plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -89,6 +90,8 @@ pub struct Config {
     /// The service each virtual IP names, whatever the port.
     #[serde(skip)]
     pub service_by_virtual_ip: HashMap<IpAddr, String>,
+    /// The Prometheus endpoint the mesh has this proxy serve, if any.
+    pub prometheus: Option<Arc<EndpointSpec>>,
 }
 
 /// Why a configuration from the control plane was not used.
@@ -100,6 +103,9 @@ pub enum ConfigError {
     /// The trust bundle is unusable.
     #[error("trust bundle: {0}")]
     Bundle(String),
+    /// The Prometheus endpoint does not read.
+    #[error("prometheus endpoint: {0}")]
+    Prometheus(String),
     /// An endpoint address is not an IP address.
     #[error("service {service}: endpoint {address:?} is not an IP address")]
     Endpoint {
@@ -151,6 +157,23 @@ impl Config {
         }
         let service_by_virtual_ip =
             services.iter().filter_map(|(name, s)| Some((s.virtual_ip?, name.clone()))).collect();
+        let prometheus: Option<PrometheusEndpoint> = match proto.prometheus_json.as_str() {
+            "" => None,
+            json => Some(serde_json::from_str(json).map_err(|e| ConfigError::Prometheus(e.to_string()))?),
+        };
+        // Under mTLS the endpoint is one more inbound for the permissions, after the Dataplane's.
+        let destination = match &prometheus {
+            Some(endpoint) => ward_api::metrics::with_endpoint_inbound(&dataplane, endpoint),
+            None => dataplane.clone(),
+        };
+        let prometheus = prometheus.map(|endpoint| {
+            let ip = spec.networking.address.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            Arc::new(EndpointSpec {
+                listen: SocketAddr::new(ip, endpoint.port),
+                endpoint,
+                inbound: spec.networking.inbound.len(),
+            })
+        });
         let service_by_address =
             services.iter().flat_map(|(name, s)| s.endpoints.iter().map(move |e| (e.address, name.clone()))).collect();
         Ok(Config {
@@ -159,7 +182,7 @@ impl Config {
             service_by_virtual_ip,
             version: proto.version,
             mesh: proto.mesh.clone(),
-            authorizer: Authorizer::new(permissions, dataplane.clone()),
+            authorizer: Authorizer::new(permissions, destination),
             peer_tags: proto
                 .peer_certificates
                 .iter()
@@ -173,6 +196,7 @@ impl Config {
             certificate_lifetime: Duration::from_secs(proto.certificate_lifetime_seconds),
             services,
             passthrough: proto.passthrough,
+            prometheus,
         })
     }
 

@@ -18,6 +18,7 @@ pub mod listener;
 pub mod member;
 pub mod mesh_client;
 pub mod metrics;
+pub mod metrics_endpoint;
 pub mod outbound;
 pub mod probe;
 pub mod state;
@@ -68,6 +69,8 @@ pub struct ProxyOptions {
     pub allow_tls12: bool,
     /// How outbound traffic picks an endpoint.
     pub strategy: Strategy,
+    /// Certificate and key (PEM files) of the metrics endpoint when its conf says `providedTLS`.
+    pub metrics_tls_files: Option<(PathBuf, PathBuf)>,
 }
 
 /// What every listener and connection of a running proxy shares.
@@ -80,6 +83,8 @@ pub struct Proxy {
     pub server_tls: Mutex<BTreeMap<String, Arc<rustls::ServerConfig>>>,
     /// Whether TLS 1.2 is allowed between proxies besides 1.3.
     pub allow_tls12: bool,
+    /// The metrics endpoint's TLS when its conf says `providedTLS` (from `--metrics-cert-path`).
+    pub metrics_tls: Option<Arc<rustls::ServerConfig>>,
     /// The HTTP server every connection uses.
     pub http_server: auto::Builder<TokioExecutor>,
     /// Clients for the local application.
@@ -119,10 +124,23 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
     let ca_cert_pem = member::read_ca_cert(&options.ca_cert)?;
     member::check_token_file(&options.token_file)?;
 
+    let metrics_tls = match &options.metrics_tls_files {
+        None => None,
+        Some((cert, key)) => {
+            let read = |path: &PathBuf, flag: &str| {
+                std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+            };
+            let (cert_pem, key_pem) = (read(cert, "--metrics-cert-path")?, read(key, "--metrics-key-path")?);
+            let config = tls::provided_server_config(&cert_pem, &key_pem)
+                .map_err(|e| anyhow::anyhow!("--metrics-cert-path / --metrics-key-path: {e}"))?;
+            Some(config)
+        }
+    };
     let state = State::new();
     let proxy = Arc::new(Proxy {
         server_tls: Mutex::default(),
         allow_tls12: options.allow_tls12,
+        metrics_tls,
         http_server: ward_http::server::builder(&options.limits),
         app: AppClient::new(),
         member: Member::new(state.clone(), options.allow_tls12, options.strategy),

@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::Proxy;
@@ -24,6 +24,8 @@ pub enum Wanted {
     RedirectOutbound(SocketAddr),
     /// The DNS server for `<service>.mesh` (UDP and TCP).
     Dns(SocketAddr),
+    /// The Prometheus endpoint of the mesh's metrics.
+    Metrics(Arc<crate::metrics_endpoint::EndpointSpec>),
 }
 
 impl Wanted {
@@ -32,6 +34,7 @@ impl Wanted {
             Wanted::Inbound(spec) => spec.listen,
             Wanted::Outbound(spec) => spec.listen,
             Wanted::RedirectInbound(a) | Wanted::RedirectOutbound(a) | Wanted::Dns(a) => *a,
+            Wanted::Metrics(spec) => spec.listen,
         }
     }
 }
@@ -66,6 +69,7 @@ pub fn wanted(config: &crate::config::Config) -> Vec<Wanted> {
             service: o.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
         }))
     }));
+    wanted.extend(config.prometheus.clone().map(Wanted::Metrics));
     wanted
 }
 
@@ -82,59 +86,69 @@ fn bind_tcp(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(bound)
 }
 
-/// Opens the sockets of `w` and serves them until `token` is cancelled.
-async fn start(proxy: &Arc<Proxy>, w: &Wanted, token: CancellationToken) -> std::io::Result<()> {
+/// Opens the sockets of `w` and serves them until `token` is cancelled; the task ends (and
+/// the sockets close) once it is.
+async fn start(proxy: &Arc<Proxy>, w: &Wanted, token: CancellationToken) -> std::io::Result<JoinHandle<()>> {
     let proxy = proxy.clone();
-    match w {
+    Ok(match w {
         Wanted::Inbound(spec) => {
-            tokio::spawn(crate::inbound::serve(proxy, bind_tcp(spec.listen)?, spec.clone(), token));
+            tokio::spawn(crate::inbound::serve(proxy, bind_tcp(spec.listen)?, spec.clone(), token))
         }
         Wanted::Outbound(spec) => {
-            tokio::spawn(crate::outbound::serve(proxy, bind_tcp(spec.listen)?, spec.clone(), token));
+            tokio::spawn(crate::outbound::serve(proxy, bind_tcp(spec.listen)?, spec.clone(), token))
         }
         Wanted::RedirectInbound(address) => {
-            tokio::spawn(crate::transparent::serve_inbound(proxy, bind_tcp(*address)?, token));
+            tokio::spawn(crate::transparent::serve_inbound(proxy, bind_tcp(*address)?, token))
         }
         Wanted::RedirectOutbound(address) => {
-            tokio::spawn(crate::transparent::serve_outbound(proxy, bind_tcp(*address)?, token));
+            tokio::spawn(crate::transparent::serve_outbound(proxy, bind_tcp(*address)?, token))
         }
         Wanted::Dns(address) => {
             let udp = tokio::net::UdpSocket::bind(address).await?;
-            tokio::spawn(crate::dns::serve(proxy, udp, bind_tcp(*address)?, token));
+            tokio::spawn(crate::dns::serve(proxy, udp, bind_tcp(*address)?, token))
         }
-    }
-    Ok(())
+        Wanted::Metrics(spec) => {
+            if let Some(reason) = crate::metrics_endpoint::unservable(&proxy, spec) {
+                return Err(std::io::Error::other(reason));
+            }
+            tokio::spawn(crate::metrics_endpoint::serve(proxy, bind_tcp(spec.listen)?, spec.clone(), token))
+        }
+    })
 }
 
-/// Keeps the running listeners equal to those the configuration in force asks for.
+/// Keeps the running listeners equal to those the configuration in force asks for. A
+/// listener whose settings change is closed before its replacement opens on the same
+/// address; one that cannot open is tried again every [`RETRY`] until it does.
 pub async fn reconcile(proxy: Arc<Proxy>, stop: CancellationToken) {
-    let mut running: Vec<(Wanted, CancellationToken)> = Vec::new();
+    let mut running: Vec<(Wanted, CancellationToken, JoinHandle<()>)> = Vec::new();
     let mut changes = proxy.state().changes();
     loop {
+        let mut failed = false;
         // Listen only once the proxy can serve: with a configuration and, under mTLS, a certificate.
         if let Some(config) = proxy.state().config().filter(|_| proxy.state().not_ready().is_none()) {
             let wanted = wanted(&config);
-            running.retain(|(w, token)| {
-                let keep = wanted.contains(w);
-                if !keep {
-                    tracing::info!(address = %w.address(), "listener removed");
-                    token.cancel();
-                }
-                keep
-            });
+            let (kept, removed): (Vec<_>, Vec<_>) = running.drain(..).partition(|(w, _, _)| wanted.contains(w));
+            running = kept;
+            for (w, token, task) in removed {
+                tracing::info!(address = %w.address(), "listener removed");
+                token.cancel();
+                // Its socket is closed once its task ends, and only then can a successor bind.
+                let _ = tokio::time::timeout(RETRY, task).await;
+            }
             for w in wanted {
-                if running.iter().any(|(r, _)| *r == w) {
+                if running.iter().any(|(r, _, _)| *r == w) {
                     continue;
                 }
                 let token = stop.child_token();
                 match start(&proxy, &w, token.clone()).await {
-                    Ok(()) => {
+                    Ok(task) => {
                         proxy.listener_errors.lock().expect("listener errors lock").remove(&w.address());
                         tracing::info!(address = %w.address(), "listening");
-                        running.push((w, token));
+                        running.push((w, token, task));
                     }
                     Err(e) => {
-                        tracing::error!(address = %w.address(), error = %e, "cannot listen");
+                        failed = true;
+                        tracing::error!(address = %w.address(), error = %e, retry_in = ?RETRY, "cannot listen");
                         proxy.listener_errors.lock().expect("listener errors lock").insert(w.address(), e.to_string());
                     }
                 }
@@ -143,7 +157,12 @@ pub async fn reconcile(proxy: Arc<Proxy>, stop: CancellationToken) {
         }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(RETRY), if failed => {}
             _ = stop.cancelled() => return,
         }
     }
 }
+
+/// How long the reconciler waits for a closed listener's socket, and between attempts to
+/// open one that failed.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -17,7 +17,7 @@ use rustls::{
     },
     sign::CertifiedKey,
 };
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
 use ward_http::tls::{HandshakeSignatures, provider};
 use ward_pki::{SpiffeId, VerifyError};
 
@@ -53,6 +53,22 @@ pub fn server_config(state: Arc<State>, service: String, allow_tls12: bool) -> A
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Arc::new(config)
+}
+
+/// A plain TLS server (no client certificate) presenting the certificate and key of the PEM
+/// texts `cert` and `key`: the metrics endpoint's `providedTLS`.
+pub fn provided_server_config(cert: &str, key: &str) -> Result<Arc<ServerConfig>, String> {
+    let chain = ward_http::tls::certificates(cert)?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| format!("no private key in PEM: {e}"))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .expect("the provider supports these versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The client side of outbound mTLS to instances of the service whose identity is `expected`.

@@ -69,6 +69,13 @@ pub enum DpCommand {
         /// How outbound traffic picks an instance of a service.
         #[arg(long, value_enum, default_value = "round-robin")]
         load_balancer: LoadBalancer,
+        /// Certificate (PEM) of the metrics endpoint when the mesh's metrics say `tls.mode:
+        /// providedTLS` (as kuma-dp's flag).
+        #[arg(long, requires = "metrics_key_path")]
+        metrics_cert_path: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, requires = "metrics_cert_path")]
+        metrics_key_path: Option<PathBuf>,
     },
 }
 
@@ -94,6 +101,8 @@ pub async fn run(cp_address: Option<String>, command: DpCommand) -> anyhow::Resu
         allow_underscores_in_headers,
         allow_tls12,
         load_balancer,
+        metrics_cert_path,
+        metrics_key_path,
     } = command;
     let cp_address = cp_address.context("--cp-address: required, the discovery server as https://HOST:5678")?;
     let options = ProxyOptions {
@@ -118,6 +127,7 @@ pub async fn run(cp_address: Option<String>, command: DpCommand) -> anyhow::Resu
             LoadBalancer::RoundRobin => Strategy::RoundRobin,
             LoadBalancer::LeastRequest => Strategy::LeastRequest,
         },
+        metrics_tls_files: metrics_cert_path.zip(metrics_key_path),
     };
     ward_proxy::run(options, crate::cp::shutdown_signal()).await
 }

@@ -246,6 +246,14 @@ async fn sigint_drains_in_flight_requests_then_exits() {
     let mut client = cp.spawn_proxy(root.path(), "client-1", &yaml, &["--shutdown-grace", "20s"]);
     tokio::task::block_in_place(|| wait_all_ready(&[&web, &client]));
     let port = outbound[0].1;
+    // Ready proxies may not know each other yet: the slow request must reach web, not a 503.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let http = common::http_client();
+    while http.get(format!("http://127.0.0.1:{port}/")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "client reaches web:\n{}", client.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(http);
 
     let slow = tokio::spawn(common::http_client().get(format!("http://127.0.0.1:{port}/slow?ms=5000")).send());
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -668,3 +668,107 @@ async fn a_dataplane_serving_two_services_has_an_identity_and_permissions_per_in
     let both = explain(&api_inbound.to_string());
     assert!(both.starts_with("Allow by MeshTrafficPermission/web-to-api"), "{both}");
 }
+
+/// An application that answers every request with Prometheus text.
+async fn metrics_app(port: u16, text: &'static str) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = [0u8; 1024];
+                let _ = tcp.read(&mut head).await;
+                let answer =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            });
+        }
+    })
+}
+
+/// Kuma's Mesh `metrics`: every proxy serves a Prometheus endpoint, adjusted by its
+/// Dataplane's own `metrics`, merging its application's metrics; under the mesh's mTLS a
+/// scraper needs a mesh certificate and a permission for the endpoint's tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_mesh_metrics_backend_has_each_proxy_serve_prometheus() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = common::ControlPlane::start(root.path());
+    let ca = TestCa::new("m");
+    let mesh = |conf: serde_json::Value| {
+        serde_json::json!({"type": "Mesh", "name": "m",
+            "mtls": {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "provided", "conf": {
+                "cert": {"inlineString": ca.material.cert_pem}, "key": {"inlineString": ca.material.key_pem}}}]},
+            "metrics": {"enabledBackend": "prom", "backends": [{"name": "prom", "type": "prometheus", "conf": conf}]}})
+        .to_string()
+    };
+    cp.apply(&mesh(serde_json::json!({"path": "/stats", "skipMTLS": true, "envoy": {"filterRegex": "^ward_"}})));
+    let (port, app_metrics) = (common::free_port(), common::free_port());
+    let _app = metrics_app(app_metrics, "# TYPE app_orders counter\napp_orders_total 7\n").await;
+    let backend = cp.start_proxy(
+        root.path(),
+        "backend-1",
+        &format!(
+            "type: Dataplane\nmesh: m\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
+             tags: {{kuma.io/service: backend}}\nmetrics:\n  type: prometheus\n  conf:\n    port: {port}\n    \
+             aggregate:\n    - {{name: app, port: {app_metrics}, path: /metrics}}\n",
+            common::free_port()
+        ),
+        &[],
+    );
+    let http = common::http_client();
+    let get = async |path: &str| {
+        let response = http.get(format!("http://127.0.0.1:{port}{path}")).send().await.map_err(|e| e.to_string())?;
+        let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+        Ok::<_, String>((response.status().as_u16(), content_type.unwrap_or_default(), response.text().await.unwrap()))
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let (status, content_type, body) = loop {
+        match get("/stats").await {
+            Ok(answer) => break answer,
+            Err(e) => assert!(std::time::Instant::now() < until, "no metrics endpoint: {e}\n{}", backend.log()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8", "applications' metrics merged in");
+    assert!(body.contains("ward_control_plane_connected 1"), "the proxy's metrics: {body}");
+    assert!(body.contains("app_orders_total 7"), "the application's metrics: {body}");
+    assert!(!body.contains("# EOF"), "one exposition, not two: {body}");
+    let filtered = get("/stats?filter=control_plane").await.unwrap().2;
+    assert!(filtered.contains("ward_control_plane_connected") && !filtered.contains("ward_requests"), "{filtered}");
+    assert_eq!(get("/metrics").await.unwrap().0, 404, "only the configured path");
+
+    // activeMTLSBackend, the default: plaintext gets nothing, a mesh certificate needs a permission.
+    cp.apply(&mesh(serde_json::json!({"path": "/"})));
+    let scraper = || ca.issue("spiffe://m/prometheus");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = mtls_get(port, Some(scraper())).await;
+        if answer.as_deref() == Ok("HTTP/1.1 403 Forbidden") {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "no mTLS endpoint after the switch: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let plaintext = get("/").await;
+    assert!(plaintext.is_err(), "plaintext still answered after the switch to mTLS: {plaintext:?}");
+    cp.apply(
+        "type: MeshTrafficPermission\nmesh: m\nname: scrape\nspec:\n  targetRef: {kind: MeshService, name: dataplane-metrics}\n  \
+         from:\n  - targetRef: {kind: MeshService, name: prometheus}\n    default: {action: Allow}\n",
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = mtls_get(port, Some(scraper())).await;
+        if answer.as_deref() == Ok("HTTP/1.1 200 OK") {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "the permitted scraper still gets {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = mtls_get(port, Some(ca.issue("spiffe://m/web"))).await;
+    assert_eq!(other.as_deref(), Ok("HTTP/1.1 403 Forbidden"), "the permission names the scraper only");
+    // The permission for the endpoint lets nobody into backend itself.
+    let inbound = backend.config()["config"]["dataplane"]["networking"]["inbound"][0]["port"].as_u64().unwrap() as u16;
+    assert_eq!(mtls_get(inbound, Some(scraper())).await.as_deref(), Ok("HTTP/1.1 403 Forbidden"));
+}

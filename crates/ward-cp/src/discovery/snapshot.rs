@@ -9,7 +9,7 @@ use std::{
 
 use chrono::Utc;
 use ipnet::Ipv4Net;
-use ward_api::{Resource, ResourceType, Spec, dataplane::SERVICE_TAG, membership, mesh::Mesh, policy};
+use ward_api::{Resource, ResourceType, Spec, dataplane::SERVICE_TAG, membership, mesh::Mesh, metrics, policy};
 use ward_proto::discovery::{Endpoint, MtlsMode, PeerCertificate, ProxyConfig, Service, TagSet};
 
 use crate::{
@@ -142,8 +142,12 @@ impl MeshSnapshot {
             Some(b) if b.is_permissive() => MtlsMode::Permissive,
             Some(_) => MtlsMode::Strict,
         };
+        let prometheus = metrics::endpoint(mesh, dp, mtls_mode != MtlsMode::Disabled);
+        // Under mTLS the metrics endpoint is one more inbound, which permissions may select.
+        let with_endpoint = prometheus.as_ref().map(|endpoint| metrics::with_endpoint_inbound(resource, endpoint));
+        let seen = with_endpoint.as_ref().unwrap_or(resource);
         let permissions: Vec<Resource> =
-            self.permissions.iter().filter(|p| policy::applies_to(p, resource)).cloned().collect();
+            self.permissions.iter().filter(|p| policy::applies_to(p, seen)).cloned().collect();
         let permissions_json = permissions.iter().map(|p| p.to_json().to_string()).collect();
         // A transparent proxy or a gateway may be asked for any service; otherwise only its
         // outbounds are reachable.
@@ -171,6 +175,9 @@ impl MeshSnapshot {
             enabled_backend: backend.map(|b| b.name.clone()).unwrap_or_default(),
             peer_certificates: self.peer_certificates(&permissions),
             revoked_serials: self.revoked_serials.clone(),
+            prometheus_json: prometheus
+                .map(|p| serde_json::to_string(&p).expect("an endpoint serializes"))
+                .unwrap_or_default(),
         })
     }
 

@@ -83,6 +83,7 @@ impl Lab {
         let proxy = Arc::new(Proxy {
             server_tls: Mutex::default(),
             allow_tls12: false,
+            metrics_tls: None,
             http_server: ward_http::server::builder(&limits),
             app: AppClient::new(),
             member: Member::new(state.clone(), false, Default::default()),
