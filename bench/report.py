@@ -78,7 +78,7 @@ if lat:
     mx = of("dataplane", kind="max_rate")
     out += ["| peer | RSS idle MiB (out / in) | max req/s with p99 < 10 ms, HTTP/1.1 | same, h2c | new mTLS connections/s against the inbound | per CPU-second of the inbound |",
             "|---|---:|---:|---:|---:|---:|"]
-    for peer in ("direct", "ward", "haproxy"):
+    for peer in [p for p in ("direct", "ward", "ward-baseline", "haproxy") if p in {r["peer"] for r in lat}]:
         m = {r["protocol"]: r for r in mx if r["peer"] == peer}
         show_max = lambda p: (f(m[p]["max_rps"], 0) + ("+" if m[p]["ceiling"] else "")) if p in m else "–"
         h = next((r for r in hs if r["peer"] == peer), None)
@@ -103,6 +103,20 @@ if lat:
             f"- under 20 MiB RSS per proxy at {f(rate, 0)} req/s: {met(rss < 20)} (highest: {f(rss, 1)} MiB)",
             f"- under 0.06 cores per 1,000 req/s per proxy (at {f(rate, 0)} req/s): {met(cores < 0.06)} (highest: {f(cores, 3)})" +
             (f"; Ward uses {f(min(cpu_ratios))}–{f(max(cpu_ratios))}× HAProxy's CPU per request" if cpu_ratios else ""), ""]
+    # Against an earlier Ward measured in the same run (BENCH_WARD_BASELINE), each proxy at each rate and protocol.
+    base = {(r["protocol"], r["rate"]): r for r in lat if r["peer"] == "ward-baseline"}
+    if base:
+        name = os.environ.get("BENCH_WARD_BASELINE_NAME", "an earlier build")
+        def ratios(key):
+            return [a / b for w in ward if (w["protocol"], w["rate"]) in base
+                    for a, b in zip(w[key], base[(w["protocol"], w["rate"])][key]) if b > 0]
+        cpu_b, rss_b = ratios("cpu_s_per_1000"), ratios("rss_load_mib")
+        hp = [hr["cpu_s_per_1000"][i] / br["cpu_s_per_1000"][i] for br in base.values() for hr in lat
+              if hr["peer"] == "haproxy" and (hr["protocol"], hr["rate"]) == (br["protocol"], br["rate"]) for i in range(2)
+              if br["cpu_s_per_1000"][i] > 0]
+        out += [f"Against `ward-baseline` ({name}), the same scenarios in this run: Ward's CPU per request is "
+                f"{f(min(cpu_b))}–{f(max(cpu_b))}× the baseline's, its RSS under load {f(min(rss_b))}–{f(max(rss_b))}×"
+                + (f"; the baseline uses {f(min(1 / x for x in hp))}–{f(max(1 / x for x in hp))}× HAProxy's CPU per request." if hp else "."), ""]
 
 # ---------------------------------------------------------------- transparent proxying
 tp = of("transparent")

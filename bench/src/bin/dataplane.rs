@@ -3,6 +3,10 @@
 //! permission), two HAProxy processes as the same hop with SVIDs from the same CA, and the
 //! client calling the server directly. Prints one JSON line per measurement.
 //!
+//! With `BENCH_WARD_BASELINE` naming an earlier `ward` binary, a second Ward pair runs that
+//! binary (in a mesh of its own, same control plane) as the peer `ward-baseline`, so a change
+//! is measured against what came before in the same run.
+//!
 //! Usage: dataplane WARD_BINARY BENCH_SERVER_BINARY [--quick]
 
 use std::{path::PathBuf, time::Duration};
@@ -21,6 +25,8 @@ use ward_bench::{
 };
 
 const MESH: &str = "bench";
+/// The mesh of the baseline pair.
+const BASELINE_MESH: &str = "bench-baseline";
 
 /// How long each thing runs, and at which rates.
 struct Plan {
@@ -134,38 +140,29 @@ async fn main() -> anyhow::Result<()> {
     let client_svid = fetch_svid(&cp, MESH, "bench-client-svid", "client").await?;
     let server_svid = fetch_svid(&cp, MESH, "bench-server-svid", "server").await?;
 
-    let (ward_in, ward_out, ward_out_unused) = (free_port()?, free_port()?, free_port()?);
-    let server_dp = dataplane(MESH, "server-1", "server", "127.0.0.1", ward_in, app, &[]);
-    let client_dp =
-        dataplane(MESH, "client-1", "client", "127.0.0.1", ward_out_unused, ward_out_unused, &[("server", ward_out)]);
     let sut = cpus.sut.as_deref();
-    let inbound = ward_proxy::start(
-        &ward,
-        &cp,
-        root,
-        sut,
-        None,
-        &server_dp,
-        &cp.dataplane_token(MESH, "server-1", "server").await?,
-    )?;
-    let outbound = ward_proxy::start(
-        &ward,
-        &cp,
-        root,
-        sut,
-        None,
-        &client_dp,
-        &cp.dataplane_token(MESH, "client-1", "client").await?,
-    )?;
+    let (inbound, outbound, ward_in, ward_out) = start_pair(&ward, &cp, root, sut, MESH, "1", app).await?;
+    let baseline = match std::env::var_os("BENCH_WARD_BASELINE").map(PathBuf::from) {
+        Some(earlier) => {
+            for resource in client_server_mesh(BASELINE_MESH) {
+                cp.put(&resource).await?;
+            }
+            Some(start_pair(&earlier, &cp, root, sut, BASELINE_MESH, "b", app).await?)
+        }
+        None => None,
+    };
 
     let ha = HaproxyPorts { out_h1: free_port()?, out_h2c: free_port()?, inbound: free_port()? };
     let (ha_out, ha_in) = start_haproxy_pair(root, sut, &client_svid, &server_svid, &ha, app)?;
 
-    let peers = [
+    let mut peers = vec![
         Peer { name: "direct", h1_port: app, h2c_port: app, procs: vec![] },
         Peer { name: "ward", h1_port: ward_out, h2c_port: ward_out, procs: vec![&outbound, &inbound] },
-        Peer { name: "haproxy", h1_port: ha.out_h1, h2c_port: ha.out_h2c, procs: vec![&ha_out, &ha_in] },
     ];
+    if let Some((inbound, outbound, _, port)) = &baseline {
+        peers.push(Peer { name: "ward-baseline", h1_port: *port, h2c_port: *port, procs: vec![outbound, inbound] });
+    }
+    peers.push(Peer { name: "haproxy", h1_port: ha.out_h1, h2c_port: ha.out_h2c, procs: vec![&ha_out, &ha_in] });
     // Every path must answer before anything is measured (the outbound learns the inbound's
     // endpoint from the control plane shortly after both are ready).
     for peer in &peers {
@@ -187,10 +184,16 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let config = handshakes::client_config(&client_svid)?;
-    for (name, port, proc) in [("ward", ward_in, &inbound), ("haproxy", ha.inbound, &ha_in)] {
+    let mut inbounds = vec![("ward", ward_in, &inbound, config.clone())];
+    if let Some((inbound, _, port, _)) = &baseline {
+        // A client of the baseline's mesh, whose CA that inbound trusts.
+        let svid = fetch_svid(&cp, BASELINE_MESH, "bench-client-svid-b", "client").await?;
+        inbounds.push(("ward-baseline", *port, inbound, handshakes::client_config(&svid)?));
+    }
+    inbounds.push(("haproxy", ha.inbound, &ha_in, config));
+    for (name, port, proc, config) in inbounds {
         let before = proc.cpu_seconds()?;
-        let result =
-            handshakes::handshake_loop(([127, 0, 0, 1], port).into(), config.clone(), 8, plan.handshakes).await;
+        let result = handshakes::handshake_loop(([127, 0, 0, 1], port).into(), config, 8, plan.handshakes).await;
         let used = proc.cpu_seconds()? - before;
         emit(
             "dataplane",
@@ -200,4 +203,27 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A Ward pair of `ward` in `mesh` (dataplanes `server-SUFFIX`, `client-SUFFIX`): the inbound
+/// and outbound processes, the inbound's port and the outbound's.
+async fn start_pair(
+    ward: &std::path::Path,
+    cp: &ControlPlane,
+    root: &std::path::Path,
+    sut: Option<&str>,
+    mesh: &str,
+    suffix: &str,
+    app: u16,
+) -> anyhow::Result<(Proc, Proc, u16, u16)> {
+    let (ward_in, ward_out, ward_out_unused) = (free_port()?, free_port()?, free_port()?);
+    let (server, client) = (format!("server-{suffix}"), format!("client-{suffix}"));
+    let server_dp = dataplane(mesh, &server, "server", "127.0.0.1", ward_in, app, &[]);
+    let client_dp =
+        dataplane(mesh, &client, "client", "127.0.0.1", ward_out_unused, ward_out_unused, &[("server", ward_out)]);
+    let inbound =
+        ward_proxy::start(ward, cp, root, sut, None, &server_dp, &cp.dataplane_token(mesh, &server, "server").await?)?;
+    let outbound =
+        ward_proxy::start(ward, cp, root, sut, None, &client_dp, &cp.dataplane_token(mesh, &client, "client").await?)?;
+    Ok((inbound, outbound, ward_in, ward_out))
 }
