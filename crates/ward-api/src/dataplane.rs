@@ -944,6 +944,11 @@ pub fn check_metrics_backend(at: &str, backend: &MetricsBackend, causes: &mut Ca
             causes.add(format!("{at}.conf"), "skipMTLS and tls cannot both be set (unless they say the same)");
         }
     }
+    if let Some(pattern) = conf.envoy.as_ref().and_then(|e| e["filterRegex"].as_str())
+        && let Err(e) = regex::Regex::new(pattern)
+    {
+        causes.add(format!("{at}.conf.envoy.filterRegex"), format!("is not a regular expression: {e}"));
+    }
     for (i, entry) in conf.aggregate.iter().enumerate() {
         if conf.aggregate[..i].iter().any(|e| e.name == entry.name) {
             causes.add(format!("{at}.conf.aggregate[{i}].name"), format!("{:?} is used by another entry", entry.name));

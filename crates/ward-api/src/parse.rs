@@ -335,6 +335,10 @@ mod tests {
                 "type: Gadget\nname: x\n",
                 "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, Secret, GlobalSecret",
             ),
+            (
+                "type: Mesh\nname: m\nmetrics:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: prometheus\n    conf: {envoy: {filterRegex: '(open'}}\n",
+                "meshes/m: metrics.backends[0].conf.envoy.filterRegex: is not a regular expression",
+            ),
             ("name: x\n", "document 1: type: is required"),
             ("type: Mesh\n", "meshes (document 1): name: is required"),
             ("type: Mesh\nname: Bad/Name\n", "meshes/Bad/Name: name: must contain only"),

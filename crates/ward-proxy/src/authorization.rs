@@ -259,7 +259,7 @@ pub struct Authorizer {
     needs_tags: bool,
     /// Decisions by inbound and the caller's certificate serial (a serial names one identity).
     #[serde(skip)]
-    decided: Mutex<HashMap<(usize, String), Decision>>,
+    decided: Mutex<HashMap<String, HashMap<usize, Decision>>>,
     /// The decisions for anonymous callers, by inbound, once made.
     #[serde(skip)]
     anonymous: Mutex<HashMap<usize, Decision>>,
@@ -288,12 +288,11 @@ impl Authorizer {
             return anonymous.entry(inbound).or_insert_with(|| at(&policy::Caller::Anonymous)).clone();
         };
         let mut decided = self.decided.lock().expect("decision cache lock");
-        let key = (inbound, peer.serial.clone());
-        if let Some(d) = decided.get(&key) {
+        if let Some(d) = decided.get(peer.serial.as_str()).and_then(|at_inbound| at_inbound.get(&inbound)) {
             return d.clone();
         }
         let decision = at(&policy::Caller::Workload { id: peer.id.clone(), tags: tags.cloned() });
-        decided.insert(key, decision.clone());
+        decided.entry(peer.serial.clone()).or_default().insert(inbound, decision.clone());
         decision
     }
 }

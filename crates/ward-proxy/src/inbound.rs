@@ -77,7 +77,11 @@ pub async fn handle(proxy: Arc<Proxy>, spec: Arc<InboundSpec>, tcp: TcpStream) {
     if let Some(caller) = plaintext {
         return serve_caller(proxy, spec, tcp, caller).await;
     }
-    let acceptor = TlsAcceptor::from(proxy.server_tls(&spec.service));
+    let Some(server_tls) = proxy.server_tls(&spec.service) else {
+        tracing::warn!(service = %spec.service, "an inbound of a service the Dataplane file does not serve; closing");
+        return;
+    };
+    let acceptor = TlsAcceptor::from(server_tls);
     let tls = match tokio::time::timeout(proxy.limits.header_read_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

@@ -79,10 +79,9 @@ pub struct Proxy {
     pub member: Member,
     /// Limits of every listener and connection.
     pub limits: Limits,
-    /// Inbound mTLS, one configuration per service served (each presents its own certificate).
-    pub server_tls: Mutex<BTreeMap<String, Arc<rustls::ServerConfig>>>,
-    /// Whether TLS 1.2 is allowed between proxies besides 1.3.
-    pub allow_tls12: bool,
+    /// Inbound mTLS, one configuration per service the Dataplane serves (each presents its own
+    /// certificate), made once at start.
+    pub server_tls: BTreeMap<String, Arc<rustls::ServerConfig>>,
     /// The metrics endpoint's TLS when its conf says `providedTLS` (from `--metrics-cert-path`).
     pub metrics_tls: Option<Arc<rustls::ServerConfig>>,
     /// The HTTP server every connection uses.
@@ -105,13 +104,9 @@ impl Proxy {
         &self.member.state
     }
 
-    /// The inbound mTLS configuration of `service`, made on first use.
-    pub fn server_tls(&self, service: &str) -> Arc<rustls::ServerConfig> {
-        let mut configs = self.server_tls.lock().expect("server TLS lock");
-        configs
-            .entry(service.to_string())
-            .or_insert_with(|| tls::server_config(self.state().clone(), service.to_string(), self.allow_tls12))
-            .clone()
+    /// The inbound mTLS configuration of `service`; `None` for a service the Dataplane does not serve.
+    pub fn server_tls(&self, service: &str) -> Option<Arc<rustls::ServerConfig>> {
+        self.server_tls.get(service).cloned()
     }
 }
 
@@ -138,8 +133,14 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
     };
     let state = State::new();
     let proxy = Arc::new(Proxy {
-        server_tls: Mutex::default(),
-        allow_tls12: options.allow_tls12,
+        server_tls: match &dataplane.spec {
+            ward_api::Spec::Dataplane(dp) => dp
+                .services()
+                .into_iter()
+                .map(|s| (s.to_string(), tls::server_config(state.clone(), s.to_string(), options.allow_tls12)))
+                .collect(),
+            _ => BTreeMap::new(),
+        },
         metrics_tls,
         http_server: ward_http::server::builder(&options.limits),
         app: AppClient::new(),

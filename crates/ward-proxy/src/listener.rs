@@ -148,8 +148,13 @@ pub async fn reconcile(proxy: Arc<Proxy>, stop: CancellationToken) {
                     }
                     Err(e) => {
                         failed = true;
-                        tracing::error!(address = %w.address(), error = %e, retry_in = ?RETRY, "cannot listen");
-                        proxy.listener_errors.lock().expect("listener errors lock").insert(w.address(), e.to_string());
+                        let mut errors = proxy.listener_errors.lock().expect("listener errors lock");
+                        // Said once at error level; the retries every second repeat it quietly.
+                        if errors.insert(w.address(), e.to_string()).as_deref() == Some(&e.to_string()) {
+                            tracing::debug!(address = %w.address(), error = %e, "still cannot listen");
+                        } else {
+                            tracing::error!(address = %w.address(), error = %e, retry_every = ?RETRY, "cannot listen");
+                        }
                     }
                 }
             }

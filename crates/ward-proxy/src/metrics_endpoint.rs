@@ -90,7 +90,8 @@ async fn handle(proxy: Arc<Proxy>, spec: Arc<EndpointSpec>, tcp: TcpStream) {
             let Some(service) = proxy.state().config().map(|c| c.dataplane_spec().service().to_string()) else {
                 return;
             };
-            let acceptor = TlsAcceptor::from(proxy.server_tls(&service));
+            let Some(server_tls) = proxy.server_tls(&service) else { return };
+            let acceptor = TlsAcceptor::from(server_tls);
             let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await else { return };
             let Some(peer) = Peer::of(proxy.state(), tls.get_ref().1) else { return };
             serve_http(proxy, spec, tls, Caller::Mesh(peer)).await;

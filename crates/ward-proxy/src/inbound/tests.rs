@@ -81,8 +81,8 @@ impl Lab {
         let state = State::new();
         let limits = Limits::default();
         let proxy = Arc::new(Proxy {
-            server_tls: Mutex::default(),
-            allow_tls12: false,
+            server_tls: [("backend".to_string(), crate::tls::server_config(state.clone(), "backend".into(), false))]
+                .into(),
             metrics_tls: None,
             http_server: ward_http::server::builder(&limits),
             app: AppClient::new(),
