@@ -235,32 +235,62 @@ async fn an_open_http2_header_block_is_cut_off_by_the_header_timeout() {
     assert_eq!(h2c.get(format!("http://{address}/")).send().await.unwrap().status(), 200);
 }
 
+/// An application that answers at once, but holds `/slow` for 5 s after telling `arrived`.
+async fn slow_app(port: u16, arrived: std::sync::Arc<tokio::sync::Notify>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    loop {
+        let Ok((mut tcp, _)) = listener.accept().await else { continue };
+        let arrived = arrived.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            if head.starts_with(b"GET /slow ") {
+                arrived.notify_one();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+        });
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigint_drains_in_flight_requests_then_exits() {
     let root = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(root.path());
     cp.apply(MESH);
-    let app = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "web").await;
-    let web = cp.spawn_proxy(root.path(), "web-1", &server_dataplane("lab", "web", "http", app.address.port()), &[]);
+    // The application says when the slow request has reached it: only then is it in flight
+    // through both proxies (an open connection alone may not have sent its request yet).
+    let (app_port, arrived) = (free_port(), std::sync::Arc::new(tokio::sync::Notify::new()));
+    let _app = tokio::spawn(slow_app(app_port, arrived.clone()));
+    let web = cp.spawn_proxy(root.path(), "web-1", &server_dataplane("lab", "web", "http", app_port), &[]);
     let (yaml, outbound) = client_dataplane("client-1", &["web"]);
     let mut client = cp.spawn_proxy(root.path(), "client-1", &yaml, &["--shutdown-grace", "20s"]);
     tokio::task::block_in_place(|| wait_all_ready(&[&web, &client]));
     let port = outbound[0].1;
-    // Ready proxies may not know each other yet: the slow request must reach web, not a 503.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let http = common::http_client();
-    while http.get(format!("http://127.0.0.1:{port}/")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
-        assert!(Instant::now() < deadline, "client reaches web:\n{}", client.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    drop(http);
 
-    let slow = tokio::spawn(common::http_client().get(format!("http://127.0.0.1:{port}/slow?ms=5000")).send());
+    let slow = tokio::spawn(async move {
+        // Ready proxies may not know each other yet: retry until the request reaches web.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = common::http_client().get(format!("http://127.0.0.1:{port}/slow")).send().await;
+            match response {
+                Ok(r) if r.status() == 503 && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    });
+    let reached = tokio::time::timeout(Duration::from_secs(10), arrived.notified()).await;
+    assert!(reached.is_ok(), "the slow request reaches the application:\n{}", client.log());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !client.admin_get("/metrics").1.contains("ward_open_connections{direction=\"outbound\"} 1") {
-        assert!(Instant::now() < deadline, "the slow request is in flight");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let signalled = Instant::now();
     client.signal(Signal::SIGINT);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
