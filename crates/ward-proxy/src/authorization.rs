@@ -149,6 +149,8 @@ pub enum Cut {
     Revoked,
     /// The peer's certificate no longer chains to the mesh's trust bundle.
     Untrusted,
+    /// The inbound the caller reached is no longer in the configuration.
+    InboundRemoved,
 }
 
 impl Cut {
@@ -159,6 +161,7 @@ impl Cut {
             Cut::Expired => "expired",
             Cut::Revoked => "revoked",
             Cut::Untrusted => "untrusted",
+            Cut::InboundRemoved => "inbound_removed",
         }
     }
 
@@ -197,18 +200,26 @@ impl Caller {
         }
     }
 
-    /// Completes, with the reason, when the caller's connection to inbound `inbound` must be
-    /// closed: its certificate expires, is revoked or is no longer trusted, or a new
-    /// configuration denies it. A caller denied from the start keeps its connection, and gets
-    /// 403 for each request.
-    pub async fn cut(&self, state: &State, inbound: usize) -> Cut {
+    /// Completes, with the reason, when the caller's connection to an inbound must be closed:
+    /// its certificate expires, is revoked or is no longer trusted, or a new configuration
+    /// denies it or no longer has that inbound (`inbound` finds its index in a configuration,
+    /// see [`Config::inbound_index`]). A caller denied from the start keeps its connection,
+    /// and gets 403 for each request.
+    pub async fn cut(&self, state: &State, inbound: impl Fn(&Config) -> Option<usize>) -> Cut {
         let peer = match self {
             Caller::Mesh(peer) => Some(peer),
             Caller::Anonymous | Caller::Unchecked => None,
         };
         first_cut(state, peer.map(|p| p.not_after), |config, changed| {
-            peer.and_then(|p| p.distrusted(config, Utc::now()))
-                .or_else(|| (changed && !self.decide(config, inbound).allows()).then_some(Cut::Permission))
+            peer.and_then(|p| p.distrusted(config, Utc::now())).or_else(|| {
+                if !changed {
+                    return None;
+                }
+                match inbound(config) {
+                    None => Some(Cut::InboundRemoved),
+                    Some(index) => (!self.decide(config, index).allows()).then_some(Cut::Permission),
+                }
+            })
         })
         .await
     }

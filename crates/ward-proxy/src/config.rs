@@ -204,6 +204,19 @@ impl Config {
     pub fn dataplane_spec(&self) -> &Dataplane {
         &self.spec
     }
+
+    /// The index in `networking.inbound` of the inbound `spec` describes (same listening
+    /// address, application, protocol and service), or `None` when this configuration no longer
+    /// has it. A connection accepted under an earlier configuration is decided for the inbound
+    /// it reached, never for whichever inbound holds that index now.
+    pub fn inbound_index(&self, spec: &InboundSpec) -> Option<usize> {
+        self.inbounds
+            .iter()
+            .find(|i| {
+                i.listen == spec.listen && i.app == spec.app && i.protocol == spec.protocol && i.service == spec.service
+            })
+            .map(|i| i.index)
+    }
 }
 
 /// The inbounds of `dp`: where callers connect, where the application listens.

@@ -122,7 +122,8 @@ where
     caller.await_tags(proxy.state()).await;
     if protocol == Detected::Tcp {
         let Some(config) = proxy.state().config() else { return };
-        if !authorize(proxy.state(), &caller, &config, spec.index).allows() {
+        let Some(index) = config.inbound_index(&spec) else { return };
+        if !authorize(proxy.state(), &caller, &config, index).allows() {
             return;
         }
         let app = match crate::app_client::connect(spec.app).await {
@@ -136,7 +137,7 @@ where
         tokio::select! {
             _ = forward::copy_tcp(&proxy, INBOUND, io, app) => {}
             _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
-            cut = caller.cut(proxy.state(), spec.index) => {
+            cut = caller.cut(proxy.state(), |c| c.inbound_index(&spec)) => {
                 tracing::info!(caller = caller.label(), reason = cut.as_str(), "closing the caller's connection");
                 cut.count(proxy.state(), INBOUND);
             }
@@ -152,7 +153,9 @@ where
     };
     let (io, service) = ward_http::server::guard(io, service, &proxy.limits);
     let connection = proxy.http_server.serve_connection_with_upgrades(io, service);
-    if let Some(reason) = forward::drive(&proxy, connection, &activity, caller.cut(proxy.state(), spec.index)).await {
+    if let Some(reason) =
+        forward::drive(&proxy, connection, &activity, caller.cut(proxy.state(), |c| c.inbound_index(&spec))).await
+    {
         tracing::info!(
             caller = caller.label(),
             reason = reason.as_str(),
@@ -172,7 +175,11 @@ async fn handle_request(
     let Some(config) = proxy.state().config() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "proxy has no configuration\n");
     };
-    let decision = authorize(proxy.state(), caller, &config, spec.index);
+    // The configuration may have changed since the connection was accepted.
+    let Some(index) = config.inbound_index(spec) else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "this inbound is no longer configured\n");
+    };
+    let decision = authorize(proxy.state(), caller, &config, index);
     let response = if decision.allows() {
         let upgrading = is_upgrade(&request);
         let headers = request.headers_mut();
@@ -191,9 +198,9 @@ async fn handle_request(
         let h2c = matches!(spec.protocol, Some(Protocol::Http2 | Protocol::Grpc));
         let result = if upgrading {
             // The upgraded connection outlives this HTTP connection: it watches the caller itself.
-            let (state, caller, inbound) = (proxy.state().clone(), caller.clone(), spec.index);
+            let (state, caller, inbound) = (proxy.state().clone(), caller.clone(), spec.clone());
             let cut = async move {
-                let reason = caller.cut(&state, inbound).await;
+                let reason = caller.cut(&state, |c| c.inbound_index(&inbound)).await;
                 tracing::info!(
                     caller = caller.label(),
                     reason = reason.as_str(),

@@ -117,6 +117,10 @@ async fn answer(proxy: &Proxy, spec: &EndpointSpec, caller: &Caller, request: Re
     let Some(config) = proxy.state().config() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "proxy has no configuration\n");
     };
+    // Between a new configuration and the listener's restart, the old endpoint answers nothing.
+    if config.prometheus.as_deref() != Some(spec) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "this metrics endpoint is no longer configured\n");
+    }
     if !authorize(proxy.state(), caller, &config, spec.inbound).allows() {
         return text(StatusCode::FORBIDDEN, DENIED_BODY);
     }

@@ -108,12 +108,33 @@ impl Lab {
     /// Puts a configuration in force with `permissions`, `revoked` serials and, when given,
     /// another trust bundle.
     fn configure(&self, permissions: &[&str], revoked: &[&str], bundle: Option<&str>) {
+        self.configure_inbounds(&[(1, "backend")], permissions, revoked, bundle);
+    }
+
+    /// Like [`Lab::configure`], with the Dataplane's inbounds `(port, service)`, in this order,
+    /// each in front of the lab's application.
+    fn configure_inbounds(
+        &self,
+        inbounds: &[(u16, &str)],
+        permissions: &[&str],
+        revoked: &[&str],
+        bundle: Option<&str>,
+    ) {
         let app_port = self.spec.app.port();
+        let inbounds: Vec<String> = inbounds
+            .iter()
+            .map(|(port, service)| {
+                format!(
+                    r#"{{"port":{port},"servicePort":{app_port},"tags":{{"kuma.io/service":"{service}","kuma.io/protocol":"http"}}}}"#
+                )
+            })
+            .collect();
         let proto = ProxyConfig {
             version: 1,
             mesh: "m".into(),
             dataplane_json: format!(
-                r#"{{"type":"Dataplane","mesh":"m","name":"backend-1","networking":{{"address":"127.0.0.1","inbound":[{{"port":1,"servicePort":{app_port},"tags":{{"kuma.io/service":"backend","kuma.io/protocol":"http"}}}}]}}}}"#
+                r#"{{"type":"Dataplane","mesh":"m","name":"backend-1","networking":{{"address":"127.0.0.1","inbound":[{}]}}}}"#,
+                inbounds.join(",")
             ),
             mtls_mode: MtlsMode::Strict.into(),
             trust_bundle_pem: bundle.unwrap_or(&self.ca_pem).to_string(),
@@ -205,8 +226,10 @@ async fn an_allowed_caller_reaches_the_application_and_others_get_403() {
 async fn an_unreachable_application_is_a_502_that_names_no_address() {
     let lab = Lab::start().await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let spec = Arc::new(InboundSpec { app: closed, ..(*lab.spec).clone() });
-    let mut web = lab.connect_to(spec, lab.caller("web")).await;
+    // The Dataplane's inbound now points at a port nothing listens on.
+    let lab = Lab { spec: Arc::new(InboundSpec { app: closed, ..(*lab.spec).clone() }), ..lab };
+    lab.configure(&[ALLOW_WEB], &[], None);
+    let mut web = lab.connect(lab.caller("web")).await;
     let response = web.send_request(get("/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -257,4 +280,53 @@ async fn a_stream_that_keeps_its_permission_runs_on() {
     let other_permission = ALLOW_WEB.replace("allow-web", "also-allow-web");
     let outcome = stream_outcome(&mut web, || lab.configure(&[ALLOW_WEB, &other_permission], &[], None)).await;
     assert_eq!(outcome, None, "a new configuration that still allows the caller leaves its stream alone");
+}
+
+/// The inbound serving `service` in the configuration in force.
+fn inbound_of(lab: &Lab, service: &str) -> Arc<InboundSpec> {
+    lab.proxy.state().config().unwrap().inbounds.iter().find(|i| i.service == service).unwrap().clone()
+}
+
+/// Waits, at most 5 s, until `/metrics` counts `n` connections cut for `reason`.
+async fn wait_for_cuts(lab: &Lab, reason: Cut, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while lab.cuts(reason) < n {
+        assert!(tokio::time::Instant::now() < deadline, "{} connections cut for {}", lab.cuts(reason), reason.as_str());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_to_a_removed_inbound_is_closed_and_never_decided_as_another() {
+    let lab = Lab::start().await;
+    let allow_backend = ALLOW_WEB.replace(r#"{"kind":"Mesh"}"#, r#"{"kind":"MeshService","name":"backend"}"#);
+    // web may call backend (inbound 1) but not secret (inbound 0).
+    lab.configure_inbounds(&[(1, "secret"), (2, "backend")], &[&allow_backend], &[], None);
+    let mut web = lab.connect_to(inbound_of(&lab, "secret"), lab.caller("web")).await;
+    assert_eq!(web.send_request(get("/")).await.unwrap().status(), StatusCode::FORBIDDEN);
+
+    // secret goes: backend now holds index 0, which the open connection to secret once had.
+    lab.configure_inbounds(&[(2, "backend")], &[&allow_backend], &[], None);
+    wait_for_cuts(&lab, Cut::InboundRemoved, 1).await;
+    let after = web.send_request(get("/")).await;
+    assert!(after.is_err(), "the connection to the removed inbound is closed, not answered: {after:?}");
+}
+
+#[tokio::test]
+async fn removing_an_inbound_ends_its_open_streams_and_leaves_the_others() {
+    let lab = Lab::start().await;
+    lab.configure_inbounds(&[(1, "old"), (2, "backend")], &[ALLOW_WEB], &[], None);
+    let mut to_old = lab.connect_to(inbound_of(&lab, "old"), lab.caller("web")).await;
+    let mut to_backend = lab.connect_to(inbound_of(&lab, "backend"), lab.caller("web")).await;
+    let response = to_backend.send_request(get("/stream")).await.unwrap();
+    let mut backend_stream = response.into_body();
+    assert!(backend_stream.frame().await.unwrap().is_ok(), "the stream to backend started");
+    // The stream to old is cut when its inbound goes; the one to backend, whose inbound moved
+    // from index 1 to 0 in the same change, runs on.
+    let removed = || lab.configure_inbounds(&[(2, "backend")], &[ALLOW_WEB], &[], None);
+    assert_eq!(stream_outcome(&mut to_old, removed).await, Some(true));
+    assert_eq!(lab.cuts(Cut::InboundRemoved), 1);
+    for _ in 0..3 {
+        assert!(backend_stream.frame().await.unwrap().is_ok(), "the stream to backend goes on");
+    }
 }
