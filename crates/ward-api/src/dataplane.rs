@@ -863,12 +863,6 @@ impl Dataplane {
                     "Ward's proxy reaches services only through their virtual IPs",
                 );
             }
-            if !tp.reachable_services.is_empty() {
-                warnings.add(
-                    format!("{at}.reachableServices"),
-                    "Ward's proxy is configured with every service of the mesh; the list does not narrow it",
-                );
-            }
             if tp.reachable_backends.is_some() {
                 warnings.add(
                     format!("{at}.reachableBackends"),

@@ -2,7 +2,7 @@
 //! streams of its proxies, each of which derives its own configuration from it.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -149,12 +149,15 @@ impl MeshSnapshot {
         let permissions: Vec<Resource> =
             self.permissions.iter().filter(|p| policy::applies_to(p, seen)).cloned().collect();
         let permissions_json = permissions.iter().map(|p| p.to_json().to_string()).collect();
-        // A transparent proxy or a gateway may be asked for any service; otherwise only its
-        // outbounds are reachable.
-        let wanted: Vec<&str> = if dp.networking.transparent_proxying.is_some() || dp.networking.gateway.is_some() {
-            self.services.keys().map(String::as_str).collect()
-        } else {
-            dp.networking.outbound.iter().filter_map(|o| o.tags.get(SERVICE_TAG)).map(String::as_str).collect()
+        // A gateway, or a transparent proxy without a `reachableServices` list, may be asked for
+        // any service; otherwise only its outbounds and the services it lists are reachable.
+        let outbounds = dp.networking.outbound.iter().filter_map(|o| o.tags.get(SERVICE_TAG)).map(String::as_str);
+        let wanted: BTreeSet<&str> = match (&dp.networking.transparent_proxying, &dp.networking.gateway) {
+            (Some(tp), None) if !tp.reachable_services.is_empty() => {
+                tp.reachable_services.iter().map(String::as_str).chain(outbounds).collect()
+            }
+            (Some(_), _) | (_, Some(_)) => self.services.keys().map(String::as_str).collect(),
+            (None, None) => outbounds.collect(),
         };
         let services = wanted
             .into_iter()
@@ -211,3 +214,51 @@ impl MeshSnapshot {
 
 /// A shared, replaceable snapshot.
 pub type SharedSnapshot = Arc<MeshSnapshot>;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use ward_api::parse;
+
+    use super::*;
+
+    /// A snapshot of mesh `m` with services `a`, `b` and `c` and the Dataplane `web-1` whose
+    /// networking is `networking`.
+    fn snapshot(networking: serde_json::Value) -> MeshSnapshot {
+        let mesh = parse::resource(json!({"type": "Mesh", "name": "m"}), "mesh").unwrap();
+        let Spec::Mesh(mesh) = mesh.spec else { unreachable!() };
+        let dp = json!({"type": "Dataplane", "mesh": "m", "name": "web-1", "networking": networking});
+        let dp = parse::resource(dp, "dataplane").unwrap();
+        let services = ["a", "b", "c"].map(|s| (s.to_string(), Service { name: s.to_string(), ..Default::default() }));
+        MeshSnapshot {
+            mesh: Some(mesh),
+            dataplanes: [("web-1".to_string(), dp)].into(),
+            services: services.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The services `web-1` is configured to reach.
+    fn reached(snapshot: &MeshSnapshot) -> Vec<String> {
+        snapshot.proxy_config("web-1").unwrap().services.into_iter().map(|s| s.name).collect()
+    }
+
+    #[test]
+    fn a_transparent_proxy_reaches_its_reachable_services_and_outbounds_only() {
+        let inbound = json!([{"port": 9000, "tags": {"kuma.io/service": "web"}}]);
+        let tp = json!({"redirectPortInbound": 15006, "redirectPortOutbound": 15001});
+        let every = snapshot(json!({"address": "10.0.0.1", "inbound": inbound, "transparentProxying": tp}));
+        assert_eq!(reached(&every), ["a", "b", "c"], "without a list, every service of the mesh");
+
+        let mut listed = tp.clone();
+        listed["reachableServices"] = json!(["b"]);
+        let outbound = json!([{"port": 7000, "tags": {"kuma.io/service": "c"}}]);
+        let narrowed = snapshot(
+            json!({"address": "10.0.0.1", "inbound": inbound, "outbound": outbound, "transparentProxying": listed}),
+        );
+        assert_eq!(reached(&narrowed), ["b", "c"], "the listed service and the explicit outbound");
+
+        let explicit = snapshot(json!({"address": "10.0.0.1", "inbound": inbound, "outbound": outbound}));
+        assert_eq!(reached(&explicit), ["c"], "without transparent proxying, the outbounds alone");
+    }
+}
