@@ -617,6 +617,13 @@ async fn a_dataplane_serving_two_services_has_an_identity_and_permissions_per_in
     let config = backend.config();
     assert_eq!(config["certificate"]["spiffeId"], "spiffe://m/backend", "{config}");
     assert_eq!(config["moreCertificates"][0]["spiffeId"], "spiffe://m/backend-api", "{config}");
+    let inspected = cp.ward(&["inspect", "dataplane", "backend-1", "-m", "m"]).ok();
+    for (cert, id) in
+        [(&config["certificate"], "spiffe://m/backend"), (&config["moreCertificates"][0], "spiffe://m/backend-api")]
+    {
+        let shown = format!("spiffe id:   {id}\nserial:      {}", cert["serial"].as_str().unwrap());
+        assert!(inspected.contains(&shown), "`ward inspect` shows every identity's certificate:\n{inspected}");
+    }
 
     let (to_backend, to_api) = (common::free_port(), common::free_port());
     let _web = cp.start_proxy(

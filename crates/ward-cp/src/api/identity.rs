@@ -158,7 +158,7 @@ pub async fn rotate_signing_key(
 }
 
 /// `GET /meshes/{mesh}/dataplanes/{name}/_overview`: the Dataplane, whether its proxy is
-/// connected, and the certificate it was issued last.
+/// connected, and the certificate it was issued last for each of its identities.
 pub async fn dataplane_overview(
     State(state): State<ApiState>,
     caller: Caller,
@@ -168,14 +168,14 @@ pub async fn dataplane_overview(
     let Some(dataplane) = state.store.get(ResourceType::Dataplane, &mesh, &name).await? else {
         return Err(ApiError::not_found(format!("dataplanes/{name} not found in mesh {mesh:?}")));
     };
-    let certificate = state.store.dataplane_cert(&mesh, &name).await?;
+    let certificates = state.store.dataplane_certs(&mesh, &name).await?;
     let session = state.online.get(&mesh, &name);
     Ok(Json(json!({
         "dataplane": dataplane.to_json(),
         "online": session.is_some(),
         "session": session,
         "refused": state.online.refusal(&mesh, &name),
-        "certificate": certificate,
+        "certificates": certificates,
     })))
 }
 

@@ -270,9 +270,7 @@ impl Session {
             token_id: claims.jti.clone(),
             not_after: svid.not_after,
         };
-        // `ward inspect dataplane` shows the certificate of the identity the dataplane calls with.
-        let shown = (service == dp.service()).then_some(&record);
-        if let Err(e) = self.discovery.store.record_issued_cert(&claims.mesh, &issued, shown).await {
+        if let Err(e) = self.discovery.store.record_issued_cert(&claims.mesh, &issued, &record).await {
             return refuse(format!("cannot record the certificate: {e}"));
         }
         // Peers whose permissions look at callers' tags learn this serial's; other meshes need

@@ -30,7 +30,7 @@ pub struct StoredSigningKey {
     pub sealed_key: Vec<u8>,
 }
 
-/// The certificate a dataplane was issued last.
+/// The certificate a dataplane was issued last for one of its identities.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DataplaneCert {
@@ -191,19 +191,22 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT jti FROM revoked_tokens").fetch_all(&self.pool).await?)
     }
 
-    /// The certificate last issued to a dataplane, if any.
-    pub async fn dataplane_cert(&self, mesh: &str, dataplane: &str) -> Result<Option<DataplaneCert>, StoreError> {
-        let row = sqlx::query("SELECT * FROM dataplane_certs WHERE mesh = ? AND dataplane = ?")
+    /// The certificate last issued to a dataplane for each of its identities, by SPIFFE ID.
+    pub async fn dataplane_certs(&self, mesh: &str, dataplane: &str) -> Result<Vec<DataplaneCert>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM dataplane_certs WHERE mesh = ? AND dataplane = ? ORDER BY spiffe_id")
             .bind(mesh)
             .bind(dataplane)
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await?;
-        Ok(row.map(|r| DataplaneCert {
-            spiffe_id: r.get("spiffe_id"),
-            serial: r.get("serial"),
-            not_before: r.get("not_before"),
-            not_after: r.get("not_after"),
-            backend: r.get("backend"),
-        }))
+        Ok(rows
+            .into_iter()
+            .map(|r| DataplaneCert {
+                spiffe_id: r.get("spiffe_id"),
+                serial: r.get("serial"),
+                not_before: r.get("not_before"),
+                not_after: r.get("not_after"),
+                backend: r.get("backend"),
+            })
+            .collect())
     }
 }

@@ -24,32 +24,31 @@ pub struct IssuedCert {
 
 impl Store {
     /// Records a certificate issued in `mesh`: among the valid ones (forgetting the expired ones
-    /// of its dataplane) and, with `shown`, as its dataplane's latest, in one transaction.
+    /// of its dataplane) and, as `shown`, as its dataplane's latest for that identity, in one
+    /// transaction.
     pub async fn record_issued_cert(
         &self,
         mesh: &str,
         cert: &IssuedCert,
-        shown: Option<&DataplaneCert>,
+        shown: &DataplaneCert,
     ) -> Result<(), StoreError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool.begin().await?;
-        if let Some(shown) = shown {
-            sqlx::query(
-                "INSERT INTO dataplane_certs (mesh, dataplane, spiffe_id, serial, not_before, not_after, backend)
+        sqlx::query(
+            "INSERT INTO dataplane_certs (mesh, dataplane, spiffe_id, serial, not_before, not_after, backend)
              VALUES (?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (mesh, dataplane) DO UPDATE SET spiffe_id = excluded.spiffe_id, serial = excluded.serial,
+             ON CONFLICT (mesh, dataplane, spiffe_id) DO UPDATE SET serial = excluded.serial,
                not_before = excluded.not_before, not_after = excluded.not_after, backend = excluded.backend",
-            )
-            .bind(mesh)
-            .bind(&cert.dataplane)
-            .bind(&shown.spiffe_id)
-            .bind(&shown.serial)
-            .bind(&shown.not_before)
-            .bind(&shown.not_after)
-            .bind(&shown.backend)
-            .execute(&mut *tx)
-            .await?;
-        }
+        )
+        .bind(mesh)
+        .bind(&cert.dataplane)
+        .bind(&shown.spiffe_id)
+        .bind(&shown.serial)
+        .bind(&shown.not_before)
+        .bind(&shown.not_after)
+        .bind(&shown.backend)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM issued_certs WHERE mesh = ? AND dataplane = ? AND not_after <= ?")
             .bind(mesh)
             .bind(&cert.dataplane)
@@ -124,7 +123,7 @@ pub(super) mod tests {
                 token_id: "t1".into(),
                 not_after,
             };
-            store.record_issued_cert(mesh, &cert, Some(&shown(serial))).await.unwrap();
+            store.record_issued_cert(mesh, &cert, &shown(serial)).await.unwrap();
         };
         record("m", "01", now - TimeDelta::seconds(1)).await;
         record("m", "02", now + TimeDelta::hours(1)).await;
@@ -136,7 +135,22 @@ pub(super) mod tests {
             .await
             .unwrap();
         assert_eq!(kept, 1, "the expired certificate was deleted when its dataplane's next one was recorded");
-        let latest = store.dataplane_cert("m", "web-1").await.unwrap().unwrap();
-        assert_eq!(latest.serial, "02", "the dataplane's latest certificate is shown");
+        let latest = store.dataplane_certs("m", "web-1").await.unwrap();
+        assert_eq!(latest.len(), 1, "{latest:?}");
+        assert_eq!(latest[0].serial, "02", "the dataplane's latest certificate is shown");
+
+        // A second identity of the same dataplane is shown beside the first.
+        let api = DataplaneCert { spiffe_id: "spiffe://m/web-api".into(), ..shown("04") };
+        let cert = IssuedCert {
+            serial: "04".into(),
+            dataplane: "web-1".into(),
+            service: "web-api".into(),
+            token_id: "t1".into(),
+            not_after: now + TimeDelta::hours(1),
+        };
+        store.record_issued_cert("m", &cert, &api).await.unwrap();
+        let shown: Vec<(String, String)> =
+            store.dataplane_certs("m", "web-1").await.unwrap().into_iter().map(|c| (c.spiffe_id, c.serial)).collect();
+        assert_eq!(shown, [("spiffe://m/web".into(), "02".into()), ("spiffe://m/web-api".into(), "04".into())]);
     }
 }

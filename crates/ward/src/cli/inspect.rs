@@ -7,7 +7,7 @@ use crate::client::{Client, Segment, api_path};
 /// `ward inspect ...`.
 #[derive(Debug, Subcommand)]
 pub enum InspectCommand {
-    /// A dataplane's connection and the certificate it holds.
+    /// A dataplane's connection and the certificates it holds, one per identity.
     Dataplane {
         /// The dataplane.
         name: String,
@@ -45,10 +45,12 @@ pub async fn run(client: &Client, command: InspectCommand) -> anyhow::Result<()>
     };
     println!("dataplane:   {mesh}/{name}");
     println!("status:      {status}");
-    let cert = &overview["certificate"];
-    if cert.is_null() {
+    let certs = overview["certificates"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if certs.is_empty() {
         println!("certificate: none issued");
-    } else {
+    }
+    for cert in certs {
+        println!();
         println!("spiffe id:   {}", text(&cert["spiffeId"]));
         println!("serial:      {}", text(&cert["serial"]));
         println!("not before:  {}", text(&cert["notBefore"]));
