@@ -151,8 +151,8 @@ mod tests {
     fn hostile_configurations_are_refused_with_their_path() {
         let table: &[(&str, &str)] = &[
             (
-                "consumers:\n- username: a\n  hmacauth_credentials: [{username: a, secret: s}]\n  acls: [{group: g}]\n",
-                "consumers[0].hmacauth_credentials: unknown field",
+                "consumers:\n- username: a\n  oauth2_credentials: [{name: a, client_id: a}]\n  acls: [{group: g}]\n",
+                "consumers[0].oauth2_credentials: unknown field",
             ),
             (
                 "consumers:\n- usrname: b\n  acls: [{group: g}]\n  keyauth_credentials: [{key: k}]\n  basicauth_credentials: [{username: b, password: p}]\n  jwt_secrets: [{key: j}]\n",

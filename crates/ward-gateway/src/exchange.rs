@@ -57,6 +57,10 @@ pub(crate) struct Exchange<'a> {
     pub path: String,
     /// The raw query string, as it will be forwarded.
     pub query: Option<String>,
+    /// The request target as the client sent it (path not normalised), for signatures over it.
+    pub uri: http::Uri,
+    /// The client's HTTP version.
+    pub version: http::Version,
     pub body: RequestBody,
     /// The client's address (from X-Forwarded-For only when the peer is trusted).
     pub client_ip: IpAddr,

@@ -130,7 +130,7 @@ pub(crate) async fn handle(
     let view = RequestView {
         method: &parts.method,
         host: &host,
-        port: conn.local_port,
+        port: conn.local.port(),
         path: &path,
         headers: h,
         sni: conn.sni.as_deref(),
@@ -154,6 +154,8 @@ pub(crate) async fn handle(
         headers,
         path,
         query: parts.uri.query().map(str::to_string),
+        uri: parts.uri,
+        version: parts.version,
         body: RequestBody::Stream(body),
         client_ip,
         conn,
@@ -239,7 +241,7 @@ fn forwarded_headers(ex: &mut Exchange<'_>, trusted: &[IpNet], host: &str, prefi
     let previous: Vec<String> =
         headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
     let chain = if previous.is_empty() { peer.to_string() } else { format!("{}, {peer}", previous.join(", ")) };
-    let port = ex.conn.local_port.to_string();
+    let port = ex.conn.local.port().to_string();
     let scheme = if ex.conn.https { "https" } else { "http" };
     let values: [(&str, Option<&str>); 6] = [
         ("x-forwarded-for", Some(&chain)),

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -45,11 +45,16 @@ impl Listening {
 }
 
 /// What a request's connection tells about it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
-    pub local_port: u16,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     pub https: bool,
+    /// The connection's serial number among those the gateway accepted (from 1).
+    pub serial: u64,
+    /// Requests received on the connection so far, the current one included.
+    pub requests: AtomicU64,
     /// The server name the client asked for in its TLS hello.
     pub sni: Option<String>,
     /// The client's certificate chain, leaf first, when it sent one.
@@ -73,16 +78,18 @@ pub(crate) async fn serve(
     listening: Arc<Listening>,
     stop: CancellationToken,
 ) {
-    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let listening_on = listener.local_addr().ok();
     let shared = listening.clone();
     ward_http::accept::serve(listener, &shared.limits, &shared.connections, stop, move |stream, peer| {
-        runtime.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        let serial = runtime.stats.connections_accepted.fetch_add(1, Ordering::Relaxed) + 1;
+        let local = stream.local_addr().ok().or(listening_on).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         runtime.stats.connections_active.fetch_add(1, Ordering::Relaxed);
         let active = Active(runtime.clone());
         let (runtime, listening) = (runtime.clone(), listening.clone());
         async move {
             let _active = active;
-            let info = ConnInfo { peer, local_port, https, sni: None, client_chain: None };
+            let info =
+                ConnInfo { peer, local, https, serial, requests: AtomicU64::new(0), sni: None, client_chain: None };
             if !https {
                 return serve_connection(stream, runtime, info, &listening).await;
             }
@@ -117,6 +124,7 @@ where
         let (runtime, info) = (runtime.clone(), info.clone());
         async move {
             runtime.stats.total_requests.fetch_add(1, Ordering::Relaxed);
+            info.requests.fetch_add(1, Ordering::Relaxed);
             let response = crate::handler::handle(runtime.current(), &runtime.trusted_ips, &info, request).await;
             Ok::<_, Infallible>(response)
         }

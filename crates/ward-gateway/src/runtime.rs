@@ -11,12 +11,14 @@ use crate::compiled::{Gateway, compile};
 use crate::error::ConfigErrors;
 use crate::plugins::rate_limiting;
 
-/// State that outlives configurations: rate-limiting counters, Redis connections, and the
-/// gateway's membership of a mesh.
+/// State that outlives configurations: rate-limiting counters, Redis connections, the
+/// correlation-id counter, and the gateway's membership of a mesh.
 #[derive(Default)]
 pub(crate) struct Shared {
     pub local_counters: Arc<rate_limiting::LocalCounters>,
     pub redis: rate_limiting::RedisClients,
+    /// The `uuid#counter` IDs of correlation-id.
+    pub request_ids: Arc<crate::plugins::correlation_id::Counter>,
     /// Set when the gateway joined a mesh: services with `host: <service>.mesh` go through it.
     pub mesh: Option<Arc<ward_proxy::member::Member>>,
 }

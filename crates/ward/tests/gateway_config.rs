@@ -62,6 +62,61 @@ plugins:
                 "plugins[0].config.policy: cluster needs Kong's database",
             ],
         ),
+        (
+            r#"
+_format_version: "3.0"
+consumers:
+- username: alice
+plugins:
+- name: correlation-id
+  config: {generator: uuid4}
+- name: correlation-id
+  route: r
+  config: {header_name: "bad header"}
+- name: correlation-id
+  service: s
+  config: {header_name: Content-Length}
+- name: correlation-id
+  consumer: alice
+services:
+- name: s
+  url: http://127.0.0.1:1
+  routes:
+  - name: r
+    paths: [/r]
+"#,
+            &[
+                "plugins[0].config.generator: must be one of uuid, uuid#counter, tracker",
+                "plugins[1].config.header_name: 'bad header' is not a valid header name",
+                "plugins[2].config.header_name: 'Content-Length' is a header the gateway or the upstream relies on",
+                "plugins[3].consumer: the correlation-id plugin cannot be scoped to a consumer",
+            ],
+        ),
+        (
+            r#"
+_format_version: "3.0"
+consumers:
+- username: alice
+  hmacauth_credentials:
+  - {username: alice-hmac, secret: a}
+- username: bob
+  hmacauth_credentials:
+  - {username: alice-hmac, secret: b}
+plugins:
+- name: hmac-auth
+  config: {algorithms: [hmac-sha256, hmac-md5], clock_skew: 0}
+- name: hmac-auth
+  consumer: alice
+  config: {clock_skew: 1e300}
+"#,
+            &[
+                "plugins[0].config.algorithms[1]: expected one of: hmac-sha1, hmac-sha256, hmac-sha384, hmac-sha512",
+                "plugins[0].config.clock_skew: value must be greater than 0",
+                "plugins[1].consumer: the hmac-auth plugin cannot be scoped to a consumer",
+                "plugins[1].config.clock_skew: must be a number of seconds greater than 0",
+                "consumers[1].hmacauth_credentials[0].username: is the username of another credential",
+            ],
+        ),
         ("not: [valid", &["is not valid YAML or JSON"]),
     ];
     for (text, expected) in table {
@@ -323,17 +378,17 @@ upstreams:
 /// each is refused with every error and its entity path, and nothing else changes.
 const BROKEN_CONSUMERS: [(&str, &[&str]); 2] = [
     (
-        // Kong's hmac-auth credentials, which Ward does not have, beside nested acls.
+        // Kong's oauth2 credentials, which Ward does not have, beside nested acls.
         r#"
 _format_version: "3.0"
 consumers:
 - username: alice
-  hmacauth_credentials:
-  - {username: alice, secret: s3cret}
+  oauth2_credentials:
+  - {name: app, client_id: alice-app, client_secret: s3cret, redirect_uris: ["https://app.test/cb"]}
   acls:
   - group: admins
 "#,
-        &["consumers[0].hmacauth_credentials: unknown field"],
+        &["consumers[0].oauth2_credentials: unknown field"],
     ),
     (
         // A typo, with every kind of nested credential, one of them broken too.
@@ -385,7 +440,7 @@ async fn broken_consumers_are_refused_by_check_run_and_the_admin_api() {
     // The reload task survives a broken file on SIGHUP too, and still loads a good one after.
     gw.reload_file(BROKEN_CONSUMERS[0].0);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.log().contains("hmacauth_credentials: unknown field") {
+    while !gw.log().contains("oauth2_credentials: unknown field") {
         assert!(Instant::now() < deadline, "no refusal logged for the SIGHUP reload:\n{}", gw.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

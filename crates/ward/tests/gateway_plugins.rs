@@ -774,3 +774,381 @@ services:
     let r = client.get(gw.url("/by-header")).header("x-tenant", "t2").send().await.unwrap();
     assert_eq!(r.headers()["ratelimit-remaining"], "19");
 }
+
+/// Kong's UUID, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in lowercase hex.
+fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+}
+
+#[tokio::test]
+async fn correlation_id() {
+    let upstream = Upstream::start("echo").await;
+    let config = format!(
+        r#"
+_format_version: "3.0"
+services:
+- name: echo
+  url: {}
+  routes:
+  - name: counter
+    paths: [/counter]
+    plugins:
+    - name: correlation-id
+  - name: custom
+    paths: [/custom]
+    plugins:
+    - name: correlation-id
+      config: {{header_name: Foo-Bar-Id}}
+  - name: echoed
+    paths: [/echoed]
+    plugins:
+    - name: correlation-id
+      config: {{generator: uuid, echo_downstream: true}}
+  - name: tracker
+    paths: [/tracker]
+    plugins:
+    - name: correlation-id
+      config: {{generator: tracker}}
+  - name: teapot
+    paths: [/teapot]
+    plugins:
+    - name: correlation-id
+      config: {{generator: uuid, echo_downstream: true}}
+    - name: request-termination
+      config: {{status_code: 418, message: "I'm a teapot"}}
+- name: down
+  url: http://127.0.0.1:1
+  routes:
+  - name: down
+    paths: [/down]
+    plugins:
+    - name: correlation-id
+      config: {{generator: uuid, echo_downstream: true}}
+"#,
+        upstream.url()
+    );
+    let gw = GatewayProcess::start(&config);
+    let client = http_client();
+    let get = async |path: &str, headers: &[(&str, &str)]| {
+        let mut request = client.get(gw.url(path));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+        (status, headers, body)
+    };
+    let upstream_id = |body: &Value, name: &str| body["headers"][name].as_str().unwrap_or_default().to_string();
+
+    // uuid#counter: one UUID for the process, and a counter from 1.
+    let (_, _, first) = get("/counter", &[]).await;
+    let (_, _, second) = get("/counter", &[]).await;
+    let (first, second) = (upstream_id(&first, "kong-request-id"), upstream_id(&second, "kong-request-id"));
+    let (uuid_1, counter_1) = first.split_once('#').unwrap_or_default();
+    let (uuid_2, counter_2) = second.split_once('#').unwrap_or_default();
+    assert!(is_uuid(uuid_1) && uuid_1 == uuid_2, "{first} {second}");
+    assert_eq!((counter_1, counter_2), ("1", "2"));
+
+    // uuid: a new one each time; echoed to the client, the same the upstream got.
+    let (status, headers, body) = get("/echoed", &[]).await;
+    assert_eq!(status, 200);
+    let id = upstream_id(&body, "kong-request-id");
+    assert!(is_uuid(&id), "{id}");
+    assert_eq!(headers["kong-request-id"], id.as_str());
+    let (_, _, again) = get("/echoed", &[]).await;
+    assert_ne!(upstream_id(&again, "kong-request-id"), id);
+
+    // tracker: address-port-pid-connection-requests-time.
+    let (_, _, body) = get("/tracker", &[]).await;
+    let tracker = upstream_id(&body, "kong-request-id");
+    let parts: Vec<&str> = tracker.split('-').collect();
+    assert_eq!(parts.len(), 6, "{tracker}");
+    assert_eq!(parts[0], gw.proxy.ip().to_string(), "{tracker}");
+    assert_eq!(parts[1], gw.proxy.port().to_string(), "{tracker}");
+    assert!(parts[2..5].iter().all(|p| p.parse::<u64>().is_ok()), "{tracker}");
+    let (seconds, millis) = parts[5].split_once('.').unwrap_or_default();
+    assert!(seconds.len() == 10 && millis.len() == 3 && seconds.parse::<u64>().is_ok(), "{tracker}");
+
+    // A custom header; not echoed unless asked; a client's own ID is kept, a blank one is not.
+    let (_, headers, body) = get("/custom", &[]).await;
+    assert!(upstream_id(&body, "foo-bar-id").contains('#'), "{body}");
+    assert!(headers.get("foo-bar-id").is_none() && headers.get("kong-request-id").is_none());
+    let (_, _, body) = get("/custom", &[("Foo-Bar-Id", "foobar")]).await;
+    assert_eq!(upstream_id(&body, "foo-bar-id"), "foobar");
+    let (_, _, body) = get("/custom", &[("Foo-Bar-Id", " ")]).await;
+    assert_ne!(upstream_id(&body, "foo-bar-id").trim(), "", "{body}");
+
+    // Echoed on answers the upstream did not give: another plugin's, and an unreachable upstream's.
+    let (status, headers, _) = get("/teapot", &[]).await;
+    assert_eq!(status, 418);
+    assert!(is_uuid(headers["kong-request-id"].to_str().unwrap()), "{headers:?}");
+    let (status, headers, _) = get("/teapot", &[("kong-request-id", "my very personal id")]).await;
+    assert_eq!(status, 418);
+    assert_eq!(headers["kong-request-id"], "my very personal id");
+    let (status, headers, _) = get("/down", &[]).await;
+    assert_eq!(status, 502);
+    assert!(is_uuid(headers["kong-request-id"].to_str().unwrap()), "{headers:?}");
+}
+
+/// An `Authorization: hmac ...` value: `lines` (the signing string) signed with `secret`.
+fn hmac_authorization(user: &str, algorithm: &str, headers: &str, secret: &str, lines: &str) -> String {
+    use base64::Engine;
+    let hash = match algorithm {
+        "hmac-sha1" => aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        "hmac-sha256" => aws_lc_rs::hmac::HMAC_SHA256,
+        _ => aws_lc_rs::hmac::HMAC_SHA512,
+    };
+    let tag = aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(hash, secret.as_bytes()), lines.as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    format!(r#"hmac username="{user}", algorithm="{algorithm}", headers="{headers}", signature="{signature}""#)
+}
+
+fn http_date(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+#[tokio::test]
+async fn hmac_auth() {
+    let upstream = Upstream::start("echo").await;
+    let config = format!(
+        r#"
+_format_version: "3.0"
+services:
+- name: echo
+  url: {}
+  routes:
+  - name: signed
+    paths: [/signed]
+    plugins:
+    - name: hmac-auth
+      config: {{hide_credentials: true, algorithms: [hmac-sha256, hmac-sha512], realm: orders}}
+  - name: strict
+    paths: [/strict]
+    plugins:
+    - name: hmac-auth
+      config: {{enforce_headers: [date, request-line], validate_request_body: true}}
+consumers:
+- username: alice
+  hmacauth_credentials:
+  - username: alice-hmac
+    secret: s3cret
+"#,
+        upstream.url()
+    );
+    let gw = GatewayProcess::start(&config);
+    let client = http_client();
+    let now = http_date(chrono::Utc::now());
+    let stale = http_date(chrono::Utc::now() - chrono::TimeDelta::minutes(10));
+    let sign = |algorithm: &str, headers: &str, lines: &str| {
+        hmac_authorization("alice-hmac", algorithm, headers, "s3cret", lines)
+    };
+    let get_line = |path: &str| format!("date: {now}\nGET {path} HTTP/1.1");
+    let good = sign("hmac-sha256", "date request-line", &get_line("/signed?x=1"));
+    struct Try {
+        method: &'static str,
+        path: &'static str,
+        headers: Vec<(&'static str, String)>,
+        body: &'static str,
+        status: u16,
+        message: Option<&'static str>,
+    }
+    let unverifiable = Some("HMAC signature cannot be verified");
+    let mismatch = Some("HMAC signature does not match");
+    let no_date =
+        Some("HMAC signature cannot be verified, a valid date or x-date header is required for HMAC Authentication");
+    let digest = |body: &str| {
+        use base64::Engine;
+        let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes());
+        format!("SHA-256={}", base64::engine::general_purpose::STANDARD.encode(sha.as_ref()))
+    };
+    let strict_line = |method: &str| format!("date: {now}\n{method} /strict HTTP/1.1");
+    let tries = vec![
+        Try { method: "GET", path: "/signed", headers: vec![], body: "", status: 401, message: Some("Unauthorized") },
+        Try {
+            method: "GET",
+            path: "/signed?x=1",
+            headers: vec![("authorization", good.clone())],
+            body: "",
+            status: 401,
+            message: no_date,
+        },
+        Try {
+            method: "GET",
+            path: "/signed?x=1",
+            headers: vec![("date", stale.clone()), ("authorization", good.clone())],
+            body: "",
+            status: 401,
+            message: no_date,
+        },
+        Try {
+            method: "GET",
+            path: "/signed",
+            headers: vec![("date", now.clone()), ("authorization", "hmac username".into())],
+            body: "",
+            status: 401,
+            message: unverifiable,
+        },
+        Try {
+            method: "GET",
+            path: "/signed?x=1",
+            headers: vec![
+                ("date", now.clone()),
+                ("authorization", hmac_authorization("bob", "hmac-sha256", "date", "s3cret", &format!("date: {now}"))),
+            ],
+            body: "",
+            status: 401,
+            message: unverifiable,
+        },
+        // hmac-sha1 is not among this route's algorithms.
+        Try {
+            method: "GET",
+            path: "/signed?x=1",
+            headers: vec![
+                ("date", now.clone()),
+                ("authorization", sign("hmac-sha1", "date request-line", &get_line("/signed?x=1"))),
+            ],
+            body: "",
+            status: 401,
+            message: unverifiable,
+        },
+        // Signed for another target, or another secret.
+        Try {
+            method: "GET",
+            path: "/signed?x=2",
+            headers: vec![("date", now.clone()), ("authorization", good.clone())],
+            body: "",
+            status: 401,
+            message: mismatch,
+        },
+        Try {
+            method: "GET",
+            path: "/signed?x=1",
+            headers: vec![
+                ("date", now.clone()),
+                (
+                    "authorization",
+                    hmac_authorization("alice-hmac", "hmac-sha256", "date", "guess", &format!("date: {now}")),
+                ),
+            ],
+            body: "",
+            status: 401,
+            message: mismatch,
+        },
+        Try {
+            method: "GET",
+            path: "/signed?x=1",
+            headers: vec![("date", now.clone()), ("authorization", good.clone())],
+            body: "",
+            status: 200,
+            message: None,
+        },
+        // Proxy-Authorization, X-Date and @request-target; SHA-512.
+        Try {
+            method: "GET",
+            path: "/signed",
+            headers: vec![
+                ("x-date", now.clone()),
+                (
+                    "proxy-authorization",
+                    sign(
+                        "hmac-sha512",
+                        "x-date @request-target",
+                        &format!("x-date: {now}\n@request-target: get /signed"),
+                    ),
+                ),
+            ],
+            body: "",
+            status: 200,
+            message: None,
+        },
+        // enforce_headers: a signature that leaves out request-line is refused.
+        Try {
+            method: "GET",
+            path: "/strict",
+            headers: vec![("date", now.clone()), ("authorization", sign("hmac-sha1", "date", &format!("date: {now}")))],
+            body: "",
+            status: 401,
+            message: unverifiable,
+        },
+        // validate_request_body: the Digest must match the body, and a body needs one.
+        Try {
+            method: "POST",
+            path: "/strict",
+            headers: vec![
+                ("date", now.clone()),
+                ("digest", digest("amount=10")),
+                ("authorization", sign("hmac-sha1", "date request-line", &strict_line("POST"))),
+            ],
+            body: "amount=10",
+            status: 200,
+            message: None,
+        },
+        Try {
+            method: "POST",
+            path: "/strict",
+            headers: vec![
+                ("date", now.clone()),
+                ("digest", digest("amount=10")),
+                ("authorization", sign("hmac-sha1", "date request-line", &strict_line("POST"))),
+            ],
+            body: "amount=1000",
+            status: 401,
+            message: mismatch,
+        },
+        Try {
+            method: "POST",
+            path: "/strict",
+            headers: vec![
+                ("date", now.clone()),
+                ("authorization", sign("hmac-sha1", "date request-line", &strict_line("POST"))),
+            ],
+            body: "amount=10",
+            status: 401,
+            message: mismatch,
+        },
+        Try {
+            method: "GET",
+            path: "/strict",
+            headers: vec![
+                ("date", now.clone()),
+                ("authorization", sign("hmac-sha1", "date request-line", &strict_line("GET"))),
+            ],
+            body: "",
+            status: 200,
+            message: None,
+        },
+    ];
+    for (i, t) in tries.iter().enumerate() {
+        let mut request = client.request(t.method.parse().unwrap(), gw.url(t.path));
+        for (name, value) in &t.headers {
+            request = request.header(*name, value);
+        }
+        if !t.body.is_empty() {
+            request = request.header("content-type", "application/x-www-form-urlencoded").body(t.body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let json: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+        let what = format!("try {i}: {} {} -> {status} {json}", t.method, t.path);
+        assert_eq!(status, t.status, "{what}");
+        match t.message {
+            Some(message) => {
+                assert_eq!(json["message"], message, "{what}");
+                let realm = if t.path.starts_with("/signed") { r#"hmac realm="orders""# } else { "hmac" };
+                assert_eq!(headers["www-authenticate"], realm, "{what}");
+            }
+            None => {
+                assert_eq!(json["headers"]["x-consumer-username"], "alice", "{what}");
+                assert_eq!(json["headers"]["x-credential-identifier"], "alice-hmac", "{what}");
+                if t.path.starts_with("/signed") {
+                    assert!(json["headers"]["authorization"].is_null(), "hidden: {what}");
+                    assert!(json["headers"]["proxy-authorization"].is_null(), "hidden: {what}");
+                }
+            }
+        }
+    }
+}

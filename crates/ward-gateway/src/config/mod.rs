@@ -16,7 +16,7 @@ use crate::error::ConfigErrors;
 use schema::Reference;
 
 /// Top-level keys of a declarative file.
-const TOP_LEVEL: [&str; 16] = [
+const TOP_LEVEL: [&str; 17] = [
     "_format_version",
     "_transform",
     "_comment",
@@ -31,6 +31,7 @@ const TOP_LEVEL: [&str; 16] = [
     "ca_certificates",
     "keyauth_credentials",
     "basicauth_credentials",
+    "hmacauth_credentials",
     "jwt_secrets",
     "acls",
 ];
@@ -71,6 +72,7 @@ pub(crate) struct Declaration {
     pub consumers: Vec<Entity<schema::Consumer>>,
     pub keyauth_credentials: Vec<Entity<schema::KeyAuthCredential>>,
     pub basicauth_credentials: Vec<Entity<schema::BasicAuthCredential>>,
+    pub hmacauth_credentials: Vec<Entity<schema::HmacAuthCredential>>,
     pub jwt_secrets: Vec<Entity<schema::JwtSecret>>,
     pub acls: Vec<Entity<schema::Acl>>,
     pub plugins: Vec<Entity<schema::Plugin>>,
@@ -234,6 +236,7 @@ enum Owner {
     Plugin,
     KeyAuth,
     BasicAuth,
+    HmacAuth,
     Jwt,
     Acl,
     Sni,
@@ -244,6 +247,7 @@ enum Owner {
 struct Credentials {
     keyauth: Vec<(String, Value)>,
     basicauth: Vec<(String, Value)>,
+    hmacauth: Vec<(String, Value)>,
     jwt: Vec<(String, Value)>,
     acls: Vec<(String, Value)>,
 }
@@ -254,6 +258,7 @@ impl Credentials {
         Credentials {
             keyauth: take_list(obj, "keyauth_credentials", prefix, errors),
             basicauth: take_list(obj, "basicauth_credentials", prefix, errors),
+            hmacauth: take_list(obj, "hmacauth_credentials", prefix, errors),
             jwt: take_list(obj, "jwt_secrets", prefix, errors),
             acls: take_list(obj, "acls", prefix, errors),
         }
@@ -394,6 +399,13 @@ impl Collector {
             let index = self.decl.basicauth_credentials.len();
             self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::BasicAuth, index), &path);
             self.decl.basicauth_credentials.push(Entity { path, id, item, links });
+        }
+        for (path, value) in lists.hmacauth {
+            let Some(item) = typed::<schema::HmacAuthCredential>(value, &path, &mut self.errors) else { continue };
+            let id = self.id("hmacauth_credentials", item.id.as_deref(), Some(&item.username.clone()), &path);
+            let index = self.decl.hmacauth_credentials.len();
+            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::HmacAuth, index), &path);
+            self.decl.hmacauth_credentials.push(Entity { path, id, item, links });
         }
         for (path, value) in lists.jwt {
             let Some(item) = typed::<schema::JwtSecret>(value, &path, &mut self.errors) else { continue };
@@ -537,6 +549,7 @@ impl Collector {
                 Owner::Plugin => &mut d.plugins[p.target.1].links,
                 Owner::KeyAuth => &mut d.keyauth_credentials[p.target.1].links,
                 Owner::BasicAuth => &mut d.basicauth_credentials[p.target.1].links,
+                Owner::HmacAuth => &mut d.hmacauth_credentials[p.target.1].links,
                 Owner::Jwt => &mut d.jwt_secrets[p.target.1].links,
                 Owner::Acl => &mut d.acls[p.target.1].links,
                 Owner::Sni => &mut d.snis[p.target.1].links,
@@ -557,6 +570,7 @@ impl Collector {
             .iter()
             .map(|e| (&e.path, e.links.consumer))
             .chain(d.basicauth_credentials.iter().map(|e| (&e.path, e.links.consumer)))
+            .chain(d.hmacauth_credentials.iter().map(|e| (&e.path, e.links.consumer)))
             .chain(d.jwt_secrets.iter().map(|e| (&e.path, e.links.consumer)))
             .chain(d.acls.iter().map(|e| (&e.path, e.links.consumer)));
         let mut missing = Vec::new();
@@ -677,7 +691,7 @@ keyauth_credentials:
     fn credentials_of_an_unreadable_consumer_belong_to_no_consumer() {
         // (configuration, how many consumers it has, then its credentials' consumers)
         let table: &[(&str, usize, &[Option<usize>])] = &[
-            ("consumers:\n- username: a\n  hmacauth_credentials: []\n  acls: [{group: g}]\n", 0, &[]),
+            ("consumers:\n- username: a\n  oauth2_credentials: []\n  acls: [{group: g}]\n", 0, &[]),
             ("consumers:\n- username: a\n  typo: 1\n  acls: [{group: g}]\n- username: b\n", 1, &[]),
             (
                 "consumers:\n- username: a\n  acls: [{group: g}]\n- usrname: b\n  acls: [{group: h}]\n- username: c\n  acls: [{group: i}]\n",

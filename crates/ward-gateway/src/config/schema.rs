@@ -178,6 +178,22 @@ pub struct BasicAuthCredential {
     _created_at: Option<i64>,
 }
 
+/// `hmacauth_credentials[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacAuthCredential {
+    pub id: Option<String>,
+    pub username: String,
+    /// Made up (random) when absent, as Kong does.
+    pub secret: Option<String>,
+    pub consumer: Option<Reference>,
+    #[serde(default)]
+    #[serde(rename = "tags")]
+    _tags: Vec<String>,
+    #[serde(rename = "created_at")]
+    _created_at: Option<i64>,
+}
+
 /// `jwt_secrets[]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

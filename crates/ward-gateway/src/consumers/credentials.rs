@@ -1,6 +1,7 @@
 //! The credentials a consumer authenticates with, prepared at load so that the
 //! authentication plugins only look them up and compare: key-auth keys (indexed by their
-//! SHA-256), basic-auth password digests (Kong's), and JWT secrets with their keys parsed.
+//! SHA-256), basic-auth password digests (Kong's), hmac-auth secrets, and JWT secrets with
+//! their keys parsed.
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -48,6 +49,21 @@ impl BasicCredential {
     pub fn accepts(&self, password: &str, consumer_id: &str) -> bool {
         let given = kong_digest(password, consumer_id);
         aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), self.digest.as_bytes()).is_ok()
+    }
+}
+
+/// An hmac-auth credential: whose it is, its username (sent as X-Credential-Identifier) and
+/// the secret requests are signed with.
+pub(crate) struct HmacCredential {
+    pub consumer: usize,
+    pub username: String,
+    pub secret: Vec<u8>,
+}
+
+/// Never prints the secret.
+impl std::fmt::Debug for HmacCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HmacCredential").field("consumer", &self.consumer).field("username", &self.username).finish()
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::config::Declaration;
 use crate::error::ConfigErrors;
-use credentials::{BasicCredential, JwtSecret, KeyCredential};
+use credentials::{BasicCredential, HmacCredential, JwtSecret, KeyCredential};
 
 /// A consumer of the API.
 #[derive(Debug)]
@@ -26,6 +26,8 @@ pub(crate) struct Consumers {
     pub keys: HashMap<[u8; 32], KeyCredential>,
     /// basic-auth credentials by username.
     pub basic: HashMap<String, BasicCredential>,
+    /// hmac-auth credentials by username.
+    pub hmac: HashMap<String, HmacCredential>,
     /// JWT secrets by key (the `iss` claim by default).
     pub jwt: HashMap<String, JwtSecret>,
     by_id: HashMap<String, usize>,
@@ -80,6 +82,15 @@ impl Consumers {
             let consumer_id = &c.list[consumer].id;
             let credential = BasicCredential::new(consumer, consumer_id, &e.item.password, decl.transform);
             if c.basic.insert(e.item.username.clone(), credential).is_some() {
+                errors.add(format!("{}.username", e.path), "is the username of another credential");
+            }
+        }
+        for e in &decl.hmacauth_credentials {
+            let Some(consumer) = e.links.consumer else { continue };
+            let secret = e.item.secret.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+            let credential =
+                HmacCredential { consumer, username: e.item.username.clone(), secret: secret.into_bytes() };
+            if c.hmac.insert(e.item.username.clone(), credential).is_some() {
                 errors.add(format!("{}.username", e.path), "is the username of another credential");
             }
         }

@@ -11,7 +11,9 @@
 pub(crate) mod acl;
 pub(crate) mod basic_auth;
 pub(crate) mod bot_detection;
+pub(crate) mod correlation_id;
 pub(crate) mod cors;
+pub(crate) mod hmac_auth;
 pub(crate) mod ip_restriction;
 pub(crate) mod jwt;
 pub(crate) mod key_auth;
@@ -36,12 +38,14 @@ use crate::tls::CaStore;
 
 /// A compiled plugin configuration.
 pub(crate) enum Plugin {
+    CorrelationId(correlation_id::CorrelationId),
     BotDetection(bot_detection::BotDetection),
     Cors(cors::Cors),
     MtlsAuth(mtls_auth::MtlsAuth),
     Jwt(jwt::Jwt),
     KeyAuth(key_auth::KeyAuth),
     BasicAuth(basic_auth::BasicAuth),
+    HmacAuth(hmac_auth::HmacAuth),
     IpRestriction(ip_restriction::IpRestriction),
     RequestSizeLimiting(request_size_limiting::RequestSizeLimiting),
     Acl(acl::Acl),
@@ -52,12 +56,17 @@ pub(crate) enum Plugin {
 impl Plugin {
     async fn access(&self, ex: &mut Exchange<'_>) -> Result<(), Reply> {
         match self {
+            Plugin::CorrelationId(p) => {
+                p.access(ex);
+                Ok(())
+            }
             Plugin::BotDetection(p) => p.access(ex),
             Plugin::Cors(p) => p.access(ex),
             Plugin::MtlsAuth(p) => p.access(ex),
             Plugin::Jwt(p) => p.access(ex),
             Plugin::KeyAuth(p) => p.access(ex).await,
             Plugin::BasicAuth(p) => p.access(ex),
+            Plugin::HmacAuth(p) => p.access(ex).await,
             Plugin::IpRestriction(p) => p.access(ex),
             Plugin::RequestSizeLimiting(p) => p.access(ex).await,
             Plugin::Acl(p) => p.access(ex),
@@ -117,13 +126,15 @@ struct Kind {
 }
 
 /// Every plugin Ward has, as Kong orders them.
-const KINDS: [Kind; 11] = [
+const KINDS: [Kind; 13] = [
+    Kind { name: "correlation-id", priority: 100_001, consumer_scoped: false, compile: correlation_id::compile },
     Kind { name: "bot-detection", priority: 2500, consumer_scoped: false, compile: bot_detection::compile },
     Kind { name: "cors", priority: 2000, consumer_scoped: false, compile: cors::compile },
     Kind { name: "mtls-auth", priority: 1600, consumer_scoped: false, compile: mtls_auth::compile },
     Kind { name: "jwt", priority: 1450, consumer_scoped: false, compile: jwt::compile },
     Kind { name: "key-auth", priority: 1250, consumer_scoped: false, compile: key_auth::compile },
     Kind { name: "basic-auth", priority: 1100, consumer_scoped: false, compile: basic_auth::compile },
+    Kind { name: "hmac-auth", priority: 1030, consumer_scoped: false, compile: hmac_auth::compile },
     Kind { name: "ip-restriction", priority: 990, consumer_scoped: true, compile: ip_restriction::compile },
     Kind {
         name: "request-size-limiting",

@@ -119,7 +119,7 @@ async fn echo(ex: &mut Exchange<'_>) -> Value {
         ex.body_bytes(ECHO_LIMIT).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     json!({
         "scheme": if ex.conn.https { "https" } else { "http" },
-        "port": ex.conn.local_port,
+        "port": ex.conn.local.port(),
         "method": ex.method.as_str(),
         "path": ex.path,
         "headers": headers,
