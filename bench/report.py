@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -103,9 +104,32 @@ if lat:
             f"- under 20 MiB RSS per proxy at {f(rate, 0)} req/s: {met(rss < 20)} (highest: {f(rss, 1)} MiB)",
             f"- under 0.06 cores per 1,000 req/s per proxy (at {f(rate, 0)} req/s): {met(cores < 0.06)} (highest: {f(cores, 3)})" +
             (f"; Ward uses {f(min(cpu_ratios))}–{f(max(cpu_ratios))}× HAProxy's CPU per request" if cpu_ratios else ""), ""]
-    # Against an earlier Ward measured in the same run (BENCH_WARD_BASELINE), each proxy at each rate and protocol.
+    # Against an earlier Ward measured in the same run (BENCH_WARD_BASELINE): the medians of the
+    # rounds in which the two took turns, each proxy at each rate and protocol.
+    vs = of("dataplane", kind="versus_baseline")
     base = {(r["protocol"], r["rate"]): r for r in lat if r["peer"] == "ward-baseline"}
-    if base:
+    if vs:
+        name = os.environ.get("BENCH_WARD_BASELINE_NAME", "an earlier build")
+        cells = sorted({(r["protocol"], r["rate"]) for r in vs}, key=lambda c: (c[1], c[0]))
+        rounds = max(r["round"] for r in vs) + 1
+
+        def med(peer, cell, key):
+            samples = [r[key] for r in vs if r["peer"] == peer and (r["protocol"], r["rate"]) == cell]
+            return [statistics.median(s[i] for s in samples) for i in range(2)]
+        out += [f"Against `ward-baseline` ({name}): after the rows above, {rounds} more rounds of the fixed rates "
+                "through both pairs, taking turns to go first; medians of the rounds, per proxy (out / in):", "",
+                "| protocol | req/s | CPU s / 1k req, ward | baseline | RSS MiB under load, ward | baseline |",
+                "|---|---:|---:|---:|---:|---:|"]
+        cpu_b, rss_b = [], []
+        for cell in cells:
+            wc, bc = med("ward", cell, "cpu_s_per_1000"), med("ward-baseline", cell, "cpu_s_per_1000")
+            wr, br = med("ward", cell, "rss_load_mib"), med("ward-baseline", cell, "rss_load_mib")
+            cpu_b += [a / b for a, b in zip(wc, bc) if b > 0]
+            rss_b += [a / b for a, b in zip(wr, br) if b > 0]
+            out.append(f"| {cell[0]} | {f(cell[1], 0)} | {pair(wc, 3)} | {pair(bc, 3)} | {pair(wr)} | {pair(br)} |")
+        out += ["", f"Medians: Ward's CPU per request is {f(min(cpu_b))}–{f(max(cpu_b))}× the baseline's, "
+                f"its RSS under load {f(min(rss_b))}–{f(max(rss_b))}×.", ""]
+    elif base:
         name = os.environ.get("BENCH_WARD_BASELINE_NAME", "an earlier build")
         def ratios(key):
             return [a / b for w in ward if (w["protocol"], w["rate"]) in base

@@ -5,7 +5,8 @@
 //!
 //! With `BENCH_WARD_BASELINE` naming an earlier `ward` binary, a second Ward pair runs that
 //! binary (in a mesh of its own, same control plane) as the peer `ward-baseline`, so a change
-//! is measured against what came before in the same run.
+//! is measured against what came before in the same run; then both pairs run the fixed rates
+//! again for a few rounds, taking turns to go first, and the report compares their medians.
 //!
 //! Usage: dataplane WARD_BINARY BENCH_SERVER_BINARY [--quick]
 
@@ -36,6 +37,8 @@ struct Plan {
     search: Vec<f64>,
     step: Duration,
     handshakes: Duration,
+    /// Rounds of Ward against the baseline after the main measurements.
+    rounds: usize,
 }
 
 impl Plan {
@@ -48,6 +51,7 @@ impl Plan {
                 search: vec![250.0, 500.0, 1000.0, 2000.0],
                 step: Duration::from_secs(1),
                 handshakes: Duration::from_secs(1),
+                rounds: 1,
             }
         } else {
             Plan {
@@ -57,6 +61,7 @@ impl Plan {
                 search: [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40].iter().map(|k| *k as f64 * 1000.0).collect(),
                 step: Duration::from_secs(5),
                 handshakes: Duration::from_secs(10),
+                rounds: 3,
             }
         }
     }
@@ -76,31 +81,42 @@ fn cpu(procs: &[&Proc]) -> Vec<f64> {
     procs.iter().map(|p| p.cpu_seconds().unwrap_or(0.0)).collect()
 }
 
+/// The HTTP/1.1 and h2c targets of `peer`.
+fn targets(peer: &Peer<'_>) -> anyhow::Result<[(&'static str, Target); 2]> {
+    Ok([
+        ("http1", Target::plain(format!("http://127.0.0.1:{}/", peer.h1_port), false)?),
+        ("h2c", Target::plain(format!("http://127.0.0.1:{}/", peer.h2c_port), true)?),
+    ])
+}
+
+/// One fixed rate through `peer` after a warm-up: latency, CPU and peak RSS of its processes.
+async fn measure(peer: &Peer<'_>, protocol: &str, target: &Target, rate: f64, plan: &Plan) -> serde_json::Value {
+    open_loop(target, rate, plan.warmup).await;
+    let before = cpu(&peer.procs);
+    let sampler = RssSampler::start(peer.procs.iter().map(|p| p.child.id()).collect());
+    let outcome = open_loop(target, rate, plan.run).await;
+    let rss = sampler.finish();
+    let after = cpu(&peer.procs);
+    let per_1000: Vec<f64> =
+        before.iter().zip(&after).map(|(b, a)| (a - b) / (outcome.ok.max(1) as f64 / 1000.0)).collect();
+    let mut row = outcome.json();
+    row["peer"] = peer.name.into();
+    row["protocol"] = protocol.into();
+    row["rate"] = rate.into();
+    row["cpu_s_per_1000"] = json!(per_1000);
+    row["rss_load_mib"] = json!(rss);
+    row
+}
+
 /// The fixed rates, lowest first and both protocols at each, then the step searches: a higher
 /// rate and the searches leave connections and grown buffers behind, which would inflate the
 /// RSS measured under a lower load.
 async fn measure_rates(peer: &Peer<'_>, plan: &Plan) -> anyhow::Result<()> {
-    let targets = [
-        ("http1", Target::plain(format!("http://127.0.0.1:{}/", peer.h1_port), false)?),
-        ("h2c", Target::plain(format!("http://127.0.0.1:{}/", peer.h2c_port), true)?),
-    ];
+    let targets = targets(peer)?;
     for &rate in &plan.rates {
         for (protocol, target) in &targets {
-            open_loop(target, rate, plan.warmup).await;
-            let before = cpu(&peer.procs);
-            let sampler = RssSampler::start(peer.procs.iter().map(|p| p.child.id()).collect());
-            let outcome = open_loop(target, rate, plan.run).await;
-            let rss = sampler.finish();
-            let after = cpu(&peer.procs);
-            let per_1000: Vec<f64> =
-                before.iter().zip(&after).map(|(b, a)| (a - b) / (outcome.ok.max(1) as f64 / 1000.0)).collect();
-            let mut row = outcome.json();
+            let mut row = measure(peer, protocol, target, rate, plan).await;
             row["kind"] = "latency".into();
-            row["peer"] = peer.name.into();
-            row["protocol"] = (*protocol).into();
-            row["rate"] = rate.into();
-            row["cpu_s_per_1000"] = json!(per_1000);
-            row["rss_load_mib"] = json!(rss);
             emit("dataplane", row);
         }
     }
@@ -182,6 +198,9 @@ async fn main() -> anyhow::Result<()> {
     for peer in &peers {
         measure_rates(peer, &plan).await?;
     }
+    if let Some(earlier) = peers.iter().find(|p| p.name == "ward-baseline") {
+        versus_baseline([&peers[1], earlier], &plan).await?;
+    }
 
     let config = handshakes::client_config(&client_svid)?;
     let mut inbounds = vec![("ward", ward_in, &inbound, config.clone())];
@@ -201,6 +220,26 @@ async fn main() -> anyhow::Result<()> {
             "per_second": result.ok as f64 / result.seconds, "inbound_cpu_s": used,
             "per_inbound_cpu_second": result.ok as f64 / used.max(0.01)}),
         );
+    }
+    Ok(())
+}
+
+/// More rounds of the fixed rates through Ward and the baseline, which take turns to go first,
+/// so that a slow stretch of a busy machine falls on both: one sample each is noise.
+async fn versus_baseline(pair: [&Peer<'_>; 2], plan: &Plan) -> anyhow::Result<()> {
+    let targets = [targets(pair[0])?, targets(pair[1])?];
+    for round in 0..plan.rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            for &rate in &plan.rates {
+                for (protocol, target) in &targets[i] {
+                    let mut row = measure(pair[i], protocol, target, rate, plan).await;
+                    row["kind"] = "versus_baseline".into();
+                    row["round"] = round.into();
+                    emit("dataplane", row);
+                }
+            }
+        }
     }
     Ok(())
 }
