@@ -116,8 +116,9 @@ if lat:
         def med(peer, cell, key):
             samples = [r[key] for r in vs if r["peer"] == peer and (r["protocol"], r["rate"]) == cell]
             return [statistics.median(s[i] for s in samples) for i in range(2)]
-        out += [f"Against `ward-baseline` ({name}): after the rows above, {rounds} more rounds of the fixed rates "
-                "through both pairs, taking turns to go first; medians of the rounds, per proxy (out / in):", "",
+        out += [f"Against `ward-baseline` ({name}): after the rows above and before the step searches, {rounds} more "
+                "rounds of the fixed rates through both pairs, taking turns to go first; medians of the rounds, "
+                "per proxy (out / in):", "",
                 "| protocol | req/s | CPU s / 1k req, ward | baseline | RSS MiB under load, ward | baseline |",
                 "|---|---:|---:|---:|---:|---:|"]
         cpu_b, rss_b = [], []

@@ -5,8 +5,9 @@
 //!
 //! With `BENCH_WARD_BASELINE` naming an earlier `ward` binary, a second Ward pair runs that
 //! binary (in a mesh of its own, same control plane) as the peer `ward-baseline`, so a change
-//! is measured against what came before in the same run; then both pairs run the fixed rates
-//! again for a few rounds, taking turns to go first, and the report compares their medians.
+//! is measured against what came before in the same run; after the fixed rates, before the
+//! step searches, both pairs run the fixed rates again for a few rounds, taking turns to go
+//! first, and the report compares their medians.
 //!
 //! Usage: dataplane WARD_BINARY BENCH_SERVER_BINARY [--quick]
 
@@ -108,9 +109,7 @@ async fn measure(peer: &Peer<'_>, protocol: &str, target: &Target, rate: f64, pl
     row
 }
 
-/// The fixed rates, lowest first and both protocols at each, then the step searches: a higher
-/// rate and the searches leave connections and grown buffers behind, which would inflate the
-/// RSS measured under a lower load.
+/// The fixed rates, lowest first and both protocols at each.
 async fn measure_rates(peer: &Peer<'_>, plan: &Plan) -> anyhow::Result<()> {
     let targets = targets(peer)?;
     for &rate in &plan.rates {
@@ -120,7 +119,12 @@ async fn measure_rates(peer: &Peer<'_>, plan: &Plan) -> anyhow::Result<()> {
             emit("dataplane", row);
         }
     }
-    for (protocol, target) in &targets {
+    Ok(())
+}
+
+/// The highest rate with p99 under 10 ms, for each protocol.
+async fn search_rates(peer: &Peer<'_>, plan: &Plan) -> anyhow::Result<()> {
+    for (protocol, target) in &targets(peer)? {
         let (best, steps) = max_rate(target, &plan.search, plan.step, 10.0).await;
         let last_tried = steps.last().map_or(0.0, |s| s.0);
         emit(
@@ -195,11 +199,17 @@ async fn main() -> anyhow::Result<()> {
             json!({"kind": "idle", "peer": peer.name, "rss_idle_mib": peer.procs.iter().map(|p| p.rss_mib()).collect::<Vec<_>>()}),
         );
     }
+    // Fixed rates first, then the rounds against the baseline, then the step searches: the
+    // searches' higher rates leave grown buffers and high-water marks behind, which would
+    // inflate the RSS measured under a lower load.
     for peer in &peers {
         measure_rates(peer, &plan).await?;
     }
     if let Some(earlier) = peers.iter().find(|p| p.name == "ward-baseline") {
         versus_baseline([&peers[1], earlier], &plan).await?;
+    }
+    for peer in &peers {
+        search_rates(peer, &plan).await?;
     }
 
     let config = handshakes::client_config(&client_svid)?;
