@@ -947,14 +947,6 @@ consumers:
     };
     let get_line = |path: &str| format!("date: {now}\nGET {path} HTTP/1.1");
     let good = sign("hmac-sha256", "date request-line", &get_line("/signed?x=1"));
-    struct Try {
-        method: &'static str,
-        path: &'static str,
-        headers: Vec<(&'static str, String)>,
-        body: &'static str,
-        status: u16,
-        message: Option<&'static str>,
-    }
     let unverifiable = Some("HMAC signature cannot be verified");
     let mismatch = Some("HMAC signature does not match");
     let no_date =
@@ -962,94 +954,40 @@ consumers:
     let digest = |body: &str| {
         use base64::Engine;
         let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes());
-        format!("SHA-256={}", base64::engine::general_purpose::STANDARD.encode(sha.as_ref()))
+        ("digest", format!("SHA-256={}", base64::engine::general_purpose::STANDARD.encode(sha.as_ref())))
     };
     let strict_line = |method: &str| format!("date: {now}\n{method} /strict HTTP/1.1");
-    let tries = vec![
-        Try { method: "GET", path: "/signed", headers: vec![], body: "", status: 401, message: Some("Unauthorized") },
-        Try {
-            method: "GET",
-            path: "/signed?x=1",
-            headers: vec![("authorization", good.clone())],
-            body: "",
-            status: 401,
-            message: no_date,
-        },
-        Try {
-            method: "GET",
-            path: "/signed?x=1",
-            headers: vec![("date", stale.clone()), ("authorization", good.clone())],
-            body: "",
-            status: 401,
-            message: no_date,
-        },
-        Try {
-            method: "GET",
-            path: "/signed",
-            headers: vec![("date", now.clone()), ("authorization", "hmac username".into())],
-            body: "",
-            status: 401,
-            message: unverifiable,
-        },
-        Try {
-            method: "GET",
-            path: "/signed?x=1",
-            headers: vec![
-                ("date", now.clone()),
-                ("authorization", hmac_authorization("bob", "hmac-sha256", "date", "s3cret", &format!("date: {now}"))),
-            ],
-            body: "",
-            status: 401,
-            message: unverifiable,
-        },
+    // A current Date and this Authorization.
+    let dated = |authorization: String| vec![("date", now.clone()), ("authorization", authorization)];
+    let unknown = hmac_authorization("bob", "hmac-sha256", "date", "s3cret", &format!("date: {now}"));
+    let wrong_secret = hmac_authorization("alice-hmac", "hmac-sha256", "date", "guess", &format!("date: {now}"));
+    let strict_post = sign("hmac-sha1", "date request-line", &strict_line("POST"));
+    // (method, path, request headers, body, status, message of a refusal)
+    type Try = (&'static str, &'static str, Vec<(&'static str, String)>, &'static str, u16, Option<&'static str>);
+    let tries: Vec<Try> = vec![
+        ("GET", "/signed", vec![], "", 401, Some("Unauthorized")),
+        ("GET", "/signed?x=1", vec![("authorization", good.clone())], "", 401, no_date),
+        ("GET", "/signed?x=1", vec![("date", stale), ("authorization", good.clone())], "", 401, no_date),
+        ("GET", "/signed", dated("hmac username".into()), "", 401, unverifiable),
+        ("GET", "/signed?x=1", dated(unknown), "", 401, unverifiable),
         // hmac-sha1 is not among this route's algorithms.
-        Try {
-            method: "GET",
-            path: "/signed?x=1",
-            headers: vec![
-                ("date", now.clone()),
-                ("authorization", sign("hmac-sha1", "date request-line", &get_line("/signed?x=1"))),
-            ],
-            body: "",
-            status: 401,
-            message: unverifiable,
-        },
-        // Signed for another target, or another secret.
-        Try {
-            method: "GET",
-            path: "/signed?x=2",
-            headers: vec![("date", now.clone()), ("authorization", good.clone())],
-            body: "",
-            status: 401,
-            message: mismatch,
-        },
-        Try {
-            method: "GET",
-            path: "/signed?x=1",
-            headers: vec![
-                ("date", now.clone()),
-                (
-                    "authorization",
-                    hmac_authorization("alice-hmac", "hmac-sha256", "date", "guess", &format!("date: {now}")),
-                ),
-            ],
-            body: "",
-            status: 401,
-            message: mismatch,
-        },
-        Try {
-            method: "GET",
-            path: "/signed?x=1",
-            headers: vec![("date", now.clone()), ("authorization", good.clone())],
-            body: "",
-            status: 200,
-            message: None,
-        },
+        (
+            "GET",
+            "/signed?x=1",
+            dated(sign("hmac-sha1", "date request-line", &get_line("/signed?x=1"))),
+            "",
+            401,
+            unverifiable,
+        ),
+        // Signed for another target, or with another secret.
+        ("GET", "/signed?x=2", dated(good.clone()), "", 401, mismatch),
+        ("GET", "/signed?x=1", dated(wrong_secret), "", 401, mismatch),
+        ("GET", "/signed?x=1", dated(good.clone()), "", 200, None),
         // Proxy-Authorization, X-Date and @request-target; SHA-512.
-        Try {
-            method: "GET",
-            path: "/signed",
-            headers: vec![
+        (
+            "GET",
+            "/signed",
+            vec![
                 ("x-date", now.clone()),
                 (
                     "proxy-authorization",
@@ -1060,91 +998,49 @@ consumers:
                     ),
                 ),
             ],
-            body: "",
-            status: 200,
-            message: None,
-        },
+            "",
+            200,
+            None,
+        ),
         // enforce_headers: a signature that leaves out request-line is refused.
-        Try {
-            method: "GET",
-            path: "/strict",
-            headers: vec![("date", now.clone()), ("authorization", sign("hmac-sha1", "date", &format!("date: {now}")))],
-            body: "",
-            status: 401,
-            message: unverifiable,
-        },
+        ("GET", "/strict", dated(sign("hmac-sha1", "date", &format!("date: {now}"))), "", 401, unverifiable),
         // validate_request_body: the Digest must match the body, and a body needs one.
-        Try {
-            method: "POST",
-            path: "/strict",
-            headers: vec![
-                ("date", now.clone()),
-                ("digest", digest("amount=10")),
-                ("authorization", sign("hmac-sha1", "date request-line", &strict_line("POST"))),
-            ],
-            body: "amount=10",
-            status: 200,
-            message: None,
-        },
-        Try {
-            method: "POST",
-            path: "/strict",
-            headers: vec![
-                ("date", now.clone()),
-                ("digest", digest("amount=10")),
-                ("authorization", sign("hmac-sha1", "date request-line", &strict_line("POST"))),
-            ],
-            body: "amount=1000",
-            status: 401,
-            message: mismatch,
-        },
-        Try {
-            method: "POST",
-            path: "/strict",
-            headers: vec![
-                ("date", now.clone()),
-                ("authorization", sign("hmac-sha1", "date request-line", &strict_line("POST"))),
-            ],
-            body: "amount=10",
-            status: 401,
-            message: mismatch,
-        },
-        Try {
-            method: "GET",
-            path: "/strict",
-            headers: vec![
-                ("date", now.clone()),
-                ("authorization", sign("hmac-sha1", "date request-line", &strict_line("GET"))),
-            ],
-            body: "",
-            status: 200,
-            message: None,
-        },
+        ("POST", "/strict", [dated(strict_post.clone()), vec![digest("amount=10")]].concat(), "amount=10", 200, None),
+        (
+            "POST",
+            "/strict",
+            [dated(strict_post.clone()), vec![digest("amount=10")]].concat(),
+            "amount=1000",
+            401,
+            mismatch,
+        ),
+        ("POST", "/strict", dated(strict_post), "amount=10", 401, mismatch),
+        ("GET", "/strict", dated(sign("hmac-sha1", "date request-line", &strict_line("GET"))), "", 200, None),
     ];
-    for (i, t) in tries.iter().enumerate() {
-        let mut request = client.request(t.method.parse().unwrap(), gw.url(t.path));
-        for (name, value) in &t.headers {
+    for (i, (method, path, headers, body, want, message)) in tries.iter().enumerate() {
+        let mut request = client.request(method.parse().unwrap(), gw.url(path));
+        for (name, value) in headers {
             request = request.header(*name, value);
         }
-        if !t.body.is_empty() {
-            request = request.header("content-type", "application/x-www-form-urlencoded").body(t.body);
+        if !body.is_empty() {
+            request = request.header("content-type", "application/x-www-form-urlencoded").body(*body);
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let json: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
-        let what = format!("try {i}: {} {} -> {status} {json}", t.method, t.path);
-        assert_eq!(status, t.status, "{what}");
-        match t.message {
+        let what = format!("try {i}: {method} {path} -> {status} {json}");
+        assert_eq!(status, *want, "{what}");
+        match *message {
             Some(message) => {
                 assert_eq!(json["message"], message, "{what}");
-                let realm = if t.path.starts_with("/signed") { r#"hmac realm="orders""# } else { "hmac" };
+                let realm = if path.starts_with("/signed") { r#"hmac realm="orders""# } else { "hmac" };
                 assert_eq!(headers["www-authenticate"], realm, "{what}");
             }
             None => {
                 assert_eq!(json["headers"]["x-consumer-username"], "alice", "{what}");
                 assert_eq!(json["headers"]["x-credential-identifier"], "alice-hmac", "{what}");
-                if t.path.starts_with("/signed") {
+                if path.starts_with("/signed") {
                     assert!(json["headers"]["authorization"].is_null(), "hidden: {what}");
                     assert!(json["headers"]["proxy-authorization"].is_null(), "hidden: {what}");
                 }
