@@ -20,17 +20,31 @@ pub const WARD: &str = env!("CARGO_BIN_EXE_ward");
 /// The marketplace example of DESIGN.md.
 pub const MARKETPLACE: &str = include_str!("../../../../examples/marketplace.yaml");
 
-/// A port nobody listens on right now.
-/// Never the same twice in one test binary, so ports chosen together cannot collide.
+/// A port nobody listens on right now, below the kernel's ephemeral range: a port from that range
+/// can be taken by any outgoing connection between this check and the bind that needs it.
+/// Never the same twice in one test binary, so ports chosen together cannot collide; each binary
+/// starts at its own place in the range, so binaries run one after another do not reuse ports.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port();
-        if GIVEN.lock().unwrap().insert(port) {
+    static NEXT: std::sync::Mutex<Option<(u16, u16, u16)>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap();
+    let (low, high, cursor) = next.get_or_insert_with(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let (low, high) = (10_000, ephemeral_low.max(10_001 + 1000));
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        (low, high, low + (seed % u32::from(high - low)) as u16)
+    });
+    for _ in *low..*high {
+        let port = *cursor;
+        *cursor = if port + 1 >= *high { *low } else { port + 1 };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port left in {low}..{high}")
 }
 
 /// A `ward cp run` process with its own data directory; killed on drop.
