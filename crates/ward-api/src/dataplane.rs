@@ -847,12 +847,16 @@ impl Dataplane {
             }
         }
         for (i, outbound) in net.outbound.iter().enumerate() {
-            if outbound.backend_ref.is_some() {
-                warnings.add(
-                    format!("networking.outbound[{i}].backendRef"),
-                    "Ward has no MeshService, MeshExternalService or MeshMultiZoneService resources: this \
-                     outbound is not served; name the destination with tags instead",
-                );
+            match &outbound.backend_ref {
+                Some(b) if b.kind != "MeshService" => warnings.add(
+                    format!("networking.outbound[{i}].backendRef.kind"),
+                    format!("Ward has no {} resources: this outbound is not served", b.kind),
+                ),
+                Some(b) if b.name.is_none() => warnings.add(
+                    format!("networking.outbound[{i}].backendRef.labels"),
+                    "Ward resolves a MeshService by name only: this outbound is not served",
+                ),
+                _ => {}
             }
         }
         if let Some(tp) = &net.transparent_proxying {
@@ -863,11 +867,13 @@ impl Dataplane {
                     "Ward's proxy reaches services only through their virtual IPs",
                 );
             }
-            if tp.reachable_backends.is_some() {
-                warnings.add(
-                    format!("{at}.reachableBackends"),
-                    "Ward has no MeshService resources; every service of the mesh stays reachable",
-                );
+            for (j, r) in tp.reachable_backends.iter().flat_map(|b| &b.refs).enumerate() {
+                if r.kind != "MeshService" {
+                    warnings.add(
+                        format!("{at}.reachableBackends.refs[{j}].kind"),
+                        format!("Ward has no {} resources: nothing is reached through this entry", r.kind),
+                    );
+                }
             }
             if tp.ip_family_mode.is_some() {
                 warnings.add(

@@ -202,13 +202,13 @@ pub struct TagRule {
 string_enum! {
     /// Kuma's MeshService generation modes.
     pub enum MeshServicesMode {
-        /// No MeshServices.
+        /// None generated; those defined are used.
         Disabled = "Disabled",
         /// Generated and used everywhere.
         Everywhere = "Everywhere",
-        /// Used for reachable backends.
+        /// Transparent proxies reach those their `reachableBackends` list, and no other.
         ReachableBackends = "ReachableBackends",
-        /// Used instead of kuma.io/service.
+        /// Transparent proxies reach MeshServices, not `kuma.io/service` virtual IPs.
         Exclusive = "Exclusive",
     }
 }
@@ -385,6 +385,11 @@ impl Mesh {
         let mtls = self.mtls.as_ref()?;
         let name = mtls.enabled_backend.as_deref()?;
         mtls.backends.iter().find(|b| b.name == name)
+    }
+
+    /// How MeshServices are used (`meshServices.mode`, default Disabled).
+    pub fn mesh_services_mode(&self) -> MeshServicesMode {
+        self.mesh_services.as_ref().and_then(|m| m.mode).unwrap_or(MeshServicesMode::Disabled)
     }
 
     /// Whether traffic to unknown destinations may leave directly.
@@ -582,9 +587,12 @@ impl Mesh {
             warnings
                 .add("skipCreatingInitialPolicies", "Ward creates no default policies for a mesh, so none are skipped");
         }
-        if self.mesh_services.as_ref().and_then(|m| m.mode).is_some_and(|m| m != MeshServicesMode::Disabled) {
-            warnings
-                .add("meshServices.mode", "Ward has no MeshService resources; services are named by kuma.io/service");
+        if self.mesh_services_mode() != MeshServicesMode::Disabled {
+            warnings.add(
+                "meshServices.mode",
+                "Ward does not generate MeshServices from kuma.io/service tags: define them; the mode's choice of \
+                 what transparent proxies reach holds",
+            );
         }
         let Some(mtls) = &self.mtls else { return };
         if mtls.skip_validation == Some(true) {

@@ -116,6 +116,18 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
 
     let (content, prefix) = if ty.info().has_spec_field {
         let spec = fields.remove("spec");
+        // A MeshService's status and SNIs are computed by the control plane, and Kuma's output
+        // carries them: ignored on input.
+        if ty == ResourceType::MeshService {
+            for (field, shape, fits) in
+                [("status", "an object", Value::is_object as fn(&Value) -> bool), ("snis", "a list", Value::is_array)]
+            {
+                if fields.remove(field).is_some_and(|v| !fits(&v)) {
+                    let reason = format!("must be {shape} (it is computed by the control plane and ignored on input)");
+                    return Err(fail(vec![Cause::new(field, reason)]));
+                }
+            }
+        }
         if let Some(extra) = fields.keys().next() {
             return Err(fail(vec![Cause::new(extra.clone(), "unknown field")]));
         }
@@ -133,6 +145,7 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         ResourceType::Dataplane => typed(prefix, content).map(Spec::Dataplane),
         ResourceType::MeshTrafficPermission => typed(prefix, content).map(Spec::MeshTrafficPermission),
         ResourceType::TrafficPermission => typed(prefix, content).map(Spec::TrafficPermission),
+        ResourceType::MeshService => typed(prefix, content).map(Spec::MeshService),
         ResourceType::Secret | ResourceType::GlobalSecret => match Secret::from_given(content, &mut causes) {
             Some(secret) => Ok(Spec::Secret(secret)),
             None => return Err(fail(causes.0)),
@@ -145,6 +158,12 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         Spec::Dataplane(s) => s.check(&mut causes),
         Spec::MeshTrafficPermission(s) => s.check(&mut causes),
         Spec::TrafficPermission(s) => s.check(&mut causes),
+        Spec::MeshService(s) => {
+            if name.len() > crate::mesh_service::MAX_NAME_LEN {
+                causes.add("name", format!("must not be longer than {} characters", crate::mesh_service::MAX_NAME_LEN));
+            }
+            s.check(&mut causes)
+        }
         Spec::Secret(_) => {}
     }
     if !causes.0.is_empty() {
@@ -333,7 +352,7 @@ mod tests {
             ),
             (
                 "type: Gadget\nname: x\n",
-                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, Secret, GlobalSecret",
+                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, Secret, GlobalSecret",
             ),
             (
                 "type: Mesh\nname: m\nmetrics:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: prometheus\n    conf: {envoy: {filterRegex: '(open'}}\n",

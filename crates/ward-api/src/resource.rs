@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::Dataplane, mesh::Mesh, permission::MeshTrafficPermission, secret::Secret,
+    dataplane::Dataplane, mesh::Mesh, mesh_service::MeshService, permission::MeshTrafficPermission, secret::Secret,
     traffic_permission::TrafficPermission,
 };
 
@@ -25,6 +25,8 @@ pub enum ResourceType {
     MeshTrafficPermission,
     /// Legacy source/destination permission.
     TrafficPermission,
+    /// A destination named as an object: selected dataplanes, ports, a virtual IP.
+    MeshService,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -86,6 +88,14 @@ pub const TYPES: &[TypeInfo] = &[
         aliases: &["trafficpermission", "trafficpermissions", "traffic-permission"],
         scope: Scope::Mesh,
         has_spec_field: false,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshService,
+        name: "MeshService",
+        plural: "meshservices",
+        aliases: &["meshservice", "msvc", "mesh-services"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
     },
     TypeInfo {
         ty: ResourceType::Secret,
@@ -180,6 +190,8 @@ pub enum Spec {
     TrafficPermission(TrafficPermission),
     /// A Secret or GlobalSecret.
     Secret(Secret),
+    /// A MeshService.
+    MeshService(MeshService),
 }
 
 /// A validated resource.
@@ -231,6 +243,7 @@ impl Resource {
         match &self.spec {
             Spec::Mesh(s) => s.warnings(&mut warnings),
             Spec::Dataplane(s) => s.warnings(&mut warnings),
+            Spec::MeshService(s) => s.warnings(&mut warnings),
             Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) | Spec::Secret(_) => {}
         }
         warnings.0
@@ -244,6 +257,7 @@ impl Resource {
             Spec::Dataplane(s) => serde_json::to_value(s),
             Spec::MeshTrafficPermission(s) => serde_json::to_value(s),
             Spec::TrafficPermission(s) => serde_json::to_value(s),
+            Spec::MeshService(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

@@ -98,7 +98,13 @@ pub async fn run(config: CpConfig, shutdown: impl Future<Output = ()> + Send + '
     });
     let discovery = Discovery::start(store.clone(), identity.clone(), config.vip_range);
     let snapshots = discovery.snapshots.clone();
-    let app = api::router(ApiState { store, tokens, identity, online: discovery.online.clone() });
+    let app = api::router(ApiState {
+        store,
+        tokens,
+        identity,
+        online: discovery.online.clone(),
+        snapshots: discovery.snapshots.clone(),
+    });
     let api = axum::serve(api_listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     let dp = discovery.serve(dp_listener, tls, {
         let stop = stop.clone();

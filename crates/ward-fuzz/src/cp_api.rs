@@ -13,7 +13,6 @@ use tower::ServiceExt;
 use ward_cp::{
     api::{self, ApiState},
     auth::{Role, Tokens},
-    discovery::online::Online,
     identity::Identity,
     secrets::Kek,
     store::Store,
@@ -33,7 +32,11 @@ pub fn run(data: &[u8]) {
         let identity = Identity::load(store.clone(), kek, ward_cp::provided_files::ProvidedCaDir::default())
             .await
             .expect("identity");
-        let (online, _changes) = Online::new();
+        let discovery = ward_cp::discovery::Discovery::start(
+            store.clone(),
+            identity.clone(),
+            "240.0.0.0/16".parse().expect("a range"),
+        );
         let day = Duration::from_secs(86_400);
         let token = |name: &str| match name {
             "admin" => Some(tokens.issue("admin", Role::Admin, None, day)),
@@ -42,7 +45,13 @@ pub fn run(data: &[u8]) {
             "none" => None,
             other => Some(other.to_string()),
         };
-        let router = api::router(ApiState { store: store.clone(), tokens: tokens.clone(), identity, online });
+        let router = api::router(ApiState {
+            store: store.clone(),
+            tokens: tokens.clone(),
+            identity,
+            online: discovery.online.clone(),
+            snapshots: discovery.snapshots.clone(),
+        });
         for raw in requests {
             let Some(request) = request(raw, &token) else { continue };
             let description = format!("{} {}", request.method(), request.uri());

@@ -78,7 +78,14 @@ mod tests {
     use super::*;
 
     fn endpoints(n: u16) -> Vec<Endpoint> {
-        (0..n).map(|i| Endpoint { address: ([127, 0, 0, 1], 1000 + i).into(), dataplane: format!("dp-{i}") }).collect()
+        let identity = ward_pki::SpiffeId::for_service("m", "s").unwrap();
+        (0..n)
+            .map(|i| Endpoint {
+                address: ([127, 0, 0, 1], 1000 + i).into(),
+                dataplane: format!("dp-{i}"),
+                identity: identity.clone(),
+            })
+            .collect()
     }
 
     #[test]

@@ -14,7 +14,7 @@ use ward_api::{
     metrics::PrometheusEndpoint,
     parse,
 };
-use ward_pki::TrustBundle;
+use ward_pki::{SpiffeId, TrustBundle};
 use ward_proto::discovery::{MtlsMode, ProxyConfig};
 
 use crate::{authorization::Authorizer, inbound::InboundSpec, metrics_endpoint::EndpointSpec};
@@ -37,6 +37,9 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// Its Dataplane's name.
     pub dataplane: String,
+    /// The identity its proxy must prove.
+    #[serde(serialize_with = "spiffe_id")]
+    pub identity: SpiffeId,
 }
 
 /// A service this proxy may call.
@@ -46,6 +49,10 @@ pub struct Service {
     pub protocol: Option<Protocol>,
     /// Its virtual IP, for the transparent proxy.
     pub virtual_ip: Option<IpAddr>,
+    /// The one port of the virtual IP that reaches it (a MeshService's port); `None`: every port.
+    pub virtual_port: Option<u16>,
+    /// Names the DNS server resolves to its virtual IP, besides `<name>.mesh`.
+    pub hostnames: Vec<String>,
     /// Its connected instances.
     pub endpoints: Vec<Endpoint>,
 }
@@ -90,6 +97,9 @@ pub struct Config {
     /// The service each virtual IP names, whatever the port.
     #[serde(skip)]
     pub service_by_virtual_ip: HashMap<IpAddr, String>,
+    /// The virtual IP each hostname of a service (other than `<name>.mesh`) resolves to.
+    #[serde(skip)]
+    pub virtual_ip_by_hostname: HashMap<String, IpAddr>,
     /// The Prometheus endpoint the mesh has this proxy serve, if any.
     pub prometheus: Option<Arc<EndpointSpec>>,
 }
@@ -113,6 +123,16 @@ pub enum ConfigError {
         service: String,
         /// The address.
         address: String,
+    },
+    /// An endpoint's identity is not a SPIFFE ID.
+    #[error("service {service}: endpoint {address:?}: {reason}")]
+    Identity {
+        /// The service.
+        service: String,
+        /// The endpoint's address.
+        address: String,
+        /// Why its identity does not read.
+        reason: String,
     },
 }
 
@@ -148,15 +168,41 @@ impl Config {
                         .address
                         .parse()
                         .map_err(|_| ConfigError::Endpoint { service: s.name.clone(), address: e.address.clone() })?;
-                    Ok(Endpoint { address: SocketAddr::new(ip, e.port as u16), dataplane: e.dataplane.clone() })
+                    let identity = match e.spiffe_id.as_str() {
+                        "" => SpiffeId::for_service(&proto.mesh, &s.name),
+                        id => id.parse(),
+                    }
+                    .map_err(|reason| ConfigError::Identity {
+                        service: s.name.clone(),
+                        address: e.address.clone(),
+                        reason: reason.to_string(),
+                    })?;
+                    Ok(Endpoint {
+                        address: SocketAddr::new(ip, e.port as u16),
+                        dataplane: e.dataplane.clone(),
+                        identity,
+                    })
                 })
                 .collect::<Result<_, ConfigError>>()?;
-            let service =
-                Service { protocol: Protocol::parse(&s.protocol), virtual_ip: s.virtual_ip.parse().ok(), endpoints };
+            let service = Service {
+                protocol: Protocol::parse(&s.protocol),
+                virtual_ip: s.virtual_ip.parse().ok(),
+                virtual_port: u16::try_from(s.virtual_port).ok().filter(|p| *p > 0),
+                hostnames: s.hostnames.clone(),
+                endpoints,
+            };
             services.insert(s.name.clone(), service);
         }
-        let service_by_virtual_ip =
-            services.iter().filter_map(|(name, s)| Some((s.virtual_ip?, name.clone()))).collect();
+        let service_by_virtual_ip = services
+            .iter()
+            .filter(|(_, s)| s.virtual_port.is_none())
+            .filter_map(|(name, s)| Some((s.virtual_ip?, name.clone())))
+            .collect();
+        let virtual_ip_by_hostname = services
+            .values()
+            .filter_map(|s| Some((s.virtual_ip?, &s.hostnames)))
+            .flat_map(|(ip, names)| names.iter().map(move |n| (n.to_ascii_lowercase(), ip)))
+            .collect();
         let prometheus: Option<PrometheusEndpoint> = match proto.prometheus_json.as_str() {
             "" => None,
             json => Some(serde_json::from_str(json).map_err(|e| ConfigError::Prometheus(e.to_string()))?),
@@ -174,12 +220,21 @@ impl Config {
                 inbound: spec.networking.inbound.len(),
             })
         });
-        let service_by_address =
-            services.iter().flat_map(|(name, s)| s.endpoints.iter().map(move |e| (e.address, name.clone()))).collect();
+        // Instances by address, and a MeshService's ports on its virtual IP.
+        let service_by_address = services
+            .iter()
+            .flat_map(|(name, s)| s.endpoints.iter().map(move |e| (e.address, name.clone())))
+            .chain(
+                services
+                    .iter()
+                    .filter_map(|(name, s)| Some((SocketAddr::new(s.virtual_ip?, s.virtual_port?), name.clone()))),
+            )
+            .collect();
         Ok(Config {
             inbounds: inbound_specs(&spec),
             service_by_address,
             service_by_virtual_ip,
+            virtual_ip_by_hostname,
             version: proto.version,
             mesh: proto.mesh.clone(),
             authorizer: Authorizer::new(permissions, destination),
@@ -246,6 +301,10 @@ fn read_resource(json: &str, label: &str) -> Result<Resource, ConfigError> {
 
 fn resource_json<S: serde::Serializer>(r: &Resource, s: S) -> Result<S::Ok, S::Error> {
     serde::Serialize::serialize(&r.to_json(), s)
+}
+
+fn spiffe_id<S: serde::Serializer>(id: &SpiffeId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(id.as_str())
 }
 
 fn bundle_pem<S: serde::Serializer>(b: &TrustBundle, s: S) -> Result<S::Ok, S::Error> {

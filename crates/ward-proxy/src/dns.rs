@@ -113,11 +113,20 @@ async fn answer(proxy: &Proxy, query: &[u8], transport: Transport) -> Option<Vec
     }
 }
 
-/// The answer for a query about `<service>.mesh`; `None` for other names.
+/// The answer for a query about `<service>.mesh` or a MeshService's `<name>.svc.mesh.local`;
+/// `None` for other names.
 pub fn answer_mesh_name(config: &Config, request: &Message) -> Option<Message> {
     let query = request.queries().first()?;
     let name = query.name().to_lowercase().to_ascii();
-    let service = name.trim_end_matches('.').strip_suffix(MESH_DOMAIN)?.strip_suffix('.')?;
+    let name = name.trim_end_matches('.');
+    let virtual_ip = match config.virtual_ip_by_hostname.get(name) {
+        Some(ip) => Some(*ip),
+        None if name.ends_with(&format!(".{}", ward_api::mesh_service::HOSTNAME_SUFFIX)) => None,
+        None => {
+            let service = name.strip_suffix(MESH_DOMAIN)?.strip_suffix('.')?;
+            config.services.get(service).and_then(|s| s.virtual_ip)
+        }
+    };
     let mut reply = Message::new();
     reply
         .set_id(request.id())
@@ -127,7 +136,7 @@ pub fn answer_mesh_name(config: &Config, request: &Message) -> Option<Message> {
         .set_recursion_desired(request.recursion_desired())
         .set_recursion_available(true)
         .add_query(query.clone());
-    match config.services.get(service).and_then(|s| s.virtual_ip) {
+    match virtual_ip {
         Some(IpAddr::V4(ip)) => {
             if query.query_type() == RecordType::A {
                 reply.add_answer(Record::from_rdata(query.name().clone(), MESH_TTL, RData::A(A(ip))));
@@ -196,7 +205,46 @@ fn first_nameserver(resolv_conf: &str) -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::rr::Name;
+    use ward_proto::discovery::{ProxyConfig, Service};
+
     use super::*;
+
+    #[test]
+    fn service_names_and_mesh_service_hostnames_resolve_to_their_virtual_ips() {
+        let dataplane = serde_json::json!({"type": "Dataplane", "mesh": "shop", "name": "web-1", "networking": {
+            "address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
+        let items = Service { name: "items".into(), virtual_ip: "240.0.0.2".into(), ..Default::default() };
+        let db = Service {
+            name: "meshservice/db:5432".into(),
+            virtual_ip: "240.0.0.3".into(),
+            virtual_port: 5432,
+            hostnames: vec!["db.svc.mesh.local".into()],
+            ..Default::default()
+        };
+        let proto = ProxyConfig {
+            mesh: "shop".into(),
+            dataplane_json: dataplane.to_string(),
+            services: vec![items, db],
+            ..Default::default()
+        };
+        let config = Config::from_proto(&proto).unwrap();
+        let ask = |name: &str| {
+            let mut request = Message::new();
+            request.add_query(hickory_proto::op::Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+            answer_mesh_name(&config, &request).map(|reply| {
+                let ips: Vec<String> = reply.answers().iter().map(|a| a.data().to_string()).collect();
+                (reply.response_code(), ips)
+            })
+        };
+        let found = |ip: &str| Some((ResponseCode::NoError, vec![ip.to_string()]));
+        assert_eq!(ask("items.mesh."), found("240.0.0.2"));
+        assert_eq!(ask("db.svc.mesh.local."), found("240.0.0.3"));
+        assert_eq!(ask("DB.Svc.Mesh.Local"), found("240.0.0.3"), "names are case-insensitive");
+        assert_eq!(ask("other.svc.mesh.local."), Some((ResponseCode::NXDomain, vec![])), "no such MeshService");
+        assert_eq!(ask("nothing.mesh."), Some((ResponseCode::NXDomain, vec![])));
+        assert_eq!(ask("example.com."), None, "forwarded");
+    }
 
     /// A resolver on loopback that answers one UDP and one TCP query with `reply` (its ID
     /// taken from the query), after a stray datagram with another ID.

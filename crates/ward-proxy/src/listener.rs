@@ -60,14 +60,21 @@ pub fn wanted(config: &crate::config::Config) -> Vec<Wanted> {
         }
         None => config.inbounds.iter().cloned().map(Wanted::Inbound).collect(),
     };
-    // An outbound by backendRef names a MeshService, which Ward does not have: it is not
-    // served, as the warning at apply says.
-    wanted.extend(dp.networking.outbound.iter().filter(|o| o.backend_ref.is_none()).map(|o| {
+    // An outbound names a service by tags, or a MeshService's port by backendRef; one by a
+    // backendRef Ward cannot resolve is not served, as the warning at apply says.
+    wanted.extend(dp.networking.outbound.iter().filter_map(|o| {
+        let service = match &o.backend_ref {
+            None => o.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
+            Some(b) if b.kind == "MeshService" => {
+                ward_api::mesh_service::destination(b.name.as_deref()?, u16::try_from(b.port?).ok()?)
+            }
+            Some(_) => return None,
+        };
         let ip = o.address.as_deref().and_then(|a| a.parse().ok()).unwrap_or(loopback);
-        Wanted::Outbound(Arc::new(crate::outbound::OutboundSpec {
+        Some(Wanted::Outbound(Arc::new(crate::outbound::OutboundSpec {
             listen: SocketAddr::new(ip, o.port.0),
-            service: o.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
-        }))
+            service,
+        })))
     }));
     wanted.extend(config.prometheus.clone().map(Wanted::Metrics));
     wanted

@@ -65,7 +65,7 @@ impl Member {
         let (endpoint, _in_flight) =
             self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
         let request = ward_http::headers::to_http2_form(request, service).map(boxed);
-        Ok(self.mesh.send(service, endpoint.address, request).await?)
+        Ok(self.mesh.send(endpoint, request).await?)
     }
 
     /// Sends an upgrade request to one instance of `service`, on a connection of its own; also
@@ -78,7 +78,7 @@ impl Member {
         let endpoints = self.endpoints(service);
         let (endpoint, _in_flight) =
             self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
-        Ok(self.mesh.send_upgrade(service, endpoint.address, request).await?)
+        Ok(self.mesh.send_upgrade(endpoint, request).await?)
     }
 
     fn endpoints(&self, service: &str) -> Vec<crate::config::Endpoint> {

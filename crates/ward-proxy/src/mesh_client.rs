@@ -28,6 +28,7 @@ use ward_pki::SpiffeId;
 
 use crate::{
     authorization::Peer,
+    config::Endpoint,
     state::State,
     tls::{self, ALPN_H2, ALPN_HTTP1},
 };
@@ -84,15 +85,15 @@ fn distrusted(endpoint: SocketAddr) -> MeshError {
     MeshError::Connect { endpoint, source: io::Error::other("the peer's certificate is no longer trusted") }
 }
 
-/// Client TLS configurations by destination service and ALPN protocol.
-type TlsConfigs = HashMap<(String, &'static [u8]), Arc<ClientConfig>>;
+/// Client TLS configurations by the identity the server must prove and ALPN protocol.
+type TlsConfigs = HashMap<(SpiffeId, &'static [u8]), Arc<ClientConfig>>;
 
 /// Carries traffic to other proxies of the mesh.
 pub struct MeshClient {
     state: Arc<State>,
     allow_tls12: bool,
     tls: Mutex<TlsConfigs>,
-    h2: Http2Connections<(String, SocketAddr)>,
+    h2: Http2Connections<(SpiffeId, SocketAddr)>,
 }
 
 impl MeshClient {
@@ -103,15 +104,11 @@ impl MeshClient {
         MeshClient { state, allow_tls12, tls: Mutex::default(), h2: Http2Connections::new(h2) }
     }
 
-    /// A TLS connection to `endpoint` of `service`, offering `alpn`.
-    pub async fn connect(
-        &self,
-        service: &str,
-        endpoint: SocketAddr,
-        alpn: &'static [u8],
-    ) -> Result<TlsStream<TcpStream>, MeshError> {
+    /// A TLS connection to `to`, which must prove its identity, offering `alpn`.
+    pub async fn connect(&self, to: &Endpoint, alpn: &'static [u8]) -> Result<TlsStream<TcpStream>, MeshError> {
+        let endpoint = to.address;
         let fail = |source: io::Error| MeshError::Connect { endpoint, source };
-        let config = self.client_config(service, alpn).map_err(fail)?;
+        let config = self.client_config(&to.identity, alpn);
         let connect = async {
             let tcp = TcpStream::connect(endpoint).await?;
             tcp.set_nodelay(true)?;
@@ -131,21 +128,17 @@ impl MeshClient {
         result.map_err(fail)
     }
 
-    /// Sends `request` over the shared HTTP/2 connection to `endpoint`, opening it when needed.
-    pub async fn send(
-        &self,
-        service: &str,
-        endpoint: SocketAddr,
-        request: Request<Body>,
-    ) -> Result<Response<Incoming>, MeshError> {
+    /// Sends `request` over the shared HTTP/2 connection to `to`, opening it when needed.
+    pub async fn send(&self, to: &Endpoint, request: Request<Body>) -> Result<Response<Incoming>, MeshError> {
+        let endpoint = to.address;
         let connect = || async {
-            let tls = self.connect(service, endpoint, ALPN_H2).await?;
+            let tls = self.connect(to, ALPN_H2).await?;
             let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| distrusted(endpoint))?;
             let fresh = fresh(&self.state, &peer);
             // A peer that stops being trusted loses the connection and its streams at once.
             Ok((tls, peer.watched(self.state.clone(), endpoint), fresh))
         };
-        let mut sender = self.h2.sender_until((service.to_string(), endpoint), connect).await.map_err(|e| match e {
+        let mut sender = self.h2.sender_until((to.identity.clone(), endpoint), connect).await.map_err(|e| match e {
             Http2ConnectError::Connect(e) => e,
             Http2ConnectError::Handshake(source) => MeshError::Http { endpoint, source },
         })?;
@@ -158,11 +151,11 @@ impl MeshClient {
     /// connection proves is no longer trusted, which ends the upgraded connection.
     pub async fn send_upgrade(
         &self,
-        service: &str,
-        endpoint: SocketAddr,
+        to: &Endpoint,
         request: Request<Body>,
-    ) -> Result<(Response<Incoming>, impl Future<Output = ()> + Send + 'static), MeshError> {
-        let tls = self.connect(service, endpoint, ALPN_HTTP1).await?;
+    ) -> Result<(Response<Incoming>, impl Future<Output = ()> + Send + 'static + use<>), MeshError> {
+        let endpoint = to.address;
+        let tls = self.connect(to, ALPN_HTTP1).await?;
         let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| distrusted(endpoint))?;
         let (mut sender, connection) =
             http1::handshake(TokioIo::new(tls)).await.map_err(|source| MeshError::Http { endpoint, source })?;
@@ -175,18 +168,15 @@ impl MeshClient {
         Ok((response, peer.watched(self.state.clone(), endpoint)))
     }
 
-    fn client_config(&self, service: &str, alpn: &'static [u8]) -> io::Result<Arc<ClientConfig>> {
-        let mesh =
-            self.state.config().map(|c| c.mesh.clone()).ok_or_else(|| io::Error::other("no configuration yet"))?;
-        let key = (format!("{mesh}/{service}"), alpn);
+    fn client_config(&self, expected: &SpiffeId, alpn: &'static [u8]) -> Arc<ClientConfig> {
+        let key = (expected.clone(), alpn);
         let mut configs = self.tls.lock().expect("client TLS configs lock");
         if let Some(config) = configs.get(&key) {
-            return Ok(config.clone());
+            return config.clone();
         }
-        let expected = SpiffeId::for_service(&mesh, service).map_err(io::Error::other)?;
         let alpns: &[&[u8]] = if alpn.is_empty() { &[] } else { std::slice::from_ref(&alpn) };
-        let config = tls::client_config(self.state.clone(), expected, self.allow_tls12, alpns);
+        let config = tls::client_config(self.state.clone(), expected.clone(), self.allow_tls12, alpns);
         configs.insert(key, config.clone());
-        Ok(config)
+        config
     }
 }

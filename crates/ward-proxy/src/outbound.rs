@@ -61,12 +61,12 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
             .services
             .get(&service)
             .and_then(|s| proxy.member.balancer(&service).pick(&s.endpoints))
-            .map(|(e, _)| e.address)
+            .map(|(e, _)| e.clone())
         else {
             tracing::debug!(%service, "no endpoint: closing the TCP connection");
             return;
         };
-        let upstream = match proxy.member.mesh.connect(&service, endpoint, b"").await {
+        let upstream = match proxy.member.mesh.connect(&endpoint, b"").await {
             Ok(upstream) => upstream,
             Err(e) => {
                 tracing::warn!(%service, error = %e, "cannot reach an instance");
@@ -77,7 +77,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
         tokio::select! {
             _ = forward::copy_tcp(&proxy, OUTBOUND, io, upstream) => {}
             _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
-            () = peer.watched(proxy.state().clone(), endpoint) => {}
+            () = peer.watched(proxy.state().clone(), endpoint.address) => {}
         }
         return;
     }

@@ -118,10 +118,16 @@ mod tests {
             endpoints: vec![Endpoint { address: "10.0.0.2".into(), port: 8080, ..Default::default() }],
             ..Default::default()
         };
+        let redis = Service {
+            name: "meshservice/redis:6379".into(),
+            virtual_ip: "240.0.0.3".into(),
+            virtual_port: 6379,
+            ..Default::default()
+        };
         let proto = ProxyConfig {
             mesh: "shop".into(),
             dataplane_json: dataplane.to_string(),
-            services: vec![items],
+            services: vec![items, redis],
             passthrough,
             ..Default::default()
         };
@@ -139,6 +145,13 @@ mod tests {
         assert_eq!(outbound_destination(&open, at("10.0.0.2:8080"), listen), items, "an instance's address");
         assert_eq!(outbound_destination(&open, at("10.0.0.2:22"), listen), Destination::Direct(at("10.0.0.2:22")));
         assert!(matches!(outbound_destination(&open, at("127.0.0.1:15001"), listen), Destination::Refused(_)));
+        let redis = Destination::Service("meshservice/redis:6379".into());
+        assert_eq!(outbound_destination(&open, at("240.0.0.3:6379"), listen), redis, "a MeshService's port");
+        assert_eq!(
+            outbound_destination(&open, at("240.0.0.3:80"), listen),
+            Destination::Direct(at("240.0.0.3:80")),
+            "a port the MeshService does not offer is no mesh destination"
+        );
         let closed = config(false);
         assert_eq!(outbound_destination(&closed, at("240.0.0.2:443"), listen), items);
         assert!(matches!(outbound_destination(&closed, at("192.0.2.9:443"), listen), Destination::Refused(_)));

@@ -13,7 +13,12 @@ use axum::{
     routing::{get, post},
 };
 
-use crate::{auth::Tokens, discovery::online::Online, identity::Identity, store::Store};
+use crate::{
+    auth::Tokens,
+    discovery::{builder::Snapshots, online::Online},
+    identity::Identity,
+    store::Store,
+};
 
 pub use caller::Caller;
 pub use error::ApiError;
@@ -32,6 +37,8 @@ pub struct ApiState {
     pub identity: Identity,
     /// The proxies connected to the discovery server.
     pub online: Online,
+    /// The live snapshot of each mesh, for what the API shows computed (a MeshService's status).
+    pub snapshots: Snapshots,
 }
 
 /// The API's routes.

@@ -65,8 +65,27 @@ pub(super) async fn list(
     let offset = page.offset.unwrap_or(0);
     let (items, total) = state.store.list(ty, mesh, offset, size).await?;
     let next = (offset + size < total).then(|| format!("{path}?size={size}&offset={}", offset + size));
-    let items: Vec<Value> = items.iter().map(Resource::to_json).collect();
+    let mut shown = Vec::with_capacity(items.len());
+    for r in &items {
+        shown.push(shown_json(state, r).await);
+    }
+    let items = shown;
     Ok(Json(json!({ "total": total, "items": items, "next": next })))
+}
+
+/// How long a read waits for the first snapshot of a mesh nobody watched yet.
+const FIRST_SNAPSHOT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `r` as the API shows it: a MeshService with the status computed from its mesh's snapshot.
+async fn shown_json(state: &ApiState, r: &Resource) -> Value {
+    let mut json = r.to_json();
+    if r.meta.ty == ResourceType::MeshService {
+        let mut snapshot = state.snapshots.subscribe(&r.meta.mesh);
+        let _ = tokio::time::timeout(FIRST_SNAPSHOT, snapshot.wait_for(|s| s.version > 0)).await;
+        let status = snapshot.borrow().mesh_services.get(&r.meta.name).map(|view| view.status(&r.meta.name));
+        json["status"] = status.unwrap_or_else(|| json!({"state": "Unavailable"}));
+    }
+    json
 }
 
 /// `GET /meshes`: the meshes the token may see.
@@ -116,7 +135,7 @@ pub(super) async fn get(
         return Err(ApiError::not_found(format!("{}/{name} not found{place}", ty.info().plural)));
     };
     if !options.show_data {
-        return Ok(Json(resource.to_json()));
+        return Ok(Json(shown_json(state, &resource).await));
     }
     match ty {
         ResourceType::Secret => caller.write(mesh)?,

@@ -1,6 +1,7 @@
 //! The discovery server: one gRPC stream per proxy, over TLS, on port 5678.
 
 pub mod builder;
+pub mod mesh_services;
 pub mod online;
 pub mod session;
 pub mod snapshot;

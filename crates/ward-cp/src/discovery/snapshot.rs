@@ -9,9 +9,16 @@ use std::{
 
 use chrono::Utc;
 use ipnet::Ipv4Net;
-use ward_api::{Resource, ResourceType, Spec, dataplane::SERVICE_TAG, membership, mesh::Mesh, metrics, policy};
+use ward_api::{
+    Resource, ResourceType, Spec,
+    dataplane::{Dataplane, SERVICE_TAG},
+    membership,
+    mesh::{Mesh, MeshServicesMode},
+    metrics, policy,
+};
 use ward_proto::discovery::{Endpoint, MtlsMode, PeerCertificate, ProxyConfig, Service, TagSet};
 
+use super::mesh_services::{self, MeshServiceView};
 use crate::{
     identity::{BackendCa, Identity, IdentityError},
     store::{IssuedCert, Store},
@@ -34,6 +41,8 @@ pub struct MeshSnapshot {
     pub dataplanes: HashMap<String, Resource>,
     /// Every service with a dataplane, with the endpoints of its connected ones.
     pub services: BTreeMap<String, Service>,
+    /// Every MeshService, by name, with a destination per port.
+    pub mesh_services: BTreeMap<String, MeshServiceView>,
     /// Certificates issued in the mesh and still valid, whose token is not revoked.
     pub issued: Vec<IssuedCert>,
     /// Serials of certificates still valid whose token was revoked, or whose dataplane the
@@ -67,6 +76,7 @@ impl MeshSnapshot {
         let mut dataplanes = HashMap::new();
         let mut non_members = HashMap::new();
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
+        let mut mesh_service_resources = Vec::new();
         for r in store.mesh_resources(name).await? {
             match &r.spec {
                 Spec::Dataplane(dp) => {
@@ -96,19 +106,25 @@ impl MeshSnapshot {
                                 port: u32::from(inbound.port.0),
                                 dataplane: r.meta.name.clone(),
                                 tags: inbound.tags.clone().into_iter().collect(),
+                                spiffe_id: String::new(),
                             });
                         }
                     }
                     dataplanes.insert(r.meta.name.clone(), r);
                 }
                 Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) => permissions.push(r),
+                Spec::MeshService(_) => mesh_service_resources.push(r),
                 Spec::Mesh(_) | Spec::Secret(_) => {}
             }
         }
-        let names: Vec<&str> = services.keys().map(String::as_str).collect();
-        for (service, ip) in store.virtual_ips(name, &names, vip_range).await? {
-            if let Some(s) = services.get_mut(&service) {
+        let mut mesh_services = mesh_services::views(name, &mesh_service_resources, &dataplanes, &non_members, online);
+        let vip_keys: Vec<String> = mesh_services.keys().map(|n| mesh_services::vip_key(n)).collect();
+        let names: Vec<&str> = services.keys().map(String::as_str).chain(vip_keys.iter().map(String::as_str)).collect();
+        for (key, ip) in store.virtual_ips(name, &names, vip_range).await? {
+            if let Some(s) = services.get_mut(&key) {
                 s.virtual_ip = ip.to_string();
+            } else if let Some(view) = key.strip_prefix("meshservice/").and_then(|n| mesh_services.get_mut(n)) {
+                view.set_virtual_ip(ip);
             }
         }
         let (revoked, issued): (Vec<IssuedCert>, Vec<IssuedCert>) = store
@@ -125,6 +141,7 @@ impl MeshSnapshot {
             permissions,
             dataplanes,
             services,
+            mesh_services,
             issued,
             revoked_serials,
             non_members,
@@ -149,22 +166,8 @@ impl MeshSnapshot {
         let permissions: Vec<Resource> =
             self.permissions.iter().filter(|p| policy::applies_to(p, seen)).cloned().collect();
         let permissions_json = permissions.iter().map(|p| p.to_json().to_string()).collect();
-        // A gateway, or a transparent proxy without a `reachableServices` list, may be asked for
-        // any service; otherwise only its outbounds and the services it lists are reachable.
-        let outbounds = dp.networking.outbound.iter().filter_map(|o| o.tags.get(SERVICE_TAG)).map(String::as_str);
-        let wanted: BTreeSet<&str> = match (&dp.networking.transparent_proxying, &dp.networking.gateway) {
-            (Some(tp), None) if !tp.reachable_services.is_empty() => {
-                tp.reachable_services.iter().map(String::as_str).chain(outbounds).collect()
-            }
-            (Some(_), _) | (_, Some(_)) => self.services.keys().map(String::as_str).collect(),
-            (None, None) => outbounds.collect(),
-        };
-        let services = wanted
-            .into_iter()
-            .map(|s| {
-                self.services.get(s).cloned().unwrap_or_else(|| Service { name: s.to_string(), ..Default::default() })
-            })
-            .collect();
+        let mut services = self.reachable_services(mesh, dp);
+        services.extend(self.reachable_mesh_services(mesh, dp));
         Some(ProxyConfig {
             version: self.version,
             mesh: resource.meta.mesh.clone(),
@@ -182,6 +185,75 @@ impl MeshSnapshot {
                 .map(|p| serde_json::to_string(&p).expect("an endpoint serializes"))
                 .unwrap_or_default(),
         })
+    }
+
+    /// The services (by `kuma.io/service`) `dp` may reach. A gateway, or a transparent proxy
+    /// without a `reachableServices` list, may be asked for any (but under the mesh's
+    /// `meshServices.mode: Exclusive` a transparent proxy reaches MeshServices only); otherwise
+    /// only its outbounds and the services it lists.
+    fn reachable_services(&self, mesh: &Mesh, dp: &Dataplane) -> Vec<Service> {
+        let outbounds = dp.networking.outbound.iter().filter_map(|o| o.tags.get(SERVICE_TAG)).map(String::as_str);
+        let exclusive = mesh.mesh_services_mode() == MeshServicesMode::Exclusive;
+        let wanted: BTreeSet<&str> = match (&dp.networking.transparent_proxying, &dp.networking.gateway) {
+            (Some(_), None) if exclusive => outbounds.collect(),
+            (Some(tp), None) if !tp.reachable_services.is_empty() => {
+                tp.reachable_services.iter().map(String::as_str).chain(outbounds).collect()
+            }
+            (Some(_), _) | (_, Some(_)) => self.services.keys().map(String::as_str).collect(),
+            (None, None) => outbounds.collect(),
+        };
+        wanted
+            .into_iter()
+            .map(|s| {
+                self.services.get(s).cloned().unwrap_or_else(|| Service { name: s.to_string(), ..Default::default() })
+            })
+            .collect()
+    }
+
+    /// The MeshService ports `dp` may reach: those its outbounds name by `backendRef`, and for
+    /// a gateway every one; for a transparent proxy those its `reachableBackends` lists, or
+    /// every one when it lists none (none under `meshServices.mode: ReachableBackends`).
+    fn reachable_mesh_services(&self, mesh: &Mesh, dp: &Dataplane) -> Vec<Service> {
+        let mut wanted: BTreeMap<String, Service> = BTreeMap::new();
+        let mut add = |view: &MeshServiceView, port: Option<u32>| {
+            for (number, destination) in &view.destinations {
+                if port.is_none_or(|p| p == u32::from(*number)) {
+                    wanted.insert(destination.name.clone(), destination.clone());
+                }
+            }
+        };
+        for backend in dp.networking.outbound.iter().filter_map(|o| o.backend_ref.as_ref()) {
+            if backend.kind == "MeshService"
+                && let Some(view) = backend.name.as_ref().and_then(|n| self.mesh_services.get(n))
+            {
+                add(view, backend.port);
+            }
+        }
+        let every = match (&dp.networking.transparent_proxying, &dp.networking.gateway) {
+            (_, Some(_)) => true,
+            (Some(tp), None) => match &tp.reachable_backends {
+                Some(reachable) => {
+                    for r in reachable.refs.iter().filter(|r| r.kind == "MeshService") {
+                        for (name, view) in &self.mesh_services {
+                            let named = r.name.as_ref().is_none_or(|n| n == name);
+                            let labelled = r.labels.iter().all(|(k, v)| view.labels.get(k) == Some(v));
+                            if named && labelled {
+                                add(view, r.port);
+                            }
+                        }
+                    }
+                    false
+                }
+                None => mesh.mesh_services_mode() != MeshServicesMode::ReachableBackends,
+            },
+            (None, None) => false,
+        };
+        if every {
+            for view in self.mesh_services.values() {
+                add(view, None);
+            }
+        }
+        wanted.into_values().collect()
     }
 
     /// The certificates whose holders' tags `permissions` may look at: none when they look at

@@ -486,6 +486,7 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::Dataplane => parse::typed("", spec).map(Spec::Dataplane),
         ResourceType::MeshTrafficPermission => parse::typed("spec", spec).map(Spec::MeshTrafficPermission),
         ResourceType::TrafficPermission => parse::typed("", spec).map(Spec::TrafficPermission),
+        ResourceType::MeshService => parse::typed("spec", spec).map(Spec::MeshService),
         ResourceType::Secret | ResourceType::GlobalSecret => {
             Secret::from_stored(spec).map(Spec::Secret).map_err(|reason| ward_api::Cause::new("spec", reason))
         }

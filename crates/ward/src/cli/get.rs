@@ -166,6 +166,26 @@ fn table(ty: ResourceType, items: &[Value]) -> String {
             };
             vec![text(&v["mesh"]), text(&v["name"]), services(&v["sources"]), services(&v["destinations"]), age(v)]
         }),
+        ResourceType::MeshService => (&["MESH", "NAME", "PORTS", "VIP", "PROXIES", "STATE", "AGE"], |v| {
+            let spec = &v["spec"];
+            let ports: Vec<String> = spec["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{}/{}", p["port"], p["appProtocol"].as_str().unwrap_or("tcp")))
+                .collect();
+            let status = &v["status"];
+            let proxies = &status["dataplaneProxies"];
+            vec![
+                text(&v["mesh"]),
+                text(&v["name"]),
+                ports.join(","),
+                text(&status["vips"][0]["ip"]),
+                format!("{}/{}", proxies["healthy"].as_u64().unwrap_or(0), proxies["total"].as_u64().unwrap_or(0)),
+                text(&status["state"]),
+                age(v),
+            ]
+        }),
         ResourceType::Secret => (&["MESH", "NAME", "AGE"], |v| vec![text(&v["mesh"]), text(&v["name"]), age(v)]),
         ResourceType::GlobalSecret => (&["NAME", "AGE"], |v| vec![text(&v["name"]), age(v)]),
     };
