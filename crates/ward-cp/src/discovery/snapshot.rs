@@ -310,6 +310,22 @@ mod tests {
         }
     }
 
+    /// The same in a mesh whose `meshServices.mode` is `mode`, with the MeshServices `x` (ports
+    /// 80 and 81, labelled `team: data`) and `y` (port 80).
+    fn with_mesh_services(mode: &str, networking: serde_json::Value) -> MeshSnapshot {
+        let mut snapshot = snapshot(networking);
+        let mesh = json!({"type": "Mesh", "name": "m", "meshServices": {"mode": mode}});
+        let Spec::Mesh(mesh) = parse::resource(mesh, "mesh").unwrap().spec else { unreachable!() };
+        snapshot.mesh = Some(mesh);
+        let x = json!({"type": "MeshService", "mesh": "m", "name": "x", "labels": {"team": "data"},
+            "spec": {"ports": [{"port": 80}, {"port": 81}]}});
+        let y = json!({"type": "MeshService", "mesh": "m", "name": "y", "spec": {"ports": [{"port": 80}]}});
+        let resources = [x, y].map(|r| parse::resource(r, "mesh service").unwrap());
+        snapshot.mesh_services =
+            mesh_services::views("m", &resources, &snapshot.dataplanes, &HashMap::new(), &HashSet::new());
+        snapshot
+    }
+
     /// The services `web-1` is configured to reach.
     fn reached(snapshot: &MeshSnapshot) -> Vec<String> {
         snapshot.proxy_config("web-1").unwrap().services.into_iter().map(|s| s.name).collect()
@@ -332,5 +348,53 @@ mod tests {
 
         let explicit = snapshot(json!({"address": "10.0.0.1", "inbound": inbound, "outbound": outbound}));
         assert_eq!(reached(&explicit), ["c"], "without transparent proxying, the outbounds alone");
+    }
+
+    #[test]
+    fn mesh_services_are_reached_by_backend_ref_reachable_backends_and_the_mesh_mode() {
+        let inbound = json!([{"port": 9000, "tags": {"kuma.io/service": "web"}}]);
+        let tp = json!({"redirectPortInbound": 15006, "redirectPortOutbound": 15001});
+        let transparent = json!({"address": "10.0.0.1", "inbound": inbound, "transparentProxying": tp});
+        let every = ["a", "b", "c", "meshservice/x:80", "meshservice/x:81", "meshservice/y:80"];
+        assert_eq!(reached(&with_mesh_services("Disabled", transparent.clone())), every);
+        assert_eq!(reached(&with_mesh_services("Everywhere", transparent.clone())), every);
+        assert_eq!(
+            reached(&with_mesh_services("ReachableBackends", transparent.clone())),
+            ["a", "b", "c"],
+            "no reachableBackends: no MeshService under ReachableBackends"
+        );
+        assert_eq!(
+            reached(&with_mesh_services("Exclusive", transparent)),
+            ["meshservice/x:80", "meshservice/x:81", "meshservice/y:80"],
+            "no kuma.io/service virtual IPs under Exclusive"
+        );
+
+        let listing = |refs: serde_json::Value| {
+            let mut listed = tp.clone();
+            listed["reachableBackends"] = json!({"refs": refs});
+            with_mesh_services(
+                "ReachableBackends",
+                json!({"address": "10.0.0.1", "inbound": inbound, "transparentProxying": listed}),
+            )
+        };
+        let cases = [
+            (json!([{"kind": "MeshService", "name": "x", "port": 81}]), vec!["meshservice/x:81"]),
+            (json!([{"kind": "MeshService", "name": "y"}]), vec!["meshservice/y:80"]),
+            (
+                json!([{"kind": "MeshService", "labels": {"team": "data"}}]),
+                vec!["meshservice/x:80", "meshservice/x:81"],
+            ),
+            (json!([{"kind": "MeshExternalService", "name": "x"}]), vec![]),
+        ];
+        for (refs, want) in cases {
+            let got: Vec<String> = reached(&listing(refs.clone())).into_iter().filter(|s| s.contains('/')).collect();
+            assert_eq!(got, want, "{refs}");
+        }
+
+        let outbound = json!([{"port": 7000, "backendRef": {"kind": "MeshService", "name": "x", "port": 80}},
+            {"port": 7001, "backendRef": {"kind": "MeshService", "name": "gone", "port": 80}}]);
+        let explicit =
+            with_mesh_services("Disabled", json!({"address": "10.0.0.1", "inbound": inbound, "outbound": outbound}));
+        assert_eq!(reached(&explicit), ["meshservice/x:80"], "without transparent proxying, the backendRefs alone");
     }
 }
