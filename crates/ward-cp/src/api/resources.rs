@@ -1,5 +1,7 @@
 //! Handlers for `/meshes/...`: get, list, put and delete resources.
 
+use std::collections::HashMap;
+
 use axum::{
     Json,
     body::{Body, to_bytes},
@@ -15,6 +17,7 @@ use serde_json::{Value, json};
 use ward_api::{Cause, Resource, ResourceType, Spec, SpiffeId, membership, mesh::Mesh, parse, policy};
 
 use super::{ApiError, ApiState, Caller, MAX_BODY_BYTES};
+use crate::discovery::snapshot::SharedSnapshot;
 use crate::store::{Commit, MeshCa, Written};
 
 /// Largest page a list returns.
@@ -65,9 +68,10 @@ pub(super) async fn list(
     let offset = page.offset.unwrap_or(0);
     let (items, total) = state.store.list(ty, mesh, offset, size).await?;
     let next = (offset + size < total).then(|| format!("{path}?size={size}&offset={}", offset + size));
+    let mut snapshots = HashMap::new();
     let mut shown = Vec::with_capacity(items.len());
     for r in &items {
-        shown.push(shown_json(state, r).await);
+        shown.push(shown_json(state, r, &mut snapshots).await);
     }
     let items = shown;
     Ok(Json(json!({ "total": total, "items": items, "next": next })))
@@ -76,13 +80,18 @@ pub(super) async fn list(
 /// How long a read waits for the first snapshot of a mesh nobody watched yet.
 const FIRST_SNAPSHOT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// `r` as the API shows it: a MeshService with the status computed from its mesh's snapshot.
-async fn shown_json(state: &ApiState, r: &Resource) -> Value {
+/// `r` as the API shows it: a MeshService with the status computed from its mesh's snapshot,
+/// read once per mesh into `snapshots` however many resources a page shows.
+async fn shown_json(state: &ApiState, r: &Resource, snapshots: &mut HashMap<String, SharedSnapshot>) -> Value {
     let mut json = r.to_json();
     if r.meta.ty == ResourceType::MeshService {
-        let mut snapshot = state.snapshots.subscribe(&r.meta.mesh);
-        let _ = tokio::time::timeout(FIRST_SNAPSHOT, snapshot.wait_for(|s| s.version > 0)).await;
-        let status = snapshot.borrow().mesh_services.get(&r.meta.name).map(|view| view.status(&r.meta.name));
+        if !snapshots.contains_key(&r.meta.mesh) {
+            let mut live = state.snapshots.subscribe(&r.meta.mesh);
+            let _ = tokio::time::timeout(FIRST_SNAPSHOT, live.wait_for(|s| s.version > 0)).await;
+            let current = live.borrow().clone();
+            snapshots.insert(r.meta.mesh.clone(), current);
+        }
+        let status = snapshots[&r.meta.mesh].mesh_services.get(&r.meta.name).map(|view| view.status(&r.meta.name));
         json["status"] = status.unwrap_or_else(|| json!({"state": "Unavailable"}));
     }
     json
@@ -135,7 +144,7 @@ pub(super) async fn get(
         return Err(ApiError::not_found(format!("{}/{name} not found{place}", ty.info().plural)));
     };
     if !options.show_data {
-        return Ok(Json(shown_json(state, &resource).await));
+        return Ok(Json(shown_json(state, &resource, &mut HashMap::new()).await));
     }
     match ty {
         ResourceType::Secret => caller.write(mesh)?,
