@@ -244,6 +244,9 @@ pub struct BackendRef {
 /// Kinds a backend reference may name.
 const BACKEND_KINDS: [&str; 3] = ["MeshExternalService", "MeshMultiZoneService", "MeshService"];
 
+/// Kinds of backend reference Ward serves (by name).
+const SERVED_KINDS: [&str; 2] = ["MeshExternalService", "MeshService"];
+
 string_enum! {
     /// IP families transparent proxying redirects.
     pub enum IpFamilyMode {
@@ -848,13 +851,13 @@ impl Dataplane {
         }
         for (i, outbound) in net.outbound.iter().enumerate() {
             match &outbound.backend_ref {
-                Some(b) if b.kind != "MeshService" => warnings.add(
+                Some(b) if !SERVED_KINDS.contains(&b.kind.as_str()) => warnings.add(
                     format!("networking.outbound[{i}].backendRef.kind"),
                     format!("Ward has no {} resources: this outbound is not served", b.kind),
                 ),
                 Some(b) if b.name.is_none() => warnings.add(
                     format!("networking.outbound[{i}].backendRef.labels"),
-                    "Ward resolves a MeshService by name only: this outbound is not served",
+                    format!("Ward resolves a {} by name only: this outbound is not served", b.kind),
                 ),
                 _ => {}
             }
@@ -868,7 +871,7 @@ impl Dataplane {
                 );
             }
             for (j, r) in tp.reachable_backends.iter().flat_map(|b| &b.refs).enumerate() {
-                if r.kind != "MeshService" {
+                if !SERVED_KINDS.contains(&r.kind.as_str()) {
                     warnings.add(
                         format!("{at}.reachableBackends.refs[{j}].kind"),
                         format!("Ward has no {} resources: nothing is reached through this entry", r.kind),

@@ -9,6 +9,7 @@ pub mod error;
 pub mod labels;
 pub mod membership;
 pub mod mesh;
+pub mod mesh_external_service;
 pub mod mesh_service;
 pub mod metrics;
 pub mod names;

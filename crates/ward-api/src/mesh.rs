@@ -163,7 +163,7 @@ pub struct Routing {
     /// Send cross-zone and external traffic through zone egress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone_egress: Option<bool>,
-    /// Forbid MeshExternalService access unless a permission allows it.
+    /// Forbid MeshExternalService access unless a permission allows it (Ward always does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_forbid_mesh_external_service_access: Option<bool>,
 }
@@ -573,14 +573,17 @@ impl Mesh {
             for (field, on) in [
                 ("localityAwareLoadBalancing", routing.locality_aware_load_balancing),
                 ("zoneEgress", routing.zone_egress),
-                ("defaultForbidMeshExternalServiceAccess", routing.default_forbid_mesh_external_service_access),
             ] {
                 if on == Some(true) {
-                    warnings.add(
-                        format!("routing.{field}"),
-                        "Ward has no zones, zone egress or MeshExternalServices; this has no effect",
-                    );
+                    warnings.add(format!("routing.{field}"), "Ward has no zones or zone egress; this has no effect");
                 }
+            }
+            if routing.default_forbid_mesh_external_service_access == Some(false) {
+                warnings.add(
+                    "routing.defaultForbidMeshExternalServiceAccess",
+                    "Ward always forbids MeshExternalService access (with mTLS on) unless a MeshTrafficPermission \
+                     targeting the MeshExternalService allows the caller; false has no effect",
+                );
             }
         }
         if self.skip_creating_initial_policies.as_ref().is_some_and(|l| !l.is_empty()) {

@@ -116,16 +116,19 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
 
     let (content, prefix) = if ty.info().has_spec_field {
         let spec = fields.remove("spec");
-        // A MeshService's status and SNIs are computed by the control plane, and Kuma's output
-        // carries them: ignored on input.
-        if ty == ResourceType::MeshService {
-            for (field, shape, fits) in
-                [("status", "an object", Value::is_object as fn(&Value) -> bool), ("snis", "a list", Value::is_array)]
-            {
-                if fields.remove(field).is_some_and(|v| !fits(&v)) {
-                    let reason = format!("must be {shape} (it is computed by the control plane and ignored on input)");
-                    return Err(fail(vec![Cause::new(field, reason)]));
-                }
+        // A MeshService's status and SNIs, and a MeshExternalService's status, are computed by
+        // the control plane, and Kuma's output carries them: ignored on input.
+        let computed: &[Computed] = match ty {
+            ResourceType::MeshService => {
+                &[("status", "an object", Value::is_object), ("snis", "a list", Value::is_array)]
+            }
+            ResourceType::MeshExternalService => &[("status", "an object", Value::is_object)],
+            _ => &[],
+        };
+        for &(field, shape, fits) in computed {
+            if fields.remove(field).is_some_and(|v| !fits(&v)) {
+                let reason = format!("must be {shape} (it is computed by the control plane and ignored on input)");
+                return Err(fail(vec![Cause::new(field, reason)]));
             }
         }
         if let Some(extra) = fields.keys().next() {
@@ -146,6 +149,7 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         ResourceType::MeshTrafficPermission => typed(prefix, content).map(Spec::MeshTrafficPermission),
         ResourceType::TrafficPermission => typed(prefix, content).map(Spec::TrafficPermission),
         ResourceType::MeshService => typed(prefix, content).map(Spec::MeshService),
+        ResourceType::MeshExternalService => typed(prefix, content).map(Spec::MeshExternalService),
         ResourceType::Secret | ResourceType::GlobalSecret => match Secret::from_given(content, &mut causes) {
             Some(secret) => Ok(Spec::Secret(secret)),
             None => return Err(fail(causes.0)),
@@ -164,6 +168,13 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
             }
             s.check(&mut causes)
         }
+        Spec::MeshExternalService(s) => {
+            if name.len() > crate::mesh_external_service::MAX_NAME_LEN {
+                let max = crate::mesh_external_service::MAX_NAME_LEN;
+                causes.add("name", format!("must not be longer than {max} characters"));
+            }
+            s.check(&mut causes)
+        }
         Spec::Secret(_) => {}
     }
     if !causes.0.is_empty() {
@@ -172,6 +183,9 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
     let meta = Meta { ty, mesh, name, labels, version, creation_time: None, modification_time: None };
     Ok(Resource { meta, spec })
 }
+
+/// A field the control plane computes: its name, the shape it must have, and the test of it.
+type Computed = (&'static str, &'static str, fn(&Value) -> bool);
 
 fn type_choices() -> String {
     let names: Vec<&str> = TYPES.iter().map(|t| t.name).collect();
@@ -352,7 +366,7 @@ mod tests {
             ),
             (
                 "type: Gadget\nname: x\n",
-                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, Secret, GlobalSecret",
+                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, Secret, GlobalSecret",
             ),
             (
                 "type: Mesh\nname: m\nmetrics:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: prometheus\n    conf: {envoy: {filterRegex: '(open'}}\n",

@@ -34,6 +34,9 @@ string_enum! {
         /// Dataplanes by `name` or `labels` (every one when neither), optionally one inbound
         /// by `sectionName`.
         Dataplane = "Dataplane",
+        /// One MeshExternalService (`name`), only as a permission's top-level targetRef: the
+        /// callers its entries allow may reach it (a Ward extension; Kuma 2.14 refuses it).
+        MeshExternalService = "MeshExternalService",
     }
 }
 
@@ -223,6 +226,7 @@ impl TargetRef {
             TargetKind::MeshService => [O, F, O, O, O, F],
             TargetKind::MeshServiceSubset => [R, O, F, F, F, F],
             TargetKind::Dataplane => [O, F, O, O, O, F],
+            TargetKind::MeshExternalService => [R, F, F, O, F, F],
         };
         let present = [
             self.name.as_deref().is_some_and(|n| !n.is_empty()),
@@ -332,13 +336,19 @@ impl Field {
 }
 
 impl MeshTrafficPermission {
+    /// The MeshExternalService this permission is about, when its top-level targetRef names one.
+    pub fn external_service(&self) -> Option<&str> {
+        let target = self.target_ref.as_ref().filter(|t| t.kind == TargetKind::MeshExternalService)?;
+        target.name.as_deref()
+    }
+
     /// Checks what serde cannot: kinds per position, required fields, one form at a time.
     pub fn check(&self, causes: &mut Causes) {
         use TargetKind::*;
         if let Some(target) = &self.target_ref {
             target.check(
                 "spec.targetRef",
-                &[Mesh, MeshService, MeshSubset, MeshServiceSubset, Dataplane],
+                &[Mesh, MeshService, MeshSubset, MeshServiceSubset, Dataplane, MeshExternalService],
                 true,
                 causes,
             );

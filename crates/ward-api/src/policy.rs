@@ -15,6 +15,10 @@
 //!    never overrides an equally specific Deny (unlike Kuma's issue #16873).
 //! 4. When no MeshTrafficPermission matches, legacy TrafficPermissions may allow.
 //! 5. Otherwise the answer is Deny, naming no policy.
+//!
+//! A MeshExternalService is decided apart ([`decide_external`]): only permissions whose
+//! top-level targetRef is `{kind: MeshExternalService, name}` count, ranked by rules 2 and 3;
+//! otherwise Deny (rule 4 never applies). Such a permission selects no dataplane.
 
 use std::fmt;
 
@@ -73,11 +77,14 @@ pub fn depend_on_caller_tags(policies: &[Resource]) -> bool {
 }
 
 /// The caller selectors of `policies` that need tags beyond the service (see [`needs_tags`]).
+/// Permissions for a MeshExternalService are left out: no proxy decides them for a caller it
+/// does not know, the control plane does, for the dataplane whose tags it holds.
 pub fn tag_selectors(policies: &[Resource]) -> Vec<std::borrow::Cow<'_, Tags>> {
     policies
         .iter()
         .flat_map(|r| -> Vec<std::borrow::Cow<'_, Tags>> {
             match &r.spec {
+                Spec::MeshTrafficPermission(mtp) if mtp.external_service().is_some() => Vec::new(),
                 Spec::MeshTrafficPermission(mtp) => mtp
                     .from
                     .iter()
@@ -199,6 +206,9 @@ fn target_rank(kind: TargetKind) -> u8 {
         TargetKind::MeshSubset => 2,
         TargetKind::MeshServiceSubset => 3,
         TargetKind::Dataplane => 4,
+        // Never ranked against the kinds above: it selects no dataplane, and only permissions
+        // of this kind decide for a MeshExternalService.
+        TargetKind::MeshExternalService => 0,
     }
 }
 
@@ -250,6 +260,8 @@ fn selects_destination(
         },
     };
     match target.kind {
+        // A MeshExternalService is no dataplane: such a permission never decides at an inbound.
+        TargetKind::MeshExternalService => Selected::None,
         TargetKind::Mesh => Selected::All,
         TargetKind::MeshService => by_inbound(&|i| i.service().is_some() && i.service() == target.name.as_deref()),
         TargetKind::MeshSubset | TargetKind::MeshServiceSubset => match target.subset_tags() {
@@ -285,7 +297,7 @@ fn caller_rank(target: &TargetRef, action: Action, caller: &CallerView) -> Optio
             let tags = target.subset_tags()?;
             caller.matches(&tags, action == Action::Deny).then_some((2, tags.len()))
         }
-        TargetKind::Dataplane => None,
+        TargetKind::Dataplane | TargetKind::MeshExternalService => None,
     }
 }
 
@@ -309,6 +321,35 @@ fn candidates<'a>(name: &'a str, mtp: &'a MeshTrafficPermission, caller: &Caller
         }
     }
     out
+}
+
+/// The decision of the highest ranked candidate (at equal rank, the policy whose name sorts
+/// first), naming its MeshTrafficPermission.
+fn best<'a>(found: impl Iterator<Item = Candidate<'a>>) -> Option<Decision> {
+    let (_, action, name) = found.max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.2.cmp(a.2)))?;
+    Some(Decision {
+        action,
+        policy: Some(PolicyRef { ty: ResourceType::MeshTrafficPermission, name: name.to_string() }),
+    })
+}
+
+/// Decides whether `caller` may reach the MeshExternalService `name` of mesh `mesh`: only the
+/// MeshTrafficPermissions of that mesh whose top-level targetRef names it count, their `from[]`
+/// and `rules[]` entries ranked as for a dataplane (rules 2 and 3 above). With none matching,
+/// the answer is Deny: legacy TrafficPermissions never allow it.
+pub fn decide_external(policies: &[Resource], caller: &Caller, mesh: &str, name: &str) -> Decision {
+    let caller = CallerView::new(mesh, caller);
+    let found = policies
+        .iter()
+        .filter(|r| r.meta.mesh == mesh)
+        .filter_map(|r| match &r.spec {
+            Spec::MeshTrafficPermission(mtp) if mtp.external_service() == Some(name) => {
+                Some((r.meta.name.as_str(), mtp))
+            }
+            _ => None,
+        })
+        .flat_map(|(policy, mtp)| candidates(policy, mtp, &caller, target_rank(TargetKind::MeshExternalService)));
+    best(found).unwrap_or(Decision { action: Action::Deny, policy: None })
 }
 
 /// Whether `policy` is a permission that can decide for callers of the dataplane `destination`:
@@ -355,7 +396,7 @@ fn decide_at(policies: &[Resource], caller: &Caller, destination: &Resource, at:
     let (dest_name, labels, mesh) = (&destination.meta.name, &destination.meta.labels, &destination.meta.mesh);
     let caller = CallerView::new(mesh, caller);
 
-    let best = policies
+    let found = policies
         .iter()
         .filter(|r| &r.meta.mesh == mesh)
         .filter_map(|r| match &r.spec {
@@ -372,13 +413,9 @@ fn decide_at(policies: &[Resource], caller: &Caller, destination: &Resource, at:
                 Selected::All => {}
             }
             found
-        })
-        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.2.cmp(a.2)));
-    if let Some((_, action, name)) = best {
-        return Decision {
-            action,
-            policy: Some(PolicyRef { ty: ResourceType::MeshTrafficPermission, name: name.to_string() }),
-        };
+        });
+    if let Some(decision) = best(found) {
+        return decision;
     }
 
     let legacy = policies.iter().filter(|r| &r.meta.mesh == mesh).find(|r| match &r.spec {
@@ -776,6 +813,8 @@ mod tests {
         assert!(!depend_on_caller_tags(&load(&mtp("a", "{kind: Mesh}", &[(web, "Allow"), (only_service, "Deny")]))));
         assert!(!depend_on_caller_tags(&load(&mtp("a", "{kind: Mesh}", &[(wildcard, "Deny")]))));
         assert!(depend_on_caller_tags(&load(&mtp("a", "{kind: Mesh}", &[(web, "Allow"), (canary, "Deny")]))));
+        let pay = "{kind: MeshExternalService, name: pay}";
+        assert!(!depend_on_caller_tags(&load(&mtp("a", pay, &[(web, "Allow"), (canary, "Deny")]))));
     }
 
     #[test]
@@ -839,5 +878,118 @@ mod tests {
         let policies = load(&mtp("allow-web", "{kind: Mesh}", &[("{kind: Mesh}", "Allow")]));
         assert_eq!(decide(&policies, &svc("web"), &backend).to_string(), "Allow by MeshTrafficPermission/allow-web");
         assert_eq!(decide(&[], &svc("web"), &backend).to_string(), "Deny (no permission matches)");
+    }
+
+    /// (policies, caller, expected action, expected policy) for the MeshExternalService `pay` of
+    /// mesh `m`.
+    #[test]
+    fn mesh_external_service_decisions() {
+        let pay = "{kind: MeshExternalService, name: pay}";
+        let any = "{kind: Mesh}";
+        let web = "{kind: MeshService, name: web}";
+        let canary = "{kind: MeshSubset, tags: {kuma.io/service: web, version: canary}}";
+        let web_canary = || Caller::Workload {
+            id: SpiffeId::for_service("m", "web").unwrap(),
+            tags: Some(vec![Tags::from([(SERVICE_TAG.into(), "web".into()), ("version".into(), "canary".into())])]),
+        };
+        let rules = "---\ntype: MeshTrafficPermission\nmesh: m\nname: by-id\nspec:\n  targetRef: {kind: MeshExternalService, name: pay}\n  \
+                     rules:\n  - default:\n      allow:\n      - spiffeID: {type: Prefix, value: 'spiffe://m/'}\n";
+        let legacy = "---\ntype: TrafficPermission\nmesh: m\nname: legacy\nsources:\n- match: {kuma.io/service: '*'}\n\
+                      destinations:\n- match: {kuma.io/service: '*'}\n";
+        let cases: Vec<(String, Caller, Action, Option<&str>)> = vec![
+            (String::new(), svc("web"), Action::Deny, None),
+            (mtp("to-pay", pay, &[(any, "Allow")]), svc("web"), Action::Allow, Some("to-pay")),
+            (mtp("to-pay", pay, &[(web, "Allow")]), svc("web"), Action::Allow, Some("to-pay")),
+            (mtp("to-pay", pay, &[(web, "Allow")]), svc("api"), Action::Deny, None),
+            (mtp("to-pay", pay, &[(any, "Allow"), (canary, "Deny")]), web_canary(), Action::Deny, Some("to-pay")),
+            (
+                mtp("broad", pay, &[(any, "Allow")]) + &mtp("canary", pay, &[(canary, "Deny")]),
+                web_canary(),
+                Action::Deny,
+                Some("canary"),
+            ),
+            (
+                mtp("broad", pay, &[(any, "Allow")]) + &mtp("canary", pay, &[(canary, "Deny")]),
+                svc("web"),
+                Action::Allow,
+                Some("broad"),
+            ),
+            (rules.to_string(), spiffe("spiffe://m/web"), Action::Allow, Some("by-id")),
+            (rules.to_string(), spiffe("spiffe://other/web"), Action::Deny, None),
+            // Permissions for another MeshExternalService, for dataplanes, or legacy ones, do not count.
+            (
+                mtp("to-bank", "{kind: MeshExternalService, name: bank}", &[(any, "Allow")]),
+                svc("web"),
+                Action::Deny,
+                None,
+            ),
+            (mtp("all", any, &[(any, "Allow")]), svc("web"), Action::Deny, None),
+            (legacy.to_string(), svc("web"), Action::Deny, None),
+            (mtp("s", pay, &[(any, "AllowWithShadowDeny")]), Caller::Anonymous, Action::AllowWithShadowDeny, Some("s")),
+            (mtp("s", pay, &[(web, "Allow")]), Caller::Anonymous, Action::Deny, None),
+        ];
+        for (i, (yaml, caller, action, policy)) in cases.into_iter().enumerate() {
+            let got = decide_external(&load(&yaml), &caller, "m", "pay");
+            assert_eq!(got.action, action, "case {i}: {caller:?}\n{yaml}");
+            assert_eq!(got.policy.as_ref().map(|p| p.name.as_str()), policy, "case {i}: {yaml}");
+        }
+
+        // A permission of another mesh does not count.
+        let mut other = load(&mtp("to-pay", pay, &[(any, "Allow")]));
+        other[0].meta.mesh = "other".into();
+        assert_eq!(decide_external(&other, &svc("web"), "m", "pay").action, Action::Deny);
+        assert_eq!(decide_external(&other, &svc("web"), "other", "pay").action, Action::Allow);
+
+        // It never changes what is decided for a dataplane, nor applies to one.
+        let backend = dataplane("backend-1", "backend", "version: v2");
+        let base = mtp("all", any, &[(web, "Allow")]);
+        for extra in
+            [mtp("x", pay, &[(any, "Deny")]), mtp("x", pay, &[(web, "Allow")]) + &mtp("y", pay, &[(any, "Deny")])]
+        {
+            let with = load(&(base.clone() + &extra));
+            let without = load(&base);
+            assert!(with.iter().filter(|p| p.meta.name != "all").all(|p| !applies_to(p, &backend)));
+            for caller in [svc("web"), svc("api"), Caller::Anonymous] {
+                assert_eq!(decide(&with, &caller, &backend), decide(&without, &caller, &backend));
+                assert_eq!(
+                    decide_at_inbound(&with, &caller, &backend, 0),
+                    decide_at_inbound(&without, &caller, &backend, 0)
+                );
+            }
+            let only = load(&extra);
+            assert_eq!(decide(&only, &svc("web"), &backend), Decision { action: Action::Deny, policy: None });
+        }
+    }
+
+    #[test]
+    fn a_mesh_external_service_target_is_checked() {
+        let base = "type: MeshTrafficPermission\nmesh: m\nname: p\nspec:\n  targetRef: ";
+        let from = "\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n";
+        let cases = [
+            ("{kind: MeshExternalService}", "spec.targetRef.name"),
+            ("{kind: MeshExternalService, name: pay, sectionName: http}", "spec.targetRef.sectionName"),
+            ("{kind: MeshExternalService, name: pay, tags: {a: b}}", "spec.targetRef.tags"),
+            ("{kind: MeshExternalService, name: pay, labels: {a: b}}", "spec.targetRef.labels"),
+            ("{kind: MeshExternalService, name: pay, proxyTypes: [Sidecar]}", "spec.targetRef.proxyTypes"),
+            ("{kind: MeshExternalService, name: 'a/b'}", "spec.targetRef.name"),
+        ];
+        for (target, field) in cases {
+            let docs = parse::documents(&format!("{base}{target}{from}")).unwrap();
+            let err = parse::resource(docs.into_iter().next().unwrap(), "test").unwrap_err();
+            assert!(err.causes.iter().any(|c| c.field == field), "{target}: {err}");
+        }
+        let yaml = "type: MeshTrafficPermission\nmesh: m\nname: p\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  \
+                    - targetRef: {kind: MeshExternalService, name: pay}\n    default: {action: Allow}\n";
+        let err = parse::resource(parse::documents(yaml).unwrap().remove(0), "test").unwrap_err();
+        assert_eq!(err.causes[0].field, "spec.from[0].targetRef.kind", "{err}");
+        let ok =
+            load(&mtp("p", "{kind: MeshExternalService, name: pay}", &[("{kind: MeshService, name: web}", "Allow")]));
+        let Spec::MeshTrafficPermission(p) = &ok[0].spec else { unreachable!() };
+        assert_eq!(p.external_service(), Some("pay"));
+        assert_eq!(resource_round_trip(&ok[0]), ok[0]);
+    }
+
+    fn resource_round_trip(r: &Resource) -> Resource {
+        parse::resource(r.to_json(), "again").unwrap()
     }
 }

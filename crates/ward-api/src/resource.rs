@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::Dataplane, mesh::Mesh, mesh_service::MeshService, permission::MeshTrafficPermission, secret::Secret,
-    traffic_permission::TrafficPermission,
+    dataplane::Dataplane, mesh::Mesh, mesh_external_service::MeshExternalService, mesh_service::MeshService,
+    permission::MeshTrafficPermission, secret::Secret, traffic_permission::TrafficPermission,
 };
 
 /// The kinds of resource Ward stores, in the order `ward apply` applies them: a Mesh before
@@ -27,6 +27,8 @@ pub enum ResourceType {
     TrafficPermission,
     /// A destination named as an object: selected dataplanes, ports, a virtual IP.
     MeshService,
+    /// A destination outside the mesh: endpoints, a port, TLS origination, a virtual IP.
+    MeshExternalService,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -94,6 +96,14 @@ pub const TYPES: &[TypeInfo] = &[
         name: "MeshService",
         plural: "meshservices",
         aliases: &["meshservice", "msvc", "mesh-services"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshExternalService,
+        name: "MeshExternalService",
+        plural: "meshexternalservices",
+        aliases: &["meshexternalservice", "extsvc", "mesh-external-services"],
         scope: Scope::Mesh,
         has_spec_field: true,
     },
@@ -192,6 +202,8 @@ pub enum Spec {
     Secret(Secret),
     /// A MeshService.
     MeshService(MeshService),
+    /// A MeshExternalService.
+    MeshExternalService(MeshExternalService),
 }
 
 /// A validated resource.
@@ -244,6 +256,7 @@ impl Resource {
             Spec::Mesh(s) => s.warnings(&mut warnings),
             Spec::Dataplane(s) => s.warnings(&mut warnings),
             Spec::MeshService(s) => s.warnings(&mut warnings),
+            Spec::MeshExternalService(s) => s.warnings(&mut warnings),
             Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) | Spec::Secret(_) => {}
         }
         warnings.0
@@ -258,6 +271,7 @@ impl Resource {
             Spec::MeshTrafficPermission(s) => serde_json::to_value(s),
             Spec::TrafficPermission(s) => serde_json::to_value(s),
             Spec::MeshService(s) => serde_json::to_value(s),
+            Spec::MeshExternalService(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

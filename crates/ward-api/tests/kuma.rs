@@ -132,3 +132,24 @@ fn invalid_kuma_documents_are_refused_at_the_field_kuma_names() {
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Kuma's MeshExternalServices apply in Ward with no warning but where Ward cannot carry them as
+/// given: without endpoints (Kuma's validation tests of labels have none), or with TLS fields
+/// while TLS is off.
+#[test]
+fn kuma_mesh_external_services_apply_warning_only_about_endpoints_and_tls() {
+    let files: Vec<PathBuf> = fixtures("valid")
+        .into_iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("meshexternalservice")))
+        .collect();
+    assert!(files.len() >= 30, "the MeshExternalService corpus is there: {}", files.len());
+    for path in &files {
+        for result in load(path).1 {
+            let resource = result.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for warning in resource.warnings() {
+                let expected = warning.field == "spec.endpoints" || warning.field.starts_with("spec.tls.");
+                assert!(expected, "{}: {}: {}", path.display(), warning.field, warning.message);
+            }
+        }
+    }
+}

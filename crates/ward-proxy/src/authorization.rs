@@ -110,7 +110,7 @@ impl Peer {
 
 /// Completes with the first reason `check` gives, asked now, at every new configuration or
 /// certificate (told whether one came since the start), and at `expires`.
-async fn first_cut(
+pub(crate) async fn first_cut(
     state: &State,
     expires: Option<DateTime<Utc>>,
     mut check: impl FnMut(&Config, bool) -> Option<Cut>,

@@ -17,7 +17,7 @@ use ward_api::{
 use ward_pki::{SpiffeId, TrustBundle};
 use ward_proto::discovery::{MtlsMode, ProxyConfig};
 
-use crate::{authorization::Authorizer, inbound::InboundSpec, metrics_endpoint::EndpointSpec};
+use crate::{authorization::Authorizer, external::External, inbound::InboundSpec, metrics_endpoint::EndpointSpec};
 
 /// How the mesh treats plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -102,6 +102,10 @@ pub struct Config {
     pub virtual_ip_by_hostname: HashMap<String, IpAddr>,
     /// The Prometheus endpoint the mesh has this proxy serve, if any.
     pub prometheus: Option<Arc<EndpointSpec>>,
+    /// The MeshExternalServices this proxy may be asked for, by destination key
+    /// (`meshexternalservice/NAME`), each allowed or denied.
+    #[serde(serialize_with = "external_json")]
+    pub external: HashMap<String, Arc<External>>,
 }
 
 /// Why a configuration from the control plane was not used.
@@ -198,7 +202,7 @@ impl Config {
             .filter(|(_, s)| s.virtual_port.is_none())
             .filter_map(|(name, s)| Some((s.virtual_ip?, name.clone())))
             .collect();
-        let virtual_ip_by_hostname = services
+        let virtual_ip_by_hostname: Vec<(String, IpAddr)> = services
             .values()
             .filter_map(|s| Some((s.virtual_ip?, &s.hostnames)))
             .flat_map(|(ip, names)| names.iter().map(move |n| (n.to_ascii_lowercase(), ip)))
@@ -220,7 +224,9 @@ impl Config {
                 inbound: spec.networking.inbound.len(),
             })
         });
-        // Instances by address, and a MeshService's ports on its virtual IP.
+        let external = externals(&proto.external_services);
+        // Instances by address, a MeshService's ports and a MeshExternalService's port on their
+        // virtual IPs.
         let service_by_address = services
             .iter()
             .flat_map(|(name, s)| s.endpoints.iter().map(move |e| (e.address, name.clone())))
@@ -228,6 +234,16 @@ impl Config {
                 services
                     .iter()
                     .filter_map(|(name, s)| Some((SocketAddr::new(s.virtual_ip?, s.virtual_port?), name.clone()))),
+            )
+            .chain(external.iter().filter_map(|(key, e)| Some((SocketAddr::new(e.virtual_ip?, e.port), key.clone()))))
+            .collect();
+        let virtual_ip_by_hostname = virtual_ip_by_hostname
+            .into_iter()
+            .chain(
+                external
+                    .values()
+                    .filter_map(|e| Some((e.virtual_ip?, &e.hostnames)))
+                    .flat_map(|(ip, names)| names.iter().map(move |n| (n.to_ascii_lowercase(), ip))),
             )
             .collect();
         Ok(Config {
@@ -252,6 +268,7 @@ impl Config {
             services,
             passthrough: proto.passthrough,
             prometheus,
+            external,
         })
     }
 
@@ -292,6 +309,33 @@ fn inbound_specs(dp: &Dataplane) -> Vec<Arc<InboundSpec>> {
             })
         })
         .collect()
+}
+
+/// The MeshExternalServices the control plane sent, by destination key. One whose TLS material
+/// does not read is kept denied, with the reason, so that connections to it fail closed and say why.
+fn externals(protos: &[ward_proto::discovery::ExternalService]) -> HashMap<String, Arc<External>> {
+    protos
+        .iter()
+        .map(|p| {
+            let external = External::from_proto(p).unwrap_or_else(|reason| {
+                tracing::warn!(external = %p.name, %reason, "MeshExternalService unusable: connections to it are refused");
+                let denied =
+                    ward_proto::discovery::ExternalService { denied: reason, endpoints: Vec::new(), tls: None, ..p.clone() };
+                External::from_proto(&denied).expect("a denied MeshExternalService has nothing left to fail")
+            });
+            (ward_api::mesh_external_service::destination(&p.name), Arc::new(external))
+        })
+        .collect()
+}
+
+fn external_json<S: serde::Serializer>(external: &HashMap<String, Arc<External>>, s: S) -> Result<S::Ok, S::Error> {
+    let shown: std::collections::BTreeMap<&String, serde_json::Value> = external
+        .iter()
+        .map(|(key, e)| {
+            (key, serde_json::json!({ "port": e.port, "virtualIp": e.virtual_ip, "tls": e.tls.is_some(), "denied": e.denied }))
+        })
+        .collect();
+    serde::Serialize::serialize(&shown, s)
 }
 
 fn read_resource(json: &str, label: &str) -> Result<Resource, ConfigError> {

@@ -113,15 +113,20 @@ async fn answer(proxy: &Proxy, query: &[u8], transport: Transport) -> Option<Vec
     }
 }
 
-/// The answer for a query about `<service>.mesh` or a MeshService's `<name>.svc.mesh.local`;
-/// `None` for other names.
+/// The answer for a query about `<service>.mesh`, a MeshService's `<name>.svc.mesh.local` or a
+/// MeshExternalService's `<name>.extsvc.mesh.local`; `None` for other names.
 pub fn answer_mesh_name(config: &Config, request: &Message) -> Option<Message> {
     let query = request.queries().first()?;
     let name = query.name().to_lowercase().to_ascii();
     let name = name.trim_end_matches('.');
     let virtual_ip = match config.virtual_ip_by_hostname.get(name) {
         Some(ip) => Some(*ip),
-        None if name.ends_with(&format!(".{}", ward_api::mesh_service::HOSTNAME_SUFFIX)) => None,
+        None if [ward_api::mesh_service::HOSTNAME_SUFFIX, ward_api::mesh_external_service::HOSTNAME_SUFFIX]
+            .iter()
+            .any(|suffix| name.strip_suffix(suffix).is_some_and(|n| n.ends_with('.'))) =>
+        {
+            None
+        }
         None => {
             let service = name.strip_suffix(MESH_DOMAIN)?.strip_suffix('.')?;
             config.services.get(service).and_then(|s| s.virtual_ip)
@@ -226,6 +231,13 @@ mod tests {
             mesh: "shop".into(),
             dataplane_json: dataplane.to_string(),
             services: vec![items, db],
+            external_services: vec![ward_proto::discovery::ExternalService {
+                name: "pay".into(),
+                port: 443,
+                virtual_ip: "240.0.0.4".into(),
+                hostnames: vec!["pay.extsvc.mesh.local".into()],
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let config = Config::from_proto(&proto).unwrap();
@@ -242,6 +254,8 @@ mod tests {
         assert_eq!(ask("db.svc.mesh.local."), found("240.0.0.3"));
         assert_eq!(ask("DB.Svc.Mesh.Local"), found("240.0.0.3"), "names are case-insensitive");
         assert_eq!(ask("other.svc.mesh.local."), Some((ResponseCode::NXDomain, vec![])), "no such MeshService");
+        assert_eq!(ask("pay.extsvc.mesh.local."), found("240.0.0.4"), "a MeshExternalService");
+        assert_eq!(ask("other.extsvc.mesh.local."), Some((ResponseCode::NXDomain, vec![])));
         assert_eq!(ask("nothing.mesh."), Some((ResponseCode::NXDomain, vec![])));
         assert_eq!(ask("example.com."), None, "forwarded");
     }

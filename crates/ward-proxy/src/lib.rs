@@ -10,6 +10,7 @@ pub mod config;
 pub mod dataplane_file;
 pub mod discovery;
 pub mod dns;
+pub mod external;
 pub mod forward;
 pub mod identity;
 pub mod inbound;

@@ -60,13 +60,17 @@ pub fn wanted(config: &crate::config::Config) -> Vec<Wanted> {
         }
         None => config.inbounds.iter().cloned().map(Wanted::Inbound).collect(),
     };
-    // An outbound names a service by tags, or a MeshService's port by backendRef; one by a
-    // backendRef Ward cannot resolve is not served, as the warning at apply says.
+    // An outbound names a service by tags, or by backendRef a MeshService's port or a
+    // MeshExternalService; one by a backendRef Ward cannot resolve is not served, as the
+    // warning at apply says.
     wanted.extend(dp.networking.outbound.iter().filter_map(|o| {
         let service = match &o.backend_ref {
             None => o.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
             Some(b) if b.kind == "MeshService" => {
                 ward_api::mesh_service::destination(b.name.as_deref()?, u16::try_from(b.port?).ok()?)
+            }
+            Some(b) if b.kind == "MeshExternalService" => {
+                ward_api::mesh_external_service::destination(b.name.as_deref()?)
             }
             Some(_) => return None,
         };

@@ -17,7 +17,8 @@ use ward_http::{
 
 use crate::{
     PEER_IDENTITY, Proxy,
-    authorization::Peer,
+    authorization::{Cut, Peer, first_cut},
+    external::External,
     forward::{self, OpenConnection},
     io::{Activity, Counted, Detected, Prefixed, detect},
     metrics::OUTBOUND,
@@ -45,6 +46,9 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, spec: Arc<OutboundS
 pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
     let _open = OpenConnection::new(&proxy, OUTBOUND);
     let Some(config) = proxy.state().config() else { return };
+    if let Some(external) = config.external.get(&service) {
+        return handle_external(proxy.clone(), &service, external.clone(), tcp).await;
+    }
     let protocol = config.services.get(&service).and_then(|s| s.protocol);
     let activity = Activity::new();
     let io = Counted::new(tcp, activity.clone());
@@ -95,6 +99,37 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
     // to them (mesh_client).
     forward::drive(&proxy, connection, &activity, std::future::pending()).await;
 }
+
+/// Carries one connection of the application to the MeshExternalService `key` names, as it is
+/// or inside the TLS the proxy originates, while this dataplane may reach it: a permission
+/// taken away closes the connection.
+async fn handle_external(proxy: Arc<Proxy>, key: &str, external: Arc<External>, tcp: TcpStream) {
+    if let Some(reason) = &external.denied {
+        tracing::info!(external = %external.name, reason, "connection to a MeshExternalService refused");
+        return;
+    }
+    let upstream = match crate::external::connect(&external, CONNECT_TIMEOUT).await {
+        Ok((upstream, _)) => upstream,
+        Err(e) => {
+            tracing::warn!(external = %external.name, error = %e, "cannot reach the MeshExternalService");
+            return;
+        }
+    };
+    let activity = Activity::new();
+    let io = Counted::new(tcp, activity.clone());
+    let allowed = |config: &crate::config::Config| config.external.get(key).is_some_and(|e| e.denied.is_none());
+    tokio::select! {
+        _ = forward::copy_tcp(&proxy, OUTBOUND, io, upstream) => {}
+        _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
+        cut = first_cut(proxy.state(), None, |config, _| (!allowed(config)).then_some(Cut::Permission)) => {
+            tracing::info!(external = %external.name, "closing a connection to a MeshExternalService no longer allowed");
+            cut.count(proxy.state(), OUTBOUND);
+        }
+    }
+}
+
+/// How long reaching a MeshExternalService's endpoint may take, TLS included.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();

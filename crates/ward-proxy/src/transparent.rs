@@ -104,7 +104,7 @@ fn original_port(tcp: &TcpStream) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
-    use ward_proto::discovery::{Endpoint, ProxyConfig, Service};
+    use ward_proto::discovery::{Endpoint, ExternalEndpoint, ExternalService, ProxyConfig, Service};
 
     use super::*;
 
@@ -129,6 +129,13 @@ mod tests {
             dataplane_json: dataplane.to_string(),
             services: vec![items, redis],
             passthrough,
+            external_services: vec![ExternalService {
+                name: "pay".into(),
+                port: 443,
+                virtual_ip: "240.0.0.4".into(),
+                endpoints: vec![ExternalEndpoint { address: "203.0.113.7".into(), port: 8443, priority: 0 }],
+                ..Default::default()
+            }],
             ..Default::default()
         };
         Config::from_proto(&proto).unwrap()
@@ -155,5 +162,12 @@ mod tests {
         let closed = config(false);
         assert_eq!(outbound_destination(&closed, at("240.0.0.2:443"), listen), items);
         assert!(matches!(outbound_destination(&closed, at("192.0.2.9:443"), listen), Destination::Refused(_)));
+        let pay = Destination::Service("meshexternalservice/pay".into());
+        assert_eq!(outbound_destination(&closed, at("240.0.0.4:443"), listen), pay, "a MeshExternalService's port");
+        assert!(
+            matches!(outbound_destination(&closed, at("203.0.113.7:8443"), listen), Destination::Refused(_)),
+            "its endpoints are reached through it, never directly"
+        );
+        assert!(matches!(outbound_destination(&closed, at("240.0.0.4:80"), listen), Destination::Refused(_)));
     }
 }

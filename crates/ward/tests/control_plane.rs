@@ -820,13 +820,13 @@ async fn kuma_fields_without_effect_apply_with_a_warning_and_read_back_unchanged
                 networking:\n  address: 10.0.0.1\n  advertisedAddress: 192.0.2.1\n  inbound:\n  - port: 8080\n    \
                 address: 10.0.0.2\n    name: http\n    state: NotReady\n    serviceProbe: {interval: 5s, tcp: {}}\n    \
                 tags: {kuma.io/service: web}\n  outbound:\n  - port: 10001\n    \
-                backendRef: {kind: MeshExternalService, name: backend}\n";
+                backendRef: {kind: MeshMultiZoneService, name: backend, port: 80}\n";
     let out = cp.ward_stdin(&["apply", "-f", "-"], yaml);
     out.ok();
     let stderr = out.stderr();
     for want in [
         "warning: Mesh/obs: tracing: Ward's proxy does not send traces",
-        "warning: Dataplane/web-1: networking.outbound[0].backendRef.kind: Ward has no MeshExternalService resources",
+        "warning: Dataplane/web-1: networking.outbound[0].backendRef.kind: Ward has no MeshMultiZoneService resources",
     ] {
         assert!(stderr.lines().any(|l| l.starts_with(want)), "wanted {want:?} in stderr:\n{stderr}");
     }

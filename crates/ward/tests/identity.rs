@@ -369,7 +369,7 @@ async fn a_provided_ca_from_secrets_signs_svids_and_keeps_its_secrets() {
 
     // Secrets in use: not deleted, not changed; the same data again is fine.
     let err = cp.ward(&["delete", "secret", "ca-key", "-m", "shop"]).fails();
-    assert!(err.contains("secrets/ca-key: name: in use by Mesh \"shop\" at mtls.backends[0].conf.key.secret"), "{err}");
+    assert!(err.contains("secrets/ca-key: name: in use by meshes/shop at mtls.backends[0].conf.key.secret"), "{err}");
     let (_, other_key) = own_ca("another");
     let err = cp.ward_stdin(&["apply", "-f", "-"], &secret("shop", "ca-key", &other_key)).fails();
     assert!(err.contains("secrets/ca-key: data: cannot change while Mesh \"shop\" uses it"), "{err}");

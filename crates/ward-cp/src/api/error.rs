@@ -100,10 +100,10 @@ impl From<StoreError> for ApiError {
             StoreError::NotAMember { key, refusal } => {
                 ValidationError::single(key, &refusal.field, &refusal.reason).into()
             }
-            StoreError::InUse { key, mesh, field } => ValidationError::single(
+            StoreError::InUse { key, by, field } => ValidationError::single(
                 key,
                 "name",
-                format!("in use by Mesh {mesh:?} at {field}; remove the reference before deleting the Secret"),
+                format!("in use by {by} at {field}; remove the reference before deleting the Secret"),
             )
             .into(),
             StoreError::Conflict { .. } => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),

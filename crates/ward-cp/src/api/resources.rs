@@ -80,20 +80,27 @@ pub(super) async fn list(
 /// How long a read waits for the first snapshot of a mesh nobody watched yet.
 const FIRST_SNAPSHOT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// `r` as the API shows it: a MeshService with the status computed from its mesh's snapshot,
-/// read once per mesh into `snapshots` however many resources a page shows.
+/// `r` as the API shows it: a MeshService or MeshExternalService with the status computed from
+/// its mesh's snapshot, read once per mesh into `snapshots` however many resources a page shows.
 async fn shown_json(state: &ApiState, r: &Resource, snapshots: &mut HashMap<String, SharedSnapshot>) -> Value {
     let mut json = r.to_json();
-    if r.meta.ty == ResourceType::MeshService {
-        if !snapshots.contains_key(&r.meta.mesh) {
-            let mut live = state.snapshots.subscribe(&r.meta.mesh);
-            let _ = tokio::time::timeout(FIRST_SNAPSHOT, live.wait_for(|s| s.version > 0)).await;
-            let current = live.borrow().clone();
-            snapshots.insert(r.meta.mesh.clone(), current);
-        }
-        let status = snapshots[&r.meta.mesh].mesh_services.get(&r.meta.name).map(|view| view.status(&r.meta.name));
-        json["status"] = status.unwrap_or_else(|| json!({"state": "Unavailable"}));
+    if !matches!(r.meta.ty, ResourceType::MeshService | ResourceType::MeshExternalService) {
+        return json;
     }
+    if !snapshots.contains_key(&r.meta.mesh) {
+        let mut live = state.snapshots.subscribe(&r.meta.mesh);
+        let _ = tokio::time::timeout(FIRST_SNAPSHOT, live.wait_for(|s| s.version > 0)).await;
+        let current = live.borrow().clone();
+        snapshots.insert(r.meta.mesh.clone(), current);
+    }
+    let snapshot = &snapshots[&r.meta.mesh];
+    json["status"] = if r.meta.ty == ResourceType::MeshService {
+        let status = snapshot.mesh_services.get(&r.meta.name).map(|view| view.status(&r.meta.name));
+        status.unwrap_or_else(|| json!({"state": "Unavailable"}))
+    } else {
+        let status = snapshot.external_services.get(&r.meta.name).map(|view| view.status(&r.meta.name));
+        status.unwrap_or_else(|| json!({}))
+    };
     json
 }
 

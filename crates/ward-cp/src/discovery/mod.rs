@@ -1,7 +1,8 @@
 //! The discovery server: one gRPC stream per proxy, over TLS, on port 5678.
 
 pub mod builder;
-pub mod mesh_services;
+mod external_services;
+mod mesh_services;
 pub mod online;
 pub mod session;
 pub mod snapshot;

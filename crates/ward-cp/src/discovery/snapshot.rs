@@ -10,15 +10,18 @@ use std::{
 use chrono::Utc;
 use ipnet::Ipv4Net;
 use ward_api::{
-    Resource, ResourceType, Spec,
+    Resource, ResourceType, Spec, SpiffeId,
     dataplane::{Dataplane, SERVICE_TAG},
     membership,
     mesh::{Mesh, MeshServicesMode},
     metrics, policy,
 };
-use ward_proto::discovery::{Endpoint, MtlsMode, PeerCertificate, ProxyConfig, Service, TagSet};
+use ward_proto::discovery::{Endpoint, ExternalService, MtlsMode, PeerCertificate, ProxyConfig, Service, TagSet};
 
-use super::mesh_services::{self, MeshServiceView};
+use super::{
+    external_services::{self, ExternalServiceView},
+    mesh_services::{self, MeshServiceView},
+};
 use crate::{
     identity::{BackendCa, Identity, IdentityError},
     store::{IssuedCert, Store},
@@ -43,6 +46,8 @@ pub struct MeshSnapshot {
     pub services: BTreeMap<String, Service>,
     /// Every MeshService, by name, with a destination per port.
     pub mesh_services: BTreeMap<String, MeshServiceView>,
+    /// Every MeshExternalService, by name.
+    pub external_services: BTreeMap<String, ExternalServiceView>,
     /// Certificates issued in the mesh and still valid, whose token is not revoked.
     pub issued: Vec<IssuedCert>,
     /// Serials of certificates still valid whose token was revoked, or whose dataplane the
@@ -77,6 +82,7 @@ impl MeshSnapshot {
         let mut non_members = HashMap::new();
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
         let mut mesh_service_resources = Vec::new();
+        let mut external_resources = Vec::new();
         for r in store.mesh_resources(name).await? {
             match &r.spec {
                 Spec::Dataplane(dp) => {
@@ -114,16 +120,35 @@ impl MeshSnapshot {
                 }
                 Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) => permissions.push(r),
                 Spec::MeshService(_) => mesh_service_resources.push(r),
+                Spec::MeshExternalService(_) => external_resources.push(r),
                 Spec::Mesh(_) | Spec::Secret(_) => {}
             }
         }
         let mut mesh_services = mesh_services::views(name, &mesh_service_resources, &dataplanes, &non_members, online);
-        let vip_keys: Vec<String> = mesh_services.keys().map(|n| mesh_services::vip_key(n)).collect();
+        let mut named_secrets = external_services::NamedSecrets::new();
+        for r in &external_resources {
+            let Spec::MeshExternalService(spec) = &r.spec else { continue };
+            for (_, secret) in spec.named_secrets() {
+                if let Some(data) = identity.secrets().data(name, &secret).await? {
+                    named_secrets.insert(secret, data);
+                }
+            }
+        }
+        let mut external_services = external_services::views(&external_resources, &named_secrets);
+        let vip_keys: Vec<String> = mesh_services
+            .keys()
+            .map(|n| mesh_services::vip_key(n))
+            .chain(external_services.keys().map(|n| external_services::vip_key(n)))
+            .collect();
         let names: Vec<&str> = services.keys().map(String::as_str).chain(vip_keys.iter().map(String::as_str)).collect();
         for (key, ip) in store.virtual_ips(name, &names, vip_range).await? {
             if let Some(s) = services.get_mut(&key) {
                 s.virtual_ip = ip.to_string();
             } else if let Some(view) = key.strip_prefix("meshservice/").and_then(|n| mesh_services.get_mut(n)) {
+                view.set_virtual_ip(ip);
+            } else if let Some(view) =
+                key.strip_prefix("meshexternalservice/").and_then(|n| external_services.get_mut(n))
+            {
                 view.set_virtual_ip(ip);
             }
         }
@@ -142,6 +167,7 @@ impl MeshSnapshot {
             dataplanes,
             services,
             mesh_services,
+            external_services,
             issued,
             revoked_serials,
             non_members,
@@ -184,7 +210,69 @@ impl MeshSnapshot {
             prometheus_json: prometheus
                 .map(|p| serde_json::to_string(&p).expect("an endpoint serializes"))
                 .unwrap_or_default(),
+            external_services: self.reachable_external_services(mesh, resource, dp),
         })
+    }
+
+    /// The MeshExternalServices `dp` (the Dataplane `resource`) may be asked for, each with the
+    /// decision of the mesh's MeshTrafficPermissions on it as the caller: a denied one keeps its
+    /// address (so the proxy can say why it refuses) but not its endpoints or TLS material.
+    /// Reached as MeshServices are: by `backendRef`, and by a gateway or a transparent proxy
+    /// (narrowed by `reachableBackends`, none under `meshServices.mode: ReachableBackends`
+    /// without that list).
+    fn reachable_external_services(&self, mesh: &Mesh, resource: &Resource, dp: &Dataplane) -> Vec<ExternalService> {
+        let kind = "MeshExternalService";
+        let named: BTreeSet<&str> = dp
+            .networking
+            .outbound
+            .iter()
+            .filter_map(|o| o.backend_ref.as_ref())
+            .filter(|b| b.kind == kind)
+            .filter_map(|b| b.name.as_deref())
+            .collect();
+        let refs = match (&dp.networking.transparent_proxying, &dp.networking.gateway) {
+            (_, Some(_)) => None,
+            (Some(tp), None) => match &tp.reachable_backends {
+                Some(reachable) => Some(reachable.refs.iter().filter(|r| r.kind == kind).collect()),
+                None if mesh.mesh_services_mode() == MeshServicesMode::ReachableBackends => Some(Vec::new()),
+                None => None,
+            },
+            (None, None) => Some(Vec::new()),
+        };
+        let service = dp.service();
+        let caller = match SpiffeId::for_service(&resource.meta.mesh, service) {
+            Ok(id) => policy::Caller::Workload { id, tags: Some(policy::caller_tags(dp, service)) },
+            Err(_) => policy::Caller::Anonymous,
+        };
+        self.external_services
+            .iter()
+            .filter(|(name, view)| {
+                named.contains(name.as_str())
+                    || refs.as_ref().is_none_or(|refs: &Vec<_>| {
+                        refs.iter().any(|r| {
+                            r.name.as_ref().is_none_or(|n| n == *name)
+                                && r.labels.iter().all(|(k, v)| view.labels.get(k) == Some(v))
+                        })
+                    })
+            })
+            .map(|(name, view)| {
+                let mut destination = view.destination.clone();
+                // Without mTLS no permission is enforced, for inbounds as for these.
+                if !destination.denied.is_empty() || mesh.enabled_backend().is_none() {
+                    return destination;
+                }
+                let decision = policy::decide_external(&self.permissions, &caller, &resource.meta.mesh, name);
+                if !decision.allows() {
+                    destination.denied = match &decision.policy {
+                        Some(policy) => format!("{policy} denies {service}"),
+                        None => format!("no MeshTrafficPermission lets {service} reach it"),
+                    };
+                    destination.endpoints.clear();
+                    destination.tls = None;
+                }
+                destination
+            })
+            .collect()
     }
 
     /// The services (by `kuma.io/service`) `dp` may reach. A gateway, or a transparent proxy

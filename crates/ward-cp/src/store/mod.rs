@@ -44,24 +44,24 @@ pub enum StoreError {
     /// The database failed.
     #[error("store: {0}")]
     Database(#[from] sqlx::Error),
-    /// A Mesh's provided backend names a Secret the mesh does not have.
+    /// A Mesh's provided backend, or a MeshExternalService, names a Secret the mesh does not have.
     #[error("{key}: {field}: Secret {name:?} does not exist in the mesh")]
     MissingSecret {
-        /// `meshes/name`.
+        /// The resource naming it, e.g. `meshes/name`.
         key: String,
         /// The field naming it, e.g. `mtls.backends[0].conf.key.secret`.
         field: String,
         /// The Secret's name.
         name: String,
     },
-    /// A Secret cannot be deleted while a Mesh's provided backend names it.
-    #[error("{key}: in use by Mesh {mesh:?} at {field}; remove the reference before deleting the Secret")]
+    /// A Secret cannot be deleted while a Mesh's provided backend or a MeshExternalService names it.
+    #[error("{key}: in use by {by} at {field}; remove the reference before deleting the Secret")]
     InUse {
         /// `secrets/name`.
         key: String,
-        /// The Mesh naming it.
-        mesh: String,
-        /// The field of the Mesh naming it.
+        /// The resource naming it, e.g. `meshes/name`.
+        by: String,
+        /// The field of that resource naming it.
         field: String,
     },
     /// A Dataplane's tags do not fulfil its mesh's `constraints.dataplaneProxy`.
@@ -312,8 +312,8 @@ impl Store {
         .bind(&time)
         .execute(&mut *tx)
         .await?;
+        secret_refs::check_named(&mut tx, &meta.mesh, &meta.key(), &resource.spec).await?;
         if let Spec::Mesh(mesh) = &resource.spec {
-            secret_refs::check_named(&mut tx, &meta.name, mesh).await?;
             identity::sync_mesh_cas(&mut tx, &meta.name, mesh, cas).await?;
         }
         let op = if stored.is_some() { Op::Updated } else { Op::Created };
@@ -487,6 +487,7 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::MeshTrafficPermission => parse::typed("spec", spec).map(Spec::MeshTrafficPermission),
         ResourceType::TrafficPermission => parse::typed("", spec).map(Spec::TrafficPermission),
         ResourceType::MeshService => parse::typed("spec", spec).map(Spec::MeshService),
+        ResourceType::MeshExternalService => parse::typed("spec", spec).map(Spec::MeshExternalService),
         ResourceType::Secret | ResourceType::GlobalSecret => {
             Secret::from_stored(spec).map(Spec::Secret).map_err(|reason| ward_api::Cause::new("spec", reason))
         }
@@ -577,7 +578,7 @@ mod tests {
         let err = store.delete(ResourceType::Secret, "m", "ca-key", &admin()).await.unwrap_err().to_string();
         assert_eq!(
             err,
-            "secrets/ca-key: in use by Mesh \"m\" at mtls.backends[0].conf.key.secret; remove the reference before deleting the Secret"
+            "secrets/ca-key: in use by meshes/m at mtls.backends[0].conf.key.secret; remove the reference before deleting the Secret"
         );
         assert!(store.get(ResourceType::Secret, "m", "ca-key").await.unwrap().is_some());
         store.delete(ResourceType::Mesh, "m", "m", &admin()).await.unwrap();

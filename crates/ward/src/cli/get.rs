@@ -186,6 +186,20 @@ fn table(ty: ResourceType, items: &[Value]) -> String {
                 age(v),
             ]
         }),
+        ResourceType::MeshExternalService => (&["MESH", "NAME", "MATCH", "HOSTNAME", "VIP", "TLS", "AGE"], |v| {
+            let spec = &v["spec"];
+            let status = &v["status"];
+            let tls = if spec["tls"]["enabled"] == true { "enabled" } else { "-" };
+            vec![
+                text(&v["mesh"]),
+                text(&v["name"]),
+                format!("{}/{}", spec["match"]["port"], spec["match"]["protocol"].as_str().unwrap_or("tcp")),
+                text(&status["addresses"][0]["hostname"]),
+                text(&status["vip"]["ip"]),
+                tls.to_string(),
+                age(v),
+            ]
+        }),
         ResourceType::Secret => (&["MESH", "NAME", "AGE"], |v| vec![text(&v["mesh"]), text(&v["name"]), age(v)]),
         ResourceType::GlobalSecret => (&["NAME", "AGE"], |v| vec![text(&v["name"]), age(v)]),
     };

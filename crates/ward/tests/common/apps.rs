@@ -9,6 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use tokio::{io::AsyncWriteExt, net::TcpListener, task::JoinHandle};
 
@@ -44,6 +45,42 @@ pub async fn http_echo(address: SocketAddr, service: &'static str) -> App {
                 let service = service_fn(move |request| answer(service, request));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    App { address, task }
+}
+
+/// The same echo server behind TLS with `leaf` (ALPN h2 and http/1.1); among the echoed headers,
+/// `x-test-sni` is the server name the client asked for (empty without one).
+pub async fn https_echo(address: SocketAddr, service: &'static str, leaf: &super::Leaf) -> App {
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(leaf.cert.as_bytes()).map(Result::unwrap).collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = bind(address).await;
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let sni = tls.get_ref().1.server_name().unwrap_or_default().to_string();
+                let service = service_fn(move |mut request: Request<Incoming>| {
+                    request.headers_mut().insert("x-test-sni", sni.parse().unwrap());
+                    answer(service, request)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
                     .await;
             });
         }
