@@ -244,7 +244,7 @@ pub struct BackendRef {
 /// Kinds a backend reference may name.
 const BACKEND_KINDS: [&str; 3] = ["MeshExternalService", "MeshMultiZoneService", "MeshService"];
 
-/// Kinds of backend reference Ward serves (by name).
+/// Kinds of backend reference Ward serves.
 const SERVED_KINDS: [&str; 2] = ["MeshExternalService", "MeshService"];
 
 string_enum! {
@@ -854,10 +854,6 @@ impl Dataplane {
                 Some(b) if !SERVED_KINDS.contains(&b.kind.as_str()) => warnings.add(
                     format!("networking.outbound[{i}].backendRef.kind"),
                     format!("Ward has no {} resources: this outbound is not served", b.kind),
-                ),
-                Some(b) if b.name.is_none() => warnings.add(
-                    format!("networking.outbound[{i}].backendRef.labels"),
-                    format!("Ward resolves a {} by name only: this outbound is not served", b.kind),
                 ),
                 _ => {}
             }

@@ -106,6 +106,8 @@ pub struct Config {
     /// (`meshexternalservice/NAME`), each allowed or denied.
     #[serde(serialize_with = "external_json")]
     pub external: HashMap<String, Arc<External>>,
+    /// The destination key of each outbound (by index) naming its backend by labels.
+    pub outbound_destinations: HashMap<usize, String>,
 }
 
 /// Why a configuration from the control plane was not used.
@@ -269,6 +271,11 @@ impl Config {
             passthrough: proto.passthrough,
             prometheus,
             external,
+            outbound_destinations: proto
+                .outbound_destinations
+                .iter()
+                .map(|o| (o.outbound as usize, o.destination.clone()))
+                .collect(),
         })
     }
 

@@ -60,12 +60,14 @@ pub fn wanted(config: &crate::config::Config) -> Vec<Wanted> {
         }
         None => config.inbounds.iter().cloned().map(Wanted::Inbound).collect(),
     };
-    // An outbound names a service by tags, or by backendRef a MeshService's port or a
-    // MeshExternalService; one by a backendRef Ward cannot resolve is not served, as the
-    // warning at apply says.
-    wanted.extend(dp.networking.outbound.iter().filter_map(|o| {
+    // An outbound names a service by tags, or by backendRef (by name or labels) a MeshService's
+    // port or a MeshExternalService; one by a backendRef Ward cannot resolve is not served, as
+    // the warning at apply says (or, by labels, while no resource has them).
+    wanted.extend(dp.networking.outbound.iter().enumerate().filter_map(|(i, o)| {
         let service = match &o.backend_ref {
             None => o.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
+            // By labels: the destination the control plane resolved, if any.
+            Some(b) if b.name.is_none() => config.outbound_destinations.get(&i)?.clone(),
             Some(b) if b.kind == "MeshService" => {
                 ward_api::mesh_service::destination(b.name.as_deref()?, u16::try_from(b.port?).ok()?)
             }

@@ -1,7 +1,8 @@
 //! MeshExternalServices with a real proxy, in a mesh without passthrough: an application reaches
-//! an HTTPS server outside the mesh through an outbound naming the MeshExternalService, the proxy
-//! originating TLS with the CA and server name the resource gives; only while a
-//! MeshTrafficPermission lets its service through; never to a server its CA does not vouch for.
+//! an HTTPS server outside the mesh through an outbound naming the MeshExternalService (by name
+//! or by its labels), the proxy originating TLS with the CA and server name the resource gives;
+//! only while a MeshTrafficPermission lets its service through; never to a server its CA does not
+//! vouch for.
 
 mod common;
 
@@ -12,10 +13,11 @@ use serde_json::Value;
 
 const MESH: &str = "type: Mesh\nname: lab\nmtls:\n  enabledBackend: ca\n  backends:\n  - name: ca\n    type: builtin\nnetworking:\n  outbound:\n    passthrough: false\n";
 
-/// The MeshExternalService `pay`: HTTP at `port`, TLS to `pay.example` vouched for by `ca_pem`.
+/// The MeshExternalService `pay` (labelled `team: payments`): HTTP at `port`, TLS to
+/// `pay.example` vouched for by `ca_pem`.
 fn pay(port: u16, ca_pem: &str) -> String {
     format!(
-        "type: MeshExternalService\nmesh: lab\nname: pay\nspec:\n  match:\n    port: 443\n    protocol: http\n  endpoints:\n  - address: 127.0.0.1\n    port: {port}\n  tls:\n    enabled: true\n    verification:\n      serverName: pay.example\n      caCert:\n        inlineString: |\n{}",
+        "type: MeshExternalService\nmesh: lab\nname: pay\nlabels: {{team: payments}}\nspec:\n  match:\n    port: 443\n    protocol: http\n  endpoints:\n  - address: 127.0.0.1\n    port: {port}\n  tls:\n    enabled: true\n    verification:\n      serverName: pay.example\n      caCert:\n        inlineString: |\n{}",
         yaml_block(ca_pem, 10)
     )
 }
@@ -68,9 +70,9 @@ async fn a_mesh_external_service_is_reached_over_verified_tls_only_when_a_permis
     let server = apps::https_echo(([127, 0, 0, 1], 0).into(), "pay", &pki.server(&["pay.example"])).await;
     cp.apply(MESH);
     cp.apply(&pay(server.address.port(), &pki.ca_pem));
-    let outbound = free_port();
+    let (outbound, by_labels) = (free_port(), free_port());
     let web = format!(
-        "type: Dataplane\nmesh: lab\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    tags: {{kuma.io/service: web}}\n  outbound:\n  - port: {outbound}\n    backendRef: {{kind: MeshExternalService, name: pay}}\n",
+        "type: Dataplane\nmesh: lab\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    tags: {{kuma.io/service: web}}\n  outbound:\n  - port: {outbound}\n    backendRef: {{kind: MeshExternalService, name: pay}}\n  - port: {by_labels}\n    backendRef: {{kind: MeshExternalService, labels: {{team: payments}}}}\n",
         free_port()
     );
     let proxy = cp.spawn_proxy(root.path(), "web-1", &web, &[]);
@@ -87,6 +89,8 @@ async fn a_mesh_external_service_is_reached_over_verified_tls_only_when_a_permis
     assert_eq!(echoed["service"], "pay");
     assert_eq!(echoed["path"], "/invoices");
     assert_eq!(echoed["headers"]["x-test-sni"], "pay.example", "the resource's server name is sent: {echoed}");
+    let echoed = call(by_labels).await.unwrap_or_else(|e| panic!("the outbound by labels: {e}\n{}", proxy.log()));
+    assert_eq!(echoed["service"], "pay");
 
     let shown: Value =
         serde_json::from_str(&cp.ward(&["get", "meshexternalservice", "pay", "-m", "lab", "-o", "json"]).ok()).unwrap();

@@ -12,15 +12,18 @@ use serde_json::{Value, json};
 use ward_api::{
     Resource, Spec,
     mesh::DataSource,
-    mesh_external_service::{self, MeshExternalService},
+    mesh_external_service::{self, MeshExternalService, VerificationMode},
 };
 use ward_proto::discovery::{ExternalEndpoint, ExternalService, ExternalTls, SanMatch};
 
 /// One MeshExternalService as the snapshot sees it.
 #[derive(Debug, Clone)]
 pub struct ExternalServiceView {
-    /// Its labels, matched by `reachableBackends` references.
+    /// Its labels, matched by `reachableBackends` and label `backendRef` references.
     pub labels: BTreeMap<String, String>,
+    /// When it was created (RFC 3339, sortable): of several a label reference matches, the
+    /// oldest is taken.
+    pub created: String,
     /// Its virtual IP, when the range had room for it.
     pub virtual_ip: Option<Ipv4Addr>,
     /// What an allowed caller's proxy is sent.
@@ -47,6 +50,7 @@ pub fn views(resources: &[Resource], secrets: &NamedSecrets) -> BTreeMap<String,
             name.clone(),
             ExternalServiceView {
                 labels: resource.meta.labels.clone(),
+                created: resource.meta.creation_time.clone().unwrap_or_default(),
                 virtual_ip: None,
                 destination: destination(name, spec, secrets),
             },
@@ -61,8 +65,8 @@ pub fn views(resources: &[Resource], secrets: &NamedSecrets) -> BTreeMap<String,
 fn destination(name: &str, spec: &MeshExternalService, secrets: &NamedSecrets) -> ExternalService {
     let mut destination = ExternalService {
         name: name.to_string(),
-        port: u32::from(spec.r#match.port.0),
-        protocol: spec.r#match.protocol().to_string(),
+        port: u32::from(spec.port()),
+        protocol: spec.protocol().to_string(),
         hostnames: vec![mesh_external_service::hostname(name)],
         ..Default::default()
     };
@@ -70,13 +74,12 @@ fn destination(name: &str, spec: &MeshExternalService, secrets: &NamedSecrets) -
         Ok(tls) => {
             destination.tls = tls;
             destination.endpoints = spec
-                .endpoints
+                .endpoints()
                 .iter()
-                .flatten()
                 .map(|e| ExternalEndpoint {
                     address: e.address.clone(),
                     port: u32::from(e.port.0),
-                    priority: e.priority.unwrap_or(0),
+                    priority: e.priority(),
                 })
                 .collect();
         }
@@ -87,18 +90,15 @@ fn destination(name: &str, spec: &MeshExternalService, secrets: &NamedSecrets) -
 
 /// The TLS a proxy originates, with every data source read; `None` when TLS is not enabled.
 fn tls(spec: &MeshExternalService, secrets: &NamedSecrets) -> Result<Option<ExternalTls>, String> {
-    let Some(tls) = spec.tls.as_ref().filter(|t| t.enabled) else { return Ok(None) };
-    let version = tls.version.as_ref();
+    let Some(tls) = spec.tls() else { return Ok(None) };
     let mut out = ExternalTls {
-        min_version: version.and_then(|v| v.min).map(|v| v.to_string()).unwrap_or_default(),
-        max_version: version.and_then(|v| v.max).map(|v| v.to_string()).unwrap_or_default(),
-        mode: "Secured".to_string(),
+        min_version: tls.min_version().to_string(),
+        max_version: tls.max_version().to_string(),
+        mode: VerificationMode::Secured.to_string(),
         ..Default::default()
     };
-    let Some(verification) = &tls.verification else { return Ok(Some(out)) };
-    if let Some(mode) = verification.mode {
-        out.mode = mode.to_string();
-    }
+    let Some(verification) = spec.verification() else { return Ok(Some(out)) };
+    out.mode = verification.mode().to_string();
     out.server_name = verification.server_name.clone().unwrap_or_default();
     out.subject_alt_names = verification
         .subject_alt_names

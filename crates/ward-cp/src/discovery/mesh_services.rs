@@ -19,8 +19,11 @@ use ward_proto::discovery::{Endpoint, Service};
 pub struct MeshServiceView {
     /// Its spec.
     pub spec: MeshService,
-    /// Its labels, matched by `reachableBackends` references.
+    /// Its labels, matched by `reachableBackends` and label `backendRef` references.
     pub labels: BTreeMap<String, String>,
+    /// When it was created (RFC 3339, sortable): of several a label reference matches, the
+    /// oldest is taken.
+    pub created: String,
     /// Its virtual IP, when the range had room for it.
     pub virtual_ip: Option<Ipv4Addr>,
     /// One destination per port, by port.
@@ -98,6 +101,7 @@ pub fn views(
             MeshServiceView {
                 spec: spec.clone(),
                 labels: resource.meta.labels.clone(),
+                created: resource.meta.creation_time.clone().unwrap_or_default(),
                 virtual_ip: None,
                 destinations,
                 total: selected.len(),

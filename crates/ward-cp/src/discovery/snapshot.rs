@@ -11,12 +11,14 @@ use chrono::Utc;
 use ipnet::Ipv4Net;
 use ward_api::{
     Resource, ResourceType, Spec, SpiffeId,
-    dataplane::{Dataplane, SERVICE_TAG},
+    dataplane::{BackendRef, Dataplane, SERVICE_TAG, Tags},
     membership,
     mesh::{Mesh, MeshServicesMode},
-    metrics, policy,
+    mesh_external_service, mesh_service, metrics, policy,
 };
-use ward_proto::discovery::{Endpoint, ExternalService, MtlsMode, PeerCertificate, ProxyConfig, Service, TagSet};
+use ward_proto::discovery::{
+    Endpoint, ExternalService, MtlsMode, OutboundDestination, PeerCertificate, ProxyConfig, Service, TagSet,
+};
 
 use super::{
     external_services::{self, ExternalServiceView},
@@ -211,6 +213,7 @@ impl MeshSnapshot {
                 .map(|p| serde_json::to_string(&p).expect("an endpoint serializes"))
                 .unwrap_or_default(),
             external_services: self.reachable_external_services(mesh, resource, dp),
+            outbound_destinations: self.outbound_destinations(dp),
         })
     }
 
@@ -228,7 +231,7 @@ impl MeshSnapshot {
             .iter()
             .filter_map(|o| o.backend_ref.as_ref())
             .filter(|b| b.kind == kind)
-            .filter_map(|b| b.name.as_deref())
+            .filter_map(|b| self.backend_name(b))
             .collect();
         let refs = match (&dp.networking.transparent_proxying, &dp.networking.gateway) {
             (_, Some(_)) => None,
@@ -312,7 +315,7 @@ impl MeshSnapshot {
         };
         for backend in dp.networking.outbound.iter().filter_map(|o| o.backend_ref.as_ref()) {
             if backend.kind == "MeshService"
-                && let Some(view) = backend.name.as_ref().and_then(|n| self.mesh_services.get(n))
+                && let Some(view) = self.backend_name(backend).and_then(|n| self.mesh_services.get(n))
             {
                 add(view, backend.port);
             }
@@ -342,6 +345,50 @@ impl MeshSnapshot {
             }
         }
         wanted.into_values().collect()
+    }
+
+    /// The name of the MeshService or MeshExternalService `backend` references: by name, or the
+    /// oldest of those with its labels (at equal age, the first by name), as Kuma resolves it.
+    fn backend_name<'a>(&'a self, backend: &'a BackendRef) -> Option<&'a str> {
+        if let Some(name) = &backend.name {
+            return Some(name);
+        }
+        if backend.labels.is_empty() {
+            return None;
+        }
+        let labelled = |labels: &Tags| backend.labels.iter().all(|(k, v)| labels.get(k) == Some(v));
+        // (creation time, name) of each resource of the kind with those labels.
+        let candidates: Vec<(&str, &str)> = match backend.kind.as_str() {
+            "MeshService" => self
+                .mesh_services
+                .iter()
+                .filter(|(_, v)| labelled(&v.labels))
+                .map(|(n, v)| (v.created.as_str(), n.as_str()))
+                .collect(),
+            "MeshExternalService" => self
+                .external_services
+                .iter()
+                .filter(|(_, v)| labelled(&v.labels))
+                .map(|(n, v)| (v.created.as_str(), n.as_str()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        candidates.into_iter().min().map(|(_, name)| name)
+    }
+
+    /// The destination of each outbound of `dp` naming its backend by labels, by the outbound's
+    /// index; outbounds no resource matches are left out.
+    fn outbound_destinations(&self, dp: &Dataplane) -> Vec<OutboundDestination> {
+        let by_labels = dp.networking.outbound.iter().enumerate().filter_map(|(i, o)| {
+            let backend = o.backend_ref.as_ref().filter(|b| b.name.is_none())?;
+            let name = self.backend_name(backend)?;
+            let destination = match backend.kind.as_str() {
+                "MeshService" => mesh_service::destination(name, u16::try_from(backend.port?).ok()?),
+                _ => mesh_external_service::destination(name),
+            };
+            Some(OutboundDestination { outbound: i as u32, destination })
+        });
+        by_labels.collect()
     }
 
     /// The certificates whose holders' tags `permissions` may look at: none when they look at
@@ -484,5 +531,34 @@ mod tests {
         let explicit =
             with_mesh_services("Disabled", json!({"address": "10.0.0.1", "inbound": inbound, "outbound": outbound}));
         assert_eq!(reached(&explicit), ["meshservice/x:80"], "without transparent proxying, the backendRefs alone");
+    }
+
+    #[test]
+    fn a_backend_ref_by_labels_leads_to_the_oldest_resource_with_them() {
+        let inbound = json!([{"port": 9000, "tags": {"kuma.io/service": "web"}}]);
+        let outbound = json!([
+            {"port": 7000, "backendRef": {"kind": "MeshService", "labels": {"team": "data"}, "port": 81}},
+            {"port": 7001, "backendRef": {"kind": "MeshService", "labels": {"team": "nobody"}, "port": 80}},
+            {"port": 7002, "backendRef": {"kind": "MeshService", "name": "y", "port": 80}},
+        ]);
+        let mut snapshot =
+            with_mesh_services("Disabled", json!({"address": "10.0.0.1", "inbound": inbound, "outbound": outbound}));
+        let destinations = |snapshot: &MeshSnapshot| -> Vec<(u32, String)> {
+            let config = snapshot.proxy_config("web-1").unwrap();
+            config.outbound_destinations.into_iter().map(|o| (o.outbound, o.destination)).collect()
+        };
+        assert_eq!(reached(&snapshot), ["meshservice/x:81", "meshservice/y:80"]);
+        assert_eq!(destinations(&snapshot), [(0, "meshservice/x:81".to_string())], "no MeshService has team: nobody");
+
+        // When y gets the labels too and is older, it is the one.
+        let y = snapshot.mesh_services.get_mut("y").unwrap();
+        y.labels.insert("team".into(), "data".into());
+        y.created = "2026-01-01T00:00:00.000Z".into();
+        snapshot.mesh_services.get_mut("x").unwrap().created = "2026-06-01T00:00:00.000Z".into();
+        assert_eq!(
+            destinations(&snapshot),
+            [(0, "meshservice/y:81".to_string())],
+            "as Kuma: the oldest, by labels alone"
+        );
     }
 }
