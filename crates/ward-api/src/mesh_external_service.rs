@@ -49,18 +49,6 @@ string_enum! {
     }
 }
 
-impl Protocol {
-    /// The dataplane protocol calls are carried with.
-    pub fn carried(self) -> crate::dataplane::Protocol {
-        match self {
-            Protocol::Tcp => crate::dataplane::Protocol::Tcp,
-            Protocol::Grpc => crate::dataplane::Protocol::Grpc,
-            Protocol::Http => crate::dataplane::Protocol::Http,
-            Protocol::Http2 => crate::dataplane::Protocol::Http2,
-        }
-    }
-}
-
 string_enum! {
     /// A TLS protocol version bound.
     pub enum TlsVersion {

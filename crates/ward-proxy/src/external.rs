@@ -27,6 +27,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
+use ward_api::mesh_external_service::{Protocol, SanMatch, SanMatchType, TlsVersion, VerificationMode};
 use ward_http::tls::{HandshakeSignatures, certificates, provider};
 use ward_proto::discovery::{ExternalService, ExternalTls};
 use x509_parser::extensions::GeneralName;
@@ -57,38 +58,12 @@ pub struct External {
     pub denied: Option<String>,
 }
 
-/// `match.protocol` of a MeshExternalService.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// Bytes (`tcp`, the default).
-    Tcp,
-    /// HTTP/1.1.
-    Http,
-    /// HTTP/2.
-    Http2,
-    /// gRPC.
-    Grpc,
-}
-
-impl Protocol {
-    /// `tcp`, `http`, `http2` or `grpc` (empty: `tcp`).
-    pub fn parse(s: &str) -> Option<Protocol> {
-        Some(match s {
-            "" | "tcp" => Protocol::Tcp,
-            "http" => Protocol::Http,
-            "http2" => Protocol::Http2,
-            "grpc" => Protocol::Grpc,
-            _ => return None,
-        })
-    }
-
-    /// The ALPN protocol offered when originating TLS.
-    pub fn alpn(self) -> Option<&'static [u8]> {
-        match self {
-            Protocol::Tcp => None,
-            Protocol::Http => Some(ALPN_HTTP1),
-            Protocol::Http2 | Protocol::Grpc => Some(ALPN_H2),
-        }
+/// The ALPN protocol offered when originating TLS for `protocol`.
+fn alpn(protocol: Protocol) -> Option<&'static [u8]> {
+    match protocol {
+        Protocol::Tcp => None,
+        Protocol::Http => Some(ALPN_HTTP1),
+        Protocol::Http2 | Protocol::Grpc => Some(ALPN_H2),
     }
 }
 
@@ -118,60 +93,15 @@ impl Endpoint {
     }
 }
 
-/// How the server's certificate is verified (Kuma's `tls.verification.mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerifyMode {
-    /// Chain and name checked.
-    Secured,
-    /// Chain checked, name not.
-    SkipSan,
-    /// Name checked, chain not.
-    SkipCa,
-    /// Neither (handshake signatures still are).
-    SkipAll,
-}
-
-impl VerifyMode {
-    fn checks_chain(self) -> bool {
-        matches!(self, VerifyMode::Secured | VerifyMode::SkipSan)
-    }
-
-    fn checks_name(self) -> bool {
-        matches!(self, VerifyMode::Secured | VerifyMode::SkipCa)
-    }
-}
-
-/// A `subjectAltNames` entry: a DNS or URI SAN of the server's certificate must match one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SanMatch {
-    /// Equal to this.
-    Exact(String),
-    /// Starting with this.
-    Prefix(String),
-}
-
-impl SanMatch {
-    fn matches(&self, san: &str) -> bool {
-        match self {
-            SanMatch::Exact(v) => san == v,
-            SanMatch::Prefix(v) => san.starts_with(v.as_str()),
-        }
-    }
-}
-
-impl fmt::Display for SanMatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SanMatch::Exact(v) => write!(f, "Exact {v}"),
-            SanMatch::Prefix(v) => write!(f, "Prefix {v}"),
-        }
-    }
+/// How a `subjectAltNames` entry shows in an error.
+fn san_text(san: &SanMatch) -> String {
+    format!("{} {}", san.ty, san.value)
 }
 
 /// TLS originated to a MeshExternalService's endpoints, built once per configuration.
 pub struct OriginTls {
     /// How the server's certificate is verified.
-    pub mode: VerifyMode,
+    pub mode: VerificationMode,
     /// SNI and the name checked; `None`: the endpoint's address.
     pub server_name: Option<ServerName<'static>>,
     /// The client configuration every connection uses.
@@ -201,8 +131,11 @@ impl External {
     pub fn from_proto(p: &ExternalService) -> Result<External, String> {
         let err = |field: &str, why: String| format!("external service {}: {field}: {why}", p.name);
         let port = to_port(p.port).map_err(|e| err("port", e))?;
-        let protocol = Protocol::parse(&p.protocol)
-            .ok_or_else(|| err("protocol", format!("'{}' is not one of tcp, http, http2, grpc", p.protocol)))?;
+        let protocol = match p.protocol.as_str() {
+            "" => Protocol::Tcp,
+            given => Protocol::parse(given)
+                .ok_or_else(|| err("protocol", format!("'{given}': {}", Protocol::choices_message())))?,
+        };
         let virtual_ip = match p.virtual_ip.as_str() {
             "" => None,
             ip => Some(ip.parse().map_err(|_| err("virtual_ip", format!("'{ip}' is not an IP address")))?),
@@ -245,17 +178,26 @@ static TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
 static TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 static TLS12_13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// The TLS versions between `min` and `max`; TLS 1.0 and 1.1 as a minimum mean 1.2.
+/// A TLS version the control plane sent (empty: `TLSAuto`).
+fn version(given: &str, field: &'static str) -> Result<TlsVersion, (&'static str, String)> {
+    match given {
+        "" => Ok(TlsVersion::Auto),
+        given => {
+            TlsVersion::parse(given).ok_or_else(|| (field, format!("'{given}': {}", TlsVersion::choices_message())))
+        }
+    }
+}
+
+/// The TLS versions between `min` and `max`; TLS 1.0 and 1.1 as a minimum mean 1.2, and as a
+/// maximum are refused (Ward speaks neither).
 fn versions(min: &str, max: &str) -> Result<&'static [&'static SupportedProtocolVersion], (&'static str, String)> {
-    let min13 = match min {
-        "" | "TLSAuto" | "TLS10" | "TLS11" | "TLS12" => false,
-        "TLS13" => true,
-        other => return Err(("tls.min_version", format!("'{other}' is not one of TLSAuto, TLS12, TLS13"))),
-    };
-    let max13 = match max {
-        "" | "TLSAuto" | "TLS13" => true,
-        "TLS12" => false,
-        other => return Err(("tls.max_version", format!("'{other}' is not one of TLSAuto, TLS12, TLS13"))),
+    let min13 = version(min, "tls.min_version")? == TlsVersion::Tls13;
+    let max13 = match version(max, "tls.max_version")? {
+        TlsVersion::Auto | TlsVersion::Tls13 => true,
+        TlsVersion::Tls12 => false,
+        TlsVersion::Tls10 | TlsVersion::Tls11 => {
+            return Err(("tls.max_version", format!("'{max}': Ward speaks TLS 1.2 and 1.3 only")));
+        }
     };
     match (min13, max13) {
         (true, false) => Err(("tls.max_version", format!("TLS12 is below min_version {min}"))),
@@ -268,11 +210,9 @@ fn versions(min: &str, max: &str) -> Result<&'static [&'static SupportedProtocol
 /// The client TLS configuration of a MeshExternalService; on error, the field and why.
 fn origin_tls(tls: &ExternalTls, protocol: Protocol) -> Result<OriginTls, (&'static str, String)> {
     let mode = match tls.mode.as_str() {
-        "" | "Secured" => VerifyMode::Secured,
-        "SkipSAN" => VerifyMode::SkipSan,
-        "SkipCA" => VerifyMode::SkipCa,
-        "SkipAll" => VerifyMode::SkipAll,
-        other => return Err(("tls.mode", format!("'{other}' is not one of Secured, SkipSAN, SkipCA, SkipAll"))),
+        "" => VerificationMode::Secured,
+        given => VerificationMode::parse(given)
+            .ok_or_else(|| ("tls.mode", format!("'{given}': {}", VerificationMode::choices_message())))?,
     };
     let versions = versions(&tls.min_version, &tls.max_version)?;
     let server_name = match tls.server_name.as_str() {
@@ -286,11 +226,13 @@ fn origin_tls(tls: &ExternalTls, protocol: Protocol) -> Result<OriginTls, (&'sta
         if san.value.is_empty() {
             return Err(("tls.subject_alt_names", "an entry has no value".into()));
         }
-        sans.push(match san.r#type.as_str() {
-            "" | "Exact" => SanMatch::Exact(san.value.clone()),
-            "Prefix" => SanMatch::Prefix(san.value.clone()),
-            other => return Err(("tls.subject_alt_names", format!("type '{other}' is not one of Exact, Prefix"))),
-        });
+        let ty = match san.r#type.as_str() {
+            "" => SanMatchType::Exact,
+            given => SanMatchType::parse(given).ok_or_else(|| {
+                ("tls.subject_alt_names", format!("type '{given}': {}", SanMatchType::choices_message()))
+            })?,
+        };
+        sans.push(SanMatch { ty, value: san.value.clone() });
     }
     // A CA given is read whatever the mode, so that garbage is reported, not ignored.
     let given_roots = match tls.ca_cert_pem.as_str() {
@@ -309,7 +251,7 @@ fn origin_tls(tls: &ExternalTls, protocol: Protocol) -> Result<OriginTls, (&'sta
             Some(roots)
         }
     };
-    let roots = match (mode.checks_chain(), given_roots) {
+    let roots = match (mode.verifies_chain(), given_roots) {
         (false, _) => None,
         (true, Some(roots)) => Some(Arc::new(roots)),
         (true, None) => Some(Arc::new(host_roots(rustls_native_certs::load_native_certs())?)),
@@ -338,7 +280,7 @@ fn origin_tls(tls: &ExternalTls, protocol: Protocol) -> Result<OriginTls, (&'sta
             builder.with_client_auth_cert(chain, key).map_err(|e| ("tls.client_key_pem", e.to_string()))?
         }
     };
-    config.alpn_protocols = protocol.alpn().into_iter().map(<[u8]>::to_vec).collect();
+    config.alpn_protocols = alpn(protocol).into_iter().map(<[u8]>::to_vec).collect();
     Ok(OriginTls { mode, server_name, config: Arc::new(config) })
 }
 
@@ -356,7 +298,7 @@ fn host_roots(found: rustls_native_certs::CertificateResult) -> Result<RootCertS
 
 /// Verifies a MeshExternalService's certificate as its mode says.
 struct ExternalVerifier {
-    mode: VerifyMode,
+    mode: VerificationMode,
     /// `None` when the chain is not checked.
     roots: Option<Arc<RootCertStore>>,
     sans: Vec<SanMatch>,
@@ -379,14 +321,14 @@ impl ServerCertVerifier for ExternalVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        if self.mode == VerifyMode::SkipAll {
+        if self.mode == VerificationMode::SkipAll {
             return Ok(ServerCertVerified::assertion());
         }
         let cert = ParsedCertificate::try_from(end_entity)?;
         if let Some(roots) = &self.roots {
             verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algorithms.all)?;
         }
-        if self.mode.checks_name() {
+        if self.mode.verifies_names() {
             if self.sans.is_empty() {
                 verify_server_name(&cert, server_name)?;
             } else {
@@ -417,7 +359,7 @@ fn match_sans(der: &[u8], wanted: &[SanMatch]) -> Result<(), Error> {
     }
     let mismatch = SanMismatch {
         presented: presented.join(", "),
-        wanted: wanted.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        wanted: wanted.iter().map(san_text).collect::<Vec<_>>().join(", "),
     };
     Err(Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(mismatch)))))
 }

@@ -64,7 +64,6 @@ fn defaults_and_typed_fields() {
         ],
     }));
     assert_eq!((mes.port(), mes.protocol()), (8080, Protocol::Http2));
-    assert_eq!(mes.protocol().carried(), crate::dataplane::Protocol::Http2);
     let endpoints = mes.endpoints();
     assert_eq!(endpoints[0].ip(), Some("10.0.0.1".parse().unwrap()));
     assert_eq!((endpoints[0].priority(), endpoints[1].priority()), (0, 2));

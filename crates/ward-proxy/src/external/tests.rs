@@ -393,7 +393,7 @@ fn from_proto_checks_every_field() {
     let external = External::from_proto(&good()).unwrap();
     assert_eq!(external.endpoints, [Endpoint { host: "pay.example".into(), port: 443, priority: 0 }]);
     assert_eq!(external.protocol, Protocol::Tcp);
-    assert_eq!(external.tls.as_ref().unwrap().mode, VerifyMode::Secured);
+    assert_eq!(external.tls.as_ref().unwrap().mode, VerificationMode::Secured);
 
     fn tls_of(p: &mut ExternalService) -> &mut ExternalTls {
         p.tls.as_mut().unwrap()
@@ -436,7 +436,7 @@ fn from_proto_checks_every_field() {
         },
         "tls.client_key_pem: ",
     );
-    check(good(), |p| tls_of(p).mode = "Strict".into(), "tls.mode: 'Strict' is not one of");
+    check(good(), |p| tls_of(p).mode = "Strict".into(), "tls.mode: 'Strict': must be one of");
     check(good(), |p| tls_of(p).min_version = "TLS14".into(), "tls.min_version: 'TLS14'");
     check(good(), |p| tls_of(p).max_version = "TLS11".into(), "tls.max_version: 'TLS11'");
     check(
@@ -458,7 +458,7 @@ fn from_proto_checks_every_field() {
         |p| tls_of(p).subject_alt_names.push(ProtoSan { r#type: "Exact".into(), value: "".into() }),
         "tls.subject_alt_names: an entry has no value",
     );
-    check(good(), |p| p.protocol = "udp".into(), "protocol: 'udp' is not one of");
+    check(good(), |p| p.protocol = "udp".into(), "protocol: 'udp': must be one of");
     check(good(), |p| p.port = 70000, "port: 70000 is not a port");
     check(good(), |p| p.virtual_ip = "240.0.0.x".into(), "virtual_ip: '240.0.0.x' is not an IP address");
     check(good(), |p| p.endpoints[0].address = "bad host!".into(), "endpoints[0]: 'bad host!' is neither");
