@@ -590,13 +590,6 @@ impl Mesh {
             warnings
                 .add("skipCreatingInitialPolicies", "Ward creates no default policies for a mesh, so none are skipped");
         }
-        if self.mesh_services_mode() != MeshServicesMode::Disabled {
-            warnings.add(
-                "meshServices.mode",
-                "Ward does not generate MeshServices from kuma.io/service tags: define them; the mode's choice of \
-                 what transparent proxies reach holds",
-            );
-        }
         let Some(mtls) = &self.mtls else { return };
         if mtls.skip_validation == Some(true) {
             warnings.add("mtls.skipValidation", "Ward always checks a provided CA");

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod data_dir;
 pub mod discovery;
 pub mod identity;
+mod mesh_service_generator;
 pub mod provided_files;
 pub mod run;
 pub mod secret_resources;

@@ -104,3 +104,46 @@ async fn a_mesh_service_port_reaches_the_selected_inbounds_that_prove_its_identi
     tokio::task::block_in_place(|| wait_endpoints(client, 1));
     assert_eq!(answered_by(port).await, BTreeSet::from(["intruder".to_string()]));
 }
+
+/// The MeshServices of mesh `lab` as `ward get` lists them: name and whether generated.
+fn listed(cp: &ControlPlane) -> Vec<(String, bool)> {
+    let list: Value = serde_json::from_str(&cp.ward(&["get", "meshservices", "-m", "lab", "-o", "json"]).ok()).unwrap();
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let generated = |item: &Value| item["labels"]["kuma.io/managed-by"] == "meshservice-generator";
+    items.iter().map(|i| (i["name"].as_str().unwrap_or_default().to_string(), generated(i))).collect()
+}
+
+/// Waits (up to 30 s) until `ward get meshservices` lists `want`.
+fn wait_listed(cp: &ControlPlane, want: &[(&str, bool)]) {
+    let want: Vec<(String, bool)> = want.iter().map(|(n, g)| (n.to_string(), *g)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = listed(cp);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "MeshServices {got:?}, not {want:?}, after 30s\n{}", cp.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_mesh_services_mode_has_the_control_plane_generate_one_per_service_tag() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path());
+    cp.apply("type: Mesh\nname: lab\nmeshServices:\n  mode: Everywhere\n");
+    cp.apply(&server("db-1", "db", free_port()));
+    wait_listed(&cp, &[("db", true)]);
+    let shown: Value =
+        serde_json::from_str(&cp.ward(&["get", "meshservice", "db", "-m", "lab", "-o", "json"]).ok()).unwrap();
+    assert_eq!(shown["spec"]["selector"]["dataplaneTags"]["kuma.io/service"], "db", "{shown}");
+    assert_eq!(shown["spec"]["ports"][0]["name"], "main", "named after the inbound: {shown}");
+    assert_eq!(shown["spec"]["ports"][0]["appProtocol"], "http", "{shown}");
+
+    cp.ward(&["delete", "dataplane", "db-1", "-m", "lab"]).ok();
+    wait_listed(&cp, &[]);
+    cp.apply(&server("db-1", "db", free_port()));
+    wait_listed(&cp, &[("db", true)]);
+    cp.apply("type: Mesh\nname: lab\nmeshServices:\n  mode: Disabled\n");
+    wait_listed(&cp, &[]);
+}

@@ -126,6 +126,13 @@ async fn run(
                 deadline.as_mut().reset(tokio::time::Instant::now() + BATCH_WINDOW);
             }
         }
+        // Generated MeshServices follow their dataplanes in every mesh that changed, watched or
+        // not; what they write comes back as one more change, which finds nothing to do.
+        for mesh in &dirty {
+            if let Err(e) = crate::mesh_service_generator::sync(&store, mesh).await {
+                tracing::error!(%mesh, error = %e, "cannot update the generated MeshServices");
+            }
+        }
         let watched = snapshots.watched();
         let meshes: Vec<String> = if everything {
             watched.into_iter().collect()
