@@ -318,11 +318,39 @@ fn the_marketplace_runs_transparently_across_hosts() {
     assert!(direct.is_err(), "plaintext from outside the mesh reached items: {direct:?}");
     assert_eq!(outsider.tcp_read_as(APP_UID, SocketAddr::new(items.host.addr(), SSH_PORT)).as_deref(), Ok("ssh"));
 
-    // Destinations outside the mesh: refused while the Mesh forbids passthrough, reached once it
-    // allows it.
+    // Destinations outside the mesh: refused while the Mesh forbids passthrough (but through a
+    // MeshExternalService), reached once it allows it.
     let outside = SocketAddr::new(outsider.addr(), 9000);
     let refused = invoices.host.tcp_read_as(APP_UID, outside);
     assert!(refused.as_deref() != Ok("outsider"), "passthrough is off, yet: {refused:?}");
+
+    // A MeshExternalService is then the one way out: its name resolves to a virtual IP, and the
+    // proxy of a service a permission lets through carries the connection to the endpoint.
+    let external = format!(
+        "type: MeshExternalService\nmesh: marketplace\nname: outsider\nspec:\n  match: {{port: 9000}}\n  \
+         endpoints:\n  - {{address: {}, port: 9000}}\n---\ntype: MeshTrafficPermission\nmesh: marketplace\n\
+         name: invoices-to-outsider\nspec:\n  targetRef: {{kind: MeshExternalService, name: outsider}}\n  from:\n  \
+         - targetRef: {{kind: MeshService, name: invoices}}\n    default: {{action: Allow}}\n",
+        outsider.addr()
+    );
+    cp.apply(&cp_host, shared.path(), &external);
+    let resolve = |host: &Host<'_>| -> Option<IpAddr> {
+        let found = host.exec_as(APP_UID, Command::new("getent").args(["ahostsv4", "outsider.extsvc.mesh.local"]));
+        stdout(&found).split_whitespace().next()?.parse().ok()
+    };
+    let mut external_vip = None;
+    wait_until("outsider.extsvc.mesh.local resolves", Duration::from_secs(10), || {
+        external_vip = resolve(&invoices.host);
+        external_vip.is_some()
+    });
+    let through_mes = SocketAddr::new(external_vip.unwrap(), 9000);
+    wait_until("invoices reaches the outsider through the MeshExternalService", Duration::from_secs(10), || {
+        invoices.host.tcp_read_as(APP_UID, through_mes).as_deref() == Ok("outsider")
+    });
+    let unpermitted = items.host.tcp_read_as(APP_UID, through_mes);
+    assert!(unpermitted.as_deref() != Ok("outsider"), "items has no permission, yet: {unpermitted:?}");
+    let direct = invoices.host.tcp_read_as(APP_UID, outside);
+    assert!(direct.as_deref() != Ok("outsider"), "the outsider's own address stays closed: {direct:?}");
     let mesh = common::MARKETPLACE.split("---").next().unwrap().replace("passthrough: false", "passthrough: true");
     cp.apply(&cp_host, shared.path(), &mesh);
     wait_until("passthrough reaches the outsider once allowed", Duration::from_secs(10), || {
