@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
@@ -11,6 +12,8 @@ use hyper::body::Incoming;
 use crate::compiled::Route;
 use crate::consumers::Consumers;
 use crate::listener::ConnInfo;
+use crate::plugins::Instance;
+use crate::router::Captures;
 use crate::upstream::Service;
 
 /// Headers Kong sets upstream about the authenticated consumer. Whatever a client sends
@@ -74,6 +77,14 @@ pub(crate) struct Exchange<'a> {
     pub credential: Option<String>,
     /// Headers to set on the response the client gets, whoever makes it.
     pub response_headers: HeaderMap,
+    /// What the route's regex path captured (Kong's `uri_captures`).
+    pub uri_captures: Captures,
+    /// The path the upstream is asked for, when a plugin replaced it (the query is kept).
+    pub upstream_path: Option<String>,
+    /// The Host the upstream gets, when a plugin set it.
+    pub upstream_host: Option<String>,
+    /// Plugins with a response phase, as chosen for this request, in execution order.
+    pub responders: Vec<Arc<Instance>>,
 }
 
 impl Exchange<'_> {

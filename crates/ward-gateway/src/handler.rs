@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::{Body as HttpBody, Incoming};
 use ipnet::IpNet;
 use ward_http::headers::{remove_every_spelling, remove_other_spellings, strip_hop_by_hop};
@@ -136,7 +136,7 @@ pub(crate) async fn handle(
         sni: conn.sni.as_deref(),
         https: conn.https,
     };
-    let Some(found) = gw.router.find(&view) else {
+    let Some(mut found) = gw.router.find(&view) else {
         return Reply::error(StatusCode::NOT_FOUND, "no Route matched with those values").into_response();
     };
     let route = &gw.routes[found.route];
@@ -149,6 +149,8 @@ pub(crate) async fn handle(
     remove_other_spellings(&mut headers, &FORWARDED);
     let client_ip = client_ip(conn.peer.ip(), &headers, trusted);
     let service = route.service.map(|s| &gw.services[s]);
+    // The response phase needs the client's method, whatever a plugin sends upstream.
+    let head = parts.method == Method::HEAD;
     let mut ex = Exchange {
         method: parts.method,
         headers,
@@ -165,19 +167,24 @@ pub(crate) async fn handle(
         consumer: None,
         credential: None,
         response_headers: HeaderMap::new(),
+        uri_captures: std::mem::take(&mut found.captures),
+        upstream_path: None,
+        upstream_host: None,
+        responders: Vec::new(),
     };
-    if let Err(reply) = route.chain.run(&mut ex).await {
-        return with_headers(reply.into_response(), ex.response_headers);
-    }
-    let Some(service) = service else {
-        return with_headers(
-            Reply::error(StatusCode::SERVICE_UNAVAILABLE, "no Service found with those values").into_response(),
-            ex.response_headers,
-        );
-    };
+    let outcome = route.chain.run(&mut ex).await;
     let extra = std::mem::take(&mut ex.response_headers);
-    let response = forward(ex, found, service, &authority, trusted).await;
-    with_headers(response, extra)
+    let responders = std::mem::take(&mut ex.responders);
+    let response = match (outcome, service) {
+        (Err(reply), _) => reply.into_response(),
+        (Ok(()), None) => {
+            Reply::error(StatusCode::SERVICE_UNAVAILABLE, "no Service found with those values").into_response()
+        }
+        (Ok(()), Some(service)) => forward(ex, found, service, &authority, trusted).await,
+    };
+    // As Kong's header and body filters: the plugins' response headers first (they all
+    // come before the response phase plugins by priority), then those plugins in order.
+    crate::plugins::respond(&responders, with_headers(response, extra), head).await
 }
 
 /// 426 for an https-only route reached over plain HTTP, or the configured redirect.
@@ -272,7 +279,10 @@ async fn forward(
     trusted: &[IpNet],
 ) -> Response<Body> {
     let route = ex.route;
-    let upstream_path = upstream_path(service.path.as_deref(), &ex.path, found.matched_len, route.strip_path);
+    let upstream_path = match ex.upstream_path.take() {
+        Some(replaced) => replaced,
+        None => upstream_path(service.path.as_deref(), &ex.path, found.matched_len, route.strip_path),
+    };
     let path_and_query = match &ex.query {
         Some(q) => format!("{upstream_path}?{q}"),
         None => upstream_path,
@@ -287,7 +297,7 @@ async fn forward(
         RequestBody::Stream(s) if s.is_end_stream() => OutgoingBody::Replayable(Bytes::new()),
         RequestBody::Stream(s) => OutgoingBody::Stream(s),
     };
-    let preserved_host = route.preserve_host.then(|| authority.to_string());
+    let preserved_host = ex.upstream_host.take().or_else(|| route.preserve_host.then(|| authority.to_string()));
     let outgoing = Outgoing { method: ex.method, path_and_query, headers: ex.headers, body, preserved_host };
     match call(service, outgoing, hash).await {
         Ok(response) => {

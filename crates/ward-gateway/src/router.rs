@@ -129,13 +129,35 @@ pub(crate) struct RequestView<'a> {
     pub https: bool,
 }
 
+/// The groups a regex path captured, Kong's `uri_captures`: by number (0 is the whole match)
+/// and by name. Empty, as in Kong, unless the matching path is a regex with at least one group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Captures {
+    /// Every group by number; `None` for a group that took no part in the match.
+    pub numbered: Vec<Option<String>>,
+    /// The named groups, in the order of the pattern.
+    pub named: Vec<(String, Option<String>)>,
+}
+
+impl Captures {
+    fn of(regex: &Regex, caps: &regex::Captures<'_>) -> Self {
+        let text = |m: Option<regex::Match<'_>>| m.map(|m| m.as_str().to_string());
+        Captures {
+            numbered: caps.iter().map(text).collect(),
+            named: regex.capture_names().flatten().map(|n| (n.to_string(), text(caps.name(n)))).collect(),
+        }
+    }
+}
+
 /// The route a request matched and how much of its path the match covered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Found {
     /// Index of the route.
     pub route: usize,
     /// Length of the matched path prefix (or regex match), 0 when the route has no path.
     pub matched_len: usize,
+    /// What a regex path captured.
+    pub captures: Captures,
 }
 
 /// All routes of a configuration, ordered by priority.
@@ -330,17 +352,22 @@ impl Matcher {
                 return None;
             }
         }
-        let matched_len = match &self.path {
-            None => 0,
+        let (matched_len, captures) = match &self.path {
+            None => (0, Captures::default()),
             Some(PathPattern::Prefix(p)) => {
                 if !req.path.starts_with(p.as_str()) {
                     return None;
                 }
-                p.len()
+                (p.len(), Captures::default())
             }
-            Some(PathPattern::Regex(r)) => r.find(req.path)?.end(),
+            // Groups are read only when there are some: Kong has no captures otherwise.
+            Some(PathPattern::Regex(r)) if r.captures_len() > 1 => {
+                let caps = r.captures(req.path)?;
+                (caps.get_match().end(), Captures::of(r, &caps))
+            }
+            Some(PathPattern::Regex(r)) => (r.find(req.path)?.end(), Captures::default()),
         };
-        Some(Found { route: self.route, matched_len })
+        Some(Found { route: self.route, matched_len, captures })
     }
 }
 
@@ -430,6 +457,32 @@ mod tests {
         for (method, host, path, headers, want) in table {
             assert_eq!(find(&r, method, host, path, headers), *want, "{method} {host}{path} {headers:?}");
         }
+    }
+
+    #[test]
+    fn regex_paths_capture_their_groups_as_kong_does() {
+        let r = router(&[
+            R { paths: &["~/users/(?P<user>\\w+)/items/(\\d+)"], ..NONE },
+            R { paths: &["~/plain/\\d+"], ..NONE },
+            R { paths: &["~/opt/(x)?(?<rest>y.*)"], ..NONE },
+            R { paths: &["/prefix"], ..NONE },
+        ]);
+        let captures = |path: &str| {
+            let (method, map) = (Method::GET, HeaderMap::new());
+            let view =
+                RequestView { method: &method, host: "a", port: 80, path, headers: &map, sni: None, https: false };
+            r.find(&view).map(|f| f.captures)
+        };
+        let s = |v: &str| Some(v.to_string());
+        let users = captures("/users/ann/items/42/more").unwrap();
+        assert_eq!(users.numbered, vec![s("/users/ann/items/42"), s("ann"), s("42")]);
+        assert_eq!(users.named, vec![("user".to_string(), s("ann"))]);
+        // No group: no captures at all, not even the whole match (Kong's `uri_captures` is empty).
+        assert_eq!(captures("/plain/7").unwrap(), Captures::default());
+        let optional = captures("/opt/yz").unwrap();
+        assert_eq!(optional.numbered, vec![s("/opt/yz"), None, s("yz")]);
+        assert_eq!(optional.named, vec![("rest".to_string(), s("yz"))]);
+        assert_eq!(captures("/prefix/a").unwrap(), Captures::default());
     }
 
     #[test]

@@ -16,12 +16,10 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Compile, Plugin, already_authenticated, conclude};
+use super::{BODY_LIMIT, Compile, Plugin, already_authenticated, conclude};
 use crate::exchange::{BodyError, Exchange};
 use crate::reply::Reply;
 
-/// Largest body read to check its digest.
-const BODY_LIMIT: usize = 8 << 20;
 const NOT_VALID: &str = "HMAC signature cannot be verified";
 const NOT_SAME: &str = "HMAC signature does not match";
 const NO_DATE: &str =

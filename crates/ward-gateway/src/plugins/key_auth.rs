@@ -7,13 +7,10 @@ use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Compile, Plugin, already_authenticated, conclude};
+use super::{BODY_LIMIT, Compile, Plugin, already_authenticated, conclude};
 use crate::consumers::credentials;
 use crate::exchange::{BodyError, Exchange};
 use crate::reply::Reply;
-
-/// Largest body read to look for a key in it.
-const BODY_LIMIT: usize = 8 << 20;
 
 fn apikey() -> Vec<String> {
     vec!["apikey".into()]

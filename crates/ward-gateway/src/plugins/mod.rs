@@ -21,10 +21,14 @@ pub(crate) mod mtls_auth;
 pub(crate) mod rate_limiting;
 pub(crate) mod request_size_limiting;
 pub(crate) mod request_termination;
+pub(crate) mod request_transformer;
+pub(crate) mod response_transformer;
+pub(crate) mod transformer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::Response;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -32,7 +36,7 @@ use crate::config::Declaration;
 use crate::consumers::Consumers;
 use crate::error::ConfigErrors;
 use crate::exchange::Exchange;
-use crate::reply::Reply;
+use crate::reply::{Body, Reply};
 use crate::runtime::Shared;
 use crate::tls::CaStore;
 
@@ -50,8 +54,14 @@ pub(crate) enum Plugin {
     RequestSizeLimiting(request_size_limiting::RequestSizeLimiting),
     Acl(acl::Acl),
     RateLimiting(rate_limiting::RateLimiting),
+    RequestTransformer(request_transformer::RequestTransformer),
+    ResponseTransformer(response_transformer::ResponseTransformer),
     RequestTermination(request_termination::RequestTermination),
 }
+
+/// The most of a body a plugin reads into memory (key-auth and hmac-auth reading a body,
+/// request-transformer and response-transformer rewriting one).
+pub(crate) const BODY_LIMIT: usize = 8 << 20;
 
 impl Plugin {
     async fn access(&self, ex: &mut Exchange<'_>) -> Result<(), Reply> {
@@ -71,8 +81,15 @@ impl Plugin {
             Plugin::RequestSizeLimiting(p) => p.access(ex).await,
             Plugin::Acl(p) => p.access(ex),
             Plugin::RateLimiting(p) => p.access(ex).await,
+            Plugin::RequestTransformer(p) => p.access(ex).await,
+            Plugin::ResponseTransformer(_) => Ok(()),
             Plugin::RequestTermination(p) => p.access(ex).await,
         }
+    }
+
+    /// Whether the plugin acts on the response too.
+    fn responds(&self) -> bool {
+        matches!(self, Plugin::ResponseTransformer(_))
     }
 }
 
@@ -126,7 +143,7 @@ struct Kind {
 }
 
 /// Every plugin Ward has, as Kong orders them.
-const KINDS: [Kind; 13] = [
+const KINDS: [Kind; 15] = [
     Kind { name: "correlation-id", priority: 100_001, consumer_scoped: false, compile: correlation_id::compile },
     Kind { name: "bot-detection", priority: 2500, consumer_scoped: false, compile: bot_detection::compile },
     Kind { name: "cors", priority: 2000, consumer_scoped: false, compile: cors::compile },
@@ -144,6 +161,8 @@ const KINDS: [Kind; 13] = [
     },
     Kind { name: "acl", priority: 950, consumer_scoped: false, compile: acl::compile },
     Kind { name: "rate-limiting", priority: 910, consumer_scoped: true, compile: rate_limiting::compile },
+    Kind { name: "request-transformer", priority: 801, consumer_scoped: true, compile: request_transformer::compile },
+    Kind { name: "response-transformer", priority: 800, consumer_scoped: true, compile: response_transformer::compile },
     Kind { name: "request-termination", priority: 2, consumer_scoped: true, compile: request_termination::compile },
 ];
 
@@ -313,8 +332,11 @@ impl Plugins {
 }
 
 impl Chain {
-    /// Runs the chain's access phase; a plugin that rejects the request ends it.
+    /// Runs the chain's access phase; a plugin that rejects the request ends it. As Kong's
+    /// collecting iterator does, the configurations after a rejection are still chosen, and
+    /// those with a response phase are kept in `ex.responders`: they act on the rejection.
     pub async fn run(&self, ex: &mut Exchange<'_>) -> Result<(), Reply> {
+        let mut outcome = Ok(());
         for slot in &self.slots {
             let for_consumer = ex.consumer.and_then(|c| slot.by_consumer.get(&c));
             let chosen = match (for_consumer, &slot.base) {
@@ -330,12 +352,29 @@ impl Chain {
                 (None, None) => continue,
             };
             let instance = &chosen.1;
-            if if ex.conn.https { instance.https } else { instance.http } {
-                instance.plugin.access(ex).await?;
+            if !(if ex.conn.https { instance.https } else { instance.http }) {
+                continue;
+            }
+            if instance.plugin.responds() {
+                ex.responders.push(instance.clone());
+            }
+            if outcome.is_ok() {
+                outcome = instance.plugin.access(ex).await;
             }
         }
-        Ok(())
+        outcome
     }
+}
+
+/// Runs the response phase of the plugins `Chain::run` kept, in order, on whatever response
+/// the client gets; `head` says the client asked with HEAD (the response has no body).
+pub(crate) async fn respond(responders: &[Arc<Instance>], mut response: Response<Body>, head: bool) -> Response<Body> {
+    for instance in responders {
+        if let Plugin::ResponseTransformer(p) = &instance.plugin {
+            response = p.respond(response, head).await;
+        }
+    }
+    response
 }
 
 /// Kong's "logical OR" between authentication plugins: with `anonymous` set, a request

@@ -29,7 +29,8 @@ pub(crate) struct Outgoing {
     /// Hop-by-hop headers already removed.
     pub headers: HeaderMap,
     pub body: OutgoingBody,
-    /// The client's Host, when the route preserves it.
+    /// The Host to send instead of the target's: the client's when the route preserves it,
+    /// or the one a plugin set (request-transformer's `replace.headers` `host`).
     pub preserved_host: Option<String>,
 }
 
