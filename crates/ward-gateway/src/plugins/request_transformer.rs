@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::transformer::multipart::{self, Multipart};
 use super::transformer::template::{Env, Origin, Source, Template};
-use super::transformer::{Pairs, appended, header_name, items, rename_member, truthy};
+use super::transformer::{Pairs, appended, header_name, items, rename_headers, rename_member, truthy};
 use super::{BODY_LIMIT, Compile, Plugin};
 use crate::exchange::{BodyError, Exchange};
 use crate::reply::Reply;
@@ -366,18 +366,7 @@ impl RequestTransformer {
         for name in &ops.remove {
             h.remove(name);
         }
-        // Names are compared without case: a rename that only changes case changes nothing.
-        for (old, new) in ops.rename.iter().filter(|(old, new)| old != new) {
-            let values: Vec<HeaderValue> = h.get_all(old).iter().cloned().collect();
-            if values.is_empty() {
-                continue;
-            }
-            h.remove(old);
-            h.remove(new);
-            for v in values {
-                h.append(new.clone(), v);
-            }
-        }
+        rename_headers(h, &ops.rename);
         // As nginx does, an empty value removes a header, and is never added.
         for (name, t) in &ops.replace {
             let value = t.render(env);
@@ -685,6 +674,7 @@ mod tests {
             upstream_path: None,
             upstream_host: None,
             responders: Vec::new(),
+            session: Default::default(),
         };
         let outcome = plugin.access(&mut ex).await;
         let body = match &ex.body {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Number, Value};
 
 use super::transformer::{
-    Bounded, appended, header_name, is_json_media_type, items, read_bounded, rename_member, truthy,
+    Bounded, appended, header_name, is_json_media_type, items, read_bounded, rename_headers, rename_member, truthy,
 };
 use super::{BODY_LIMIT, Compile, Plugin};
 use crate::reply::Body;
@@ -261,17 +261,7 @@ impl ResponseTransformer {
         for name in &self.remove_headers {
             h.remove(name);
         }
-        for (old, new) in self.rename_headers.iter().filter(|(old, new)| old != new) {
-            let values: Vec<HeaderValue> = h.get_all(old).iter().cloned().collect();
-            if values.is_empty() {
-                continue;
-            }
-            h.remove(old);
-            h.remove(new);
-            for v in values {
-                h.append(new.clone(), v);
-            }
-        }
+        rename_headers(h, &self.rename_headers);
         for (name, value) in &self.replace_headers {
             if h.contains_key(name) {
                 h.insert(name.clone(), value.clone());

@@ -79,6 +79,22 @@ pub(crate) fn appended(before: Option<Value>, value: Value) -> Value {
     }
 }
 
+/// Renames each header `old` of `renames` to `new`, keeping its values in order (a name the
+/// message lacks is skipped; one renamed to itself is left alone, since names compare without case).
+pub(crate) fn rename_headers(headers: &mut http::HeaderMap, renames: &[(HeaderName, HeaderName)]) {
+    for (old, new) in renames.iter().filter(|(old, new)| old != new) {
+        let values: Vec<http::HeaderValue> = headers.get_all(old).iter().cloned().collect();
+        if values.is_empty() {
+            continue;
+        }
+        headers.remove(old);
+        headers.remove(new);
+        for v in values {
+            headers.append(new.clone(), v);
+        }
+    }
+}
+
 /// Renames member `old` to `new` (replacing a member `new`), as Kong does; false when there
 /// was nothing to rename (or no new name).
 pub(crate) fn rename_member(object: &mut serde_json::Map<String, Value>, old: &str, new: &str) -> bool {
