@@ -12,7 +12,8 @@ use hyper::body::Incoming;
 use crate::compiled::Route;
 use crate::consumers::Consumers;
 use crate::listener::ConnInfo;
-use crate::plugins::Instance;
+use crate::plugins::session::Pending;
+use crate::plugins::{AccessState, Instance};
 use crate::router::Captures;
 use crate::upstream::Service;
 
@@ -85,6 +86,8 @@ pub(crate) struct Exchange<'a> {
     pub upstream_host: Option<String>,
     /// Plugins with a response phase, as chosen for this request, in execution order.
     pub responders: Vec<Arc<Instance>>,
+    /// What the session plugin leaves to its response phase.
+    pub session: Pending,
 }
 
 impl Exchange<'_> {
@@ -142,6 +145,19 @@ impl Exchange<'_> {
         set_or_clear(&mut self.headers, h::ANONYMOUS, credential.is_none().then_some("true"));
         self.consumer = Some(consumer);
         self.credential = credential;
+    }
+}
+
+impl<'a> Exchange<'a> {
+    /// What the response phase needs once the access phase is over (the session's part is
+    /// taken out of the exchange).
+    pub fn access_state(&mut self) -> AccessState<'a> {
+        AccessState {
+            consumers: self.consumers,
+            consumer: self.consumer,
+            credential: self.credential.clone(),
+            session: std::mem::take(&mut self.session),
+        }
     }
 }
 

@@ -171,10 +171,12 @@ pub(crate) async fn handle(
         upstream_path: None,
         upstream_host: None,
         responders: Vec::new(),
+        session: Default::default(),
     };
     let outcome = route.chain.run(&mut ex).await;
     let extra = std::mem::take(&mut ex.response_headers);
     let responders = std::mem::take(&mut ex.responders);
+    let mut state = ex.access_state();
     let response = match (outcome, service) {
         (Err(reply), _) => reply.into_response(),
         (Ok(()), None) => {
@@ -184,7 +186,7 @@ pub(crate) async fn handle(
     };
     // As Kong's header and body filters: the plugins' response headers first (they all
     // come before the response phase plugins by priority), then those plugins in order.
-    crate::plugins::respond(&responders, with_headers(response, extra), head).await
+    crate::plugins::respond(&responders, with_headers(response, extra), head, &mut state).await
 }
 
 /// 426 for an https-only route reached over plain HTTP, or the configured redirect.
@@ -204,7 +206,7 @@ fn upgrade_to_https(route: &Route, authority: &str, uri: &http::Uri) -> Response
 }
 
 /// Adds the plugins' response headers (Vary is appended, the others replace).
-fn with_headers(mut response: Response<Body>, extra: HeaderMap) -> Response<Body> {
+pub(crate) fn with_headers(mut response: Response<Body>, extra: HeaderMap) -> Response<Body> {
     let headers = response.headers_mut();
     let mut last = None;
     for (name, value) in extra {

@@ -12,7 +12,8 @@ use crate::error::ConfigErrors;
 use crate::plugins::rate_limiting;
 
 /// State that outlives configurations: rate-limiting counters, Redis connections, the
-/// correlation-id counter, and the gateway's membership of a mesh.
+/// correlation-id counter, the gateway's membership of a mesh, and the default secret of
+/// sessions (so that a reload keeps them valid).
 #[derive(Default)]
 pub(crate) struct Shared {
     pub local_counters: Arc<rate_limiting::LocalCounters>,
@@ -21,6 +22,8 @@ pub(crate) struct Shared {
     pub request_ids: Arc<crate::plugins::correlation_id::Counter>,
     /// Set when the gateway joined a mesh: services with `host: <service>.mesh` go through it.
     pub mesh: Option<Arc<ward_proxy::member::Member>>,
+    /// The secret of session plugins without one, and the clock sessions are measured by.
+    pub sessions: crate::plugins::session::Defaults,
 }
 
 /// Counters the status endpoint reports.

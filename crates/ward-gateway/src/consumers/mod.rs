@@ -30,6 +30,8 @@ pub(crate) struct Consumers {
     pub hmac: HashMap<String, HmacCredential>,
     /// JWT secrets by key (the `iss` claim by default).
     pub jwt: HashMap<String, JwtSecret>,
+    /// key-auth credentials' consumers by credential id.
+    key_ids: HashMap<String, usize>,
     by_id: HashMap<String, usize>,
     by_username: HashMap<String, usize>,
     by_custom_id: HashMap<String, usize>,
@@ -72,6 +74,7 @@ impl Consumers {
                 errors.add(format!("{}.key", e.path), "must not be empty");
                 continue;
             }
+            c.key_ids.insert(e.id.clone(), consumer);
             let credential = KeyCredential { consumer, id: e.id.clone() };
             if c.keys.insert(credentials::key_digest(&key), credential).is_some() {
                 errors.add(format!("{}.key", e.path), "is the key of another credential");
@@ -109,6 +112,25 @@ impl Consumers {
     /// The consumer with this id or username (how `anonymous` names one).
     pub fn find(&self, id_or_username: &str) -> Option<usize> {
         self.by_id.get(id_or_username).or_else(|| self.by_username.get(id_or_username)).copied()
+    }
+
+    /// The consumer with this id.
+    pub fn by_id(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Whether `consumer` still has the credential an authentication plugin identified it
+    /// by (what `X-Credential-Identifier` carries): a key-auth credential's id, a basic-auth
+    /// or hmac-auth username, a JWT secret's key, or, for mtls-auth, the certificate name
+    /// that matched its username or custom_id.
+    pub fn holds(&self, consumer: usize, credential: &str) -> bool {
+        let c = &self.list[consumer];
+        self.key_ids.get(credential) == Some(&consumer)
+            || self.basic.get(credential).is_some_and(|b| b.consumer == consumer)
+            || self.hmac.get(credential).is_some_and(|h| h.consumer == consumer)
+            || self.jwt.get(credential).is_some_and(|j| j.consumer == consumer)
+            || c.username.as_deref() == Some(credential)
+            || c.custom_id.as_deref() == Some(credential)
     }
 
     /// The consumer with this username.

@@ -23,6 +23,7 @@ pub(crate) mod request_size_limiting;
 pub(crate) mod request_termination;
 pub(crate) mod request_transformer;
 pub(crate) mod response_transformer;
+pub(crate) mod session;
 pub(crate) mod transformer;
 
 use std::collections::HashMap;
@@ -57,6 +58,7 @@ pub(crate) enum Plugin {
     RequestTransformer(request_transformer::RequestTransformer),
     ResponseTransformer(response_transformer::ResponseTransformer),
     RequestTermination(request_termination::RequestTermination),
+    Session(session::Session),
 }
 
 /// The most of a body a plugin reads into memory (key-auth and hmac-auth reading a body,
@@ -84,12 +86,13 @@ impl Plugin {
             Plugin::RequestTransformer(p) => p.access(ex).await,
             Plugin::ResponseTransformer(_) => Ok(()),
             Plugin::RequestTermination(p) => p.access(ex).await,
+            Plugin::Session(p) => p.access(ex).await,
         }
     }
 
     /// Whether the plugin acts on the response too.
     fn responds(&self) -> bool {
-        matches!(self, Plugin::ResponseTransformer(_))
+        matches!(self, Plugin::ResponseTransformer(_) | Plugin::Session(_))
     }
 }
 
@@ -143,10 +146,11 @@ struct Kind {
 }
 
 /// Every plugin Ward has, as Kong orders them.
-const KINDS: [Kind; 15] = [
+const KINDS: [Kind; 16] = [
     Kind { name: "correlation-id", priority: 100_001, consumer_scoped: false, compile: correlation_id::compile },
     Kind { name: "bot-detection", priority: 2500, consumer_scoped: false, compile: bot_detection::compile },
     Kind { name: "cors", priority: 2000, consumer_scoped: false, compile: cors::compile },
+    Kind { name: "session", priority: 1900, consumer_scoped: false, compile: session::compile },
     Kind { name: "mtls-auth", priority: 1600, consumer_scoped: false, compile: mtls_auth::compile },
     Kind { name: "jwt", priority: 1450, consumer_scoped: false, compile: jwt::compile },
     Kind { name: "key-auth", priority: 1250, consumer_scoped: false, compile: key_auth::compile },
@@ -366,13 +370,32 @@ impl Chain {
     }
 }
 
+/// What the access phase leaves to the response phase: who was authenticated, by which
+/// credential, and what the session plugin has to finish.
+pub(crate) struct AccessState<'a> {
+    pub consumers: &'a Consumers,
+    /// The authenticated (or anonymous) consumer.
+    pub consumer: Option<usize>,
+    /// The credential that authenticated it; none for an anonymous one.
+    pub credential: Option<String>,
+    /// The session plugin's part.
+    pub session: session::Pending,
+}
+
 /// Runs the response phase of the plugins `Chain::run` kept, in order, on whatever response
 /// the client gets; `head` says the client asked with HEAD (the response has no body).
-pub(crate) async fn respond(responders: &[Arc<Instance>], mut response: Response<Body>, head: bool) -> Response<Body> {
+pub(crate) async fn respond(
+    responders: &[Arc<Instance>],
+    mut response: Response<Body>,
+    head: bool,
+    state: &mut AccessState<'_>,
+) -> Response<Body> {
     for instance in responders {
-        if let Plugin::ResponseTransformer(p) = &instance.plugin {
-            response = p.respond(response, head).await;
-        }
+        response = match &instance.plugin {
+            Plugin::ResponseTransformer(p) => p.respond(response, head).await,
+            Plugin::Session(p) => p.respond(response, state),
+            _ => response,
+        };
     }
     response
 }
