@@ -1,12 +1,12 @@
-//! The admin listener (127.0.0.1:8001 by default): status, and the configuration in force,
-//! which `POST /config` replaces after validating it whole.
+//! The admin listener (127.0.0.1:8001 by default): status, Prometheus metrics (`/metrics`),
+//! and the configuration in force, which `POST /config` replaces after validating it whole.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -58,10 +58,39 @@ async fn handle(runtime: &Runtime, request: Request<Incoming>) -> Response<Body>
             Reply::json(StatusCode::OK, &json!({ "config": gw.source, "configuration_hash": gw.hash }))
         }
         (Method::POST, "/config") => post_config(runtime, request).await,
-        (_, "" | "/status" | "/status/ready" | "/config") => Reply::status(StatusCode::METHOD_NOT_ALLOWED),
+        (Method::GET, "/metrics") => metrics(runtime, request.headers()),
+        (_, "" | "/status" | "/status/ready" | "/config" | "/metrics") => Reply::status(StatusCode::METHOD_NOT_ALLOWED),
         _ => Reply::status(StatusCode::NOT_FOUND),
     }
     .into_response()
+}
+
+/// The prometheus plugin's metrics and the node's figures. The text is OpenMetrics, which the
+/// Prometheus text format reads too: it says so to a scraper that accepts OpenMetrics, and is
+/// plain text (as Kong's) to the others.
+fn metrics(runtime: &Runtime, headers: &http::HeaderMap) -> Reply {
+    use crate::plugins::prometheus::{Node, exposition};
+    let s = &runtime.stats;
+    let gw = runtime.current();
+    let node = Node {
+        connections_accepted: s.connections_accepted.load(Ordering::Relaxed),
+        connections_active: s.connections_active.load(Ordering::Relaxed),
+        total_requests: s.total_requests.load(Ordering::Relaxed),
+        enabled: gw.prometheus,
+        health: gw.upstream_health_metrics.then(|| gw.target_health()),
+    };
+    let text = exposition(runtime.metrics(), &node);
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("application/openmetrics-text"));
+    let content_type = HeaderValue::from_static(if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    });
+    Reply::raw(StatusCode::OK, Some(content_type), Bytes::from(text))
 }
 
 fn status(runtime: &Runtime) -> Reply {

@@ -41,6 +41,12 @@ pub(crate) struct Gateway {
     pub consumers: Consumers,
     pub tls: Arc<rustls::ServerConfig>,
     balancers: Vec<Arc<Balancer>>,
+    /// Whether a prometheus plugin is configured.
+    pub prometheus: bool,
+    /// Where prometheus plugins record (shared by every configuration).
+    pub metrics: Arc<crate::plugins::prometheus::Metrics>,
+    /// Whether a prometheus plugin asks for the upstream targets' health.
+    pub upstream_health_metrics: bool,
     /// Stops this configuration's active health checks when it is dropped.
     _probes: DropGuard,
     probes: CancellationToken,
@@ -53,6 +59,13 @@ impl Gateway {
         for b in &self.balancers {
             b.start_probes(&self.probes);
         }
+    }
+
+    /// `(upstream, target, address, state)` of every target of every upstream, in Kong's states.
+    pub fn target_health(&self) -> Vec<(String, String, String, &'static str)> {
+        let mut all: Vec<_> = self.balancers.iter().flat_map(|b| b.health_report()).collect();
+        all.sort();
+        all
     }
 }
 
@@ -130,6 +143,9 @@ pub(crate) fn compile(text: &str, shared: &Shared) -> Result<Gateway, ConfigErro
         consumers,
         tls,
         balancers: balancers.into_values().collect(),
+        prometheus: plugins.prometheus,
+        metrics: shared.metrics.clone(),
+        upstream_health_metrics: plugins.upstream_health_metrics,
         _probes: probes.clone().drop_guard(),
         probes,
     })

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
@@ -110,6 +111,7 @@ pub(crate) async fn handle(
     conn: &ConnInfo,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let started = Instant::now();
     let (parts, body) = request.into_parts();
     let h = &parts.headers;
     // Framing is the HTTP/1 parser's: it refuses differing Content-Lengths and a
@@ -177,16 +179,31 @@ pub(crate) async fn handle(
     let extra = std::mem::take(&mut ex.response_headers);
     let responders = std::mem::take(&mut ex.responders);
     let mut state = ex.access_state();
-    let response = match (outcome, service) {
-        (Err(reply), _) => reply.into_response(),
+    let (response, upstream) = match (outcome, service) {
+        (Err(reply), _) => (reply.into_response(), None),
         (Ok(()), None) => {
-            Reply::error(StatusCode::SERVICE_UNAVAILABLE, "no Service found with those values").into_response()
+            (Reply::error(StatusCode::SERVICE_UNAVAILABLE, "no Service found with those values").into_response(), None)
         }
         (Ok(()), Some(service)) => forward(ex, found, service, &authority, trusted).await,
     };
     // As Kong's header and body filters: the plugins' response headers first (they all
     // come before the response phase plugins by priority), then those plugins in order.
-    crate::plugins::respond(&responders, with_headers(response, extra), head, &mut state).await
+    let response = crate::plugins::respond(&responders, with_headers(response, extra), head, &mut state).await;
+    if let Some(conf) = crate::plugins::prometheus(&responders) {
+        let finished = crate::plugins::prometheus::Finished {
+            service,
+            route_name: route.name.as_deref(),
+            route_id: &route.id,
+            status: response.status().as_u16(),
+            from_service: upstream.is_some(),
+            consumers: &gw.consumers,
+            consumer: state.consumer,
+            total: started.elapsed(),
+            upstream,
+        };
+        gw.metrics.record(conf, &finished);
+    }
+    response
 }
 
 /// 426 for an https-only route reached over plain HTTP, or the configured redirect.
@@ -272,14 +289,15 @@ fn forwarded_headers(ex: &mut Exchange<'_>, trusted: &[IpNet], host: &str, prefi
 }
 
 /// Sends the request to the service, and the client gets its response without hop-by-hop
-/// headers, or Kong's error when the upstream call fails.
+/// headers, or Kong's error when the upstream call fails; with the response of the upstream
+/// comes how long it took to arrive.
 async fn forward(
     mut ex: Exchange<'_>,
     found: Found,
     service: &Service,
     authority: &str,
     trusted: &[IpNet],
-) -> Response<Body> {
+) -> (Response<Body>, Option<Duration>) {
     let route = ex.route;
     let upstream_path = match ex.upstream_path.take() {
         Some(replaced) => replaced,
@@ -301,14 +319,16 @@ async fn forward(
     };
     let preserved_host = ex.upstream_host.take().or_else(|| route.preserve_host.then(|| authority.to_string()));
     let outgoing = Outgoing { method: ex.method, path_and_query, headers: ex.headers, body, preserved_host };
+    let sent = Instant::now();
     match call(service, outgoing, hash).await {
         Ok(response) => {
+            let waited = sent.elapsed();
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
             parts.version = Version::HTTP_11;
-            Response::from_parts(parts, body)
+            (Response::from_parts(parts, body), Some(waited))
         }
-        Err(e) => e.reply().into_response(),
+        Err(e) => (e.reply().into_response(), None),
     }
 }
 

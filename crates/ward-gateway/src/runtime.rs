@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub mesh: Option<Arc<ward_proxy::member::Member>>,
     /// The secret of session plugins without one, and the clock sessions are measured by.
     pub sessions: crate::plugins::session::Defaults,
+    /// The prometheus plugin's per-request metrics (kept across reloads, as Kong keeps them).
+    pub metrics: Arc<crate::plugins::prometheus::Metrics>,
 }
 
 /// Counters the status endpoint reports.
@@ -61,6 +63,11 @@ impl Runtime {
             reloading: tokio::sync::Mutex::new(()),
             stats: Stats::default(),
         })
+    }
+
+    /// The prometheus plugin's per-request metrics.
+    pub fn metrics(&self) -> &crate::plugins::prometheus::Metrics {
+        &self.shared.metrics
     }
 
     /// The mesh the gateway joined, if any.

@@ -18,6 +18,7 @@ pub(crate) mod ip_restriction;
 pub(crate) mod jwt;
 pub(crate) mod key_auth;
 pub(crate) mod mtls_auth;
+pub(crate) mod prometheus;
 pub(crate) mod rate_limiting;
 pub(crate) mod request_size_limiting;
 pub(crate) mod request_termination;
@@ -57,6 +58,7 @@ pub(crate) enum Plugin {
     RateLimiting(rate_limiting::RateLimiting),
     RequestTransformer(request_transformer::RequestTransformer),
     ResponseTransformer(response_transformer::ResponseTransformer),
+    Prometheus(prometheus::Prometheus),
     RequestTermination(request_termination::RequestTermination),
     Session(session::Session),
 }
@@ -84,15 +86,15 @@ impl Plugin {
             Plugin::Acl(p) => p.access(ex),
             Plugin::RateLimiting(p) => p.access(ex).await,
             Plugin::RequestTransformer(p) => p.access(ex).await,
-            Plugin::ResponseTransformer(_) => Ok(()),
+            Plugin::ResponseTransformer(_) | Plugin::Prometheus(_) => Ok(()),
             Plugin::RequestTermination(p) => p.access(ex).await,
             Plugin::Session(p) => p.access(ex).await,
         }
     }
 
-    /// Whether the plugin acts on the response too.
+    /// Whether the plugin acts on the response too (prometheus records it).
     fn responds(&self) -> bool {
-        matches!(self, Plugin::ResponseTransformer(_) | Plugin::Session(_))
+        matches!(self, Plugin::ResponseTransformer(_) | Plugin::Session(_) | Plugin::Prometheus(_))
     }
 }
 
@@ -146,7 +148,7 @@ struct Kind {
 }
 
 /// Every plugin Ward has, as Kong orders them.
-const KINDS: [Kind; 16] = [
+const KINDS: [Kind; 17] = [
     Kind { name: "correlation-id", priority: 100_001, consumer_scoped: false, compile: correlation_id::compile },
     Kind { name: "bot-detection", priority: 2500, consumer_scoped: false, compile: bot_detection::compile },
     Kind { name: "cors", priority: 2000, consumer_scoped: false, compile: cors::compile },
@@ -167,6 +169,7 @@ const KINDS: [Kind; 16] = [
     Kind { name: "rate-limiting", priority: 910, consumer_scoped: true, compile: rate_limiting::compile },
     Kind { name: "request-transformer", priority: 801, consumer_scoped: true, compile: request_transformer::compile },
     Kind { name: "response-transformer", priority: 800, consumer_scoped: true, compile: response_transformer::compile },
+    Kind { name: "prometheus", priority: 13, consumer_scoped: true, compile: prometheus::compile },
     Kind { name: "request-termination", priority: 2, consumer_scoped: true, compile: request_termination::compile },
 ];
 
@@ -191,6 +194,10 @@ pub(crate) struct Plugins {
     attached: Vec<Attached>,
     /// Whether any mtls-auth plugin is configured (then every TLS handshake asks for a client certificate).
     pub wants_client_certificates: bool,
+    /// Whether any prometheus plugin is configured (then `/metrics` has the per-request metrics).
+    pub prometheus: bool,
+    /// Whether any prometheus plugin asks for `kong_upstream_target_health` (Kong: a node-wide switch).
+    pub upstream_health_metrics: bool,
 }
 
 /// Compiles every plugin entity; problems go to `errors` under the plugin's path.
@@ -261,7 +268,10 @@ pub(crate) fn compile_all(
         });
     }
     let wants_client_certificates = attached.iter().any(|a| matches!(a.instance.plugin, Plugin::MtlsAuth(_)));
-    Plugins { attached, wants_client_certificates }
+    let prometheus = attached.iter().any(|a| matches!(a.instance.plugin, Plugin::Prometheus(_)));
+    let upstream_health_metrics =
+        attached.iter().any(|a| matches!(&a.instance.plugin, Plugin::Prometheus(p) if p.upstream_health_metrics));
+    Plugins { attached, wants_client_certificates, prometheus, upstream_health_metrics }
 }
 
 /// One plugin name in a route's chain: each configuration with its precedence (lower wins).
@@ -380,6 +390,14 @@ pub(crate) struct AccessState<'a> {
     pub credential: Option<String>,
     /// The session plugin's part.
     pub session: session::Pending,
+}
+
+/// The prometheus configuration chosen for a request, if any.
+pub(crate) fn prometheus(responders: &[Arc<Instance>]) -> Option<&prometheus::Prometheus> {
+    responders.iter().find_map(|i| match &i.plugin {
+        Plugin::Prometheus(p) => Some(p),
+        _ => None,
+    })
 }
 
 /// Runs the response phase of the plugins `Chain::run` kept, in order, on whatever response

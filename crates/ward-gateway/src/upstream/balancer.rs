@@ -283,6 +283,28 @@ impl Balancer {
         })
     }
 
+    /// `(upstream, target, address, state)` of each target, in Kong's states: `healthchecks_off`
+    /// when no check can change its health, `healthy` or `unhealthy` otherwise. The address is
+    /// the target's own `host:port` (a name is resolved only when connecting).
+    pub fn health_report(&self) -> Vec<(String, String, String, &'static str)> {
+        let off = self.policy.checks_off();
+        self.targets
+            .iter()
+            .map(|t| {
+                let target = match t.host.parse::<std::net::Ipv6Addr>() {
+                    Ok(_) => format!("[{}]:{}", t.host, t.port),
+                    Err(_) => format!("{}:{}", t.host, t.port),
+                };
+                let state = match (off, t.health.is_healthy()) {
+                    (true, _) => "healthchecks_off",
+                    (false, true) => "healthy",
+                    (false, false) => "unhealthy",
+                };
+                (self.name.clone(), target.clone(), target, state)
+            })
+            .collect()
+    }
+
     /// Records how a proxied request to target `i` went.
     pub fn report_passive(&self, i: usize, o: Observation) {
         self.targets[i].health.record(o, &self.policy.passive, self.policy.trials, now_ms());

@@ -84,6 +84,14 @@ fn seconds(s: f64) -> Option<Duration> {
 }
 
 impl Policy {
+    /// Whether no check can change a target's health (Kong's `healthchecks_off`).
+    pub fn checks_off(&self) -> bool {
+        let probed =
+            self.active.as_ref().is_some_and(|a| a.healthy_interval.is_some() || a.unhealthy_interval.is_some());
+        let p = &self.passive;
+        !probed && p.tcp_failures == 0 && p.timeouts == 0 && p.http_failures == 0
+    }
+
     /// Compiles `healthchecks`, recording problems under `path`.
     pub fn compile(h: &schema::Healthchecks, path: &str, errors: &mut ConfigErrors) -> Policy {
         let a = &h.active;
