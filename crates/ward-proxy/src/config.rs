@@ -318,19 +318,20 @@ fn inbound_specs(dp: &Dataplane) -> Vec<Arc<InboundSpec>> {
         .collect()
 }
 
-/// The MeshExternalServices the control plane sent, by destination key. One whose TLS material
-/// does not read is kept denied, with the reason, so that connections to it fail closed and say why.
+/// The MeshExternalServices the control plane sent, by destination key. One whose endpoints or
+/// TLS material do not read is kept denied, with the reason, so that connections to it fail
+/// closed and say why; one whose address does not read either is left out.
 fn externals(protos: &[ward_proto::discovery::ExternalService]) -> HashMap<String, Arc<External>> {
     protos
         .iter()
-        .map(|p| {
-            let external = External::from_proto(p).unwrap_or_else(|reason| {
+        .filter_map(|p| {
+            let external = External::from_proto(p).or_else(|reason| {
                 tracing::warn!(external = %p.name, %reason, "MeshExternalService unusable: connections to it are refused");
                 let denied =
                     ward_proto::discovery::ExternalService { denied: reason, endpoints: Vec::new(), tls: None, ..p.clone() };
-                External::from_proto(&denied).expect("a denied MeshExternalService has nothing left to fail")
+                External::from_proto(&denied)
             });
-            (ward_api::mesh_external_service::destination(&p.name), Arc::new(external))
+            Some((ward_api::mesh_external_service::destination(&p.name), Arc::new(external.ok()?)))
         })
         .collect()
 }
@@ -361,4 +362,38 @@ fn spiffe_id<S: serde::Serializer>(id: &SpiffeId, s: S) -> Result<S::Ok, S::Erro
 fn bundle_pem<S: serde::Serializer>(b: &TrustBundle, s: S) -> Result<S::Ok, S::Error> {
     let cas: Vec<_> = b.cas().map(|c| serde_json::json!({ "subject": c.subject, "fingerprintSha256": c.fingerprint_sha256, "notAfter": c.not_after })).collect();
     serde::Serialize::serialize(&cas, s)
+}
+
+#[cfg(test)]
+mod tests {
+    use ward_proto::discovery::{ExternalService, ExternalTls};
+
+    use super::*;
+
+    #[test]
+    fn an_unusable_mesh_external_service_is_denied_with_its_reason_never_a_panic() {
+        let dataplane = serde_json::json!({"type": "Dataplane", "mesh": "shop", "name": "web-1", "networking": {
+            "address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
+        let bad_ca = ExternalService {
+            name: "pay".into(),
+            port: 443,
+            tls: Some(ExternalTls { ca_cert_pem: "not PEM".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let bad_port = ExternalService { name: "broken".into(), port: 0, ..Default::default() };
+        let proto = ProxyConfig {
+            mesh: "shop".into(),
+            dataplane_json: dataplane.to_string(),
+            external_services: vec![bad_ca, bad_port],
+            ..Default::default()
+        };
+        let config = Config::from_proto(&proto).unwrap();
+        let pay = &config.external["meshexternalservice/pay"];
+        assert!(pay.denied.as_deref().is_some_and(|r| r.contains("tls.ca_cert_pem")), "{:?}", pay.denied);
+        assert!(pay.tls.is_none() && pay.endpoints.is_empty());
+        assert!(
+            !config.external.contains_key("meshexternalservice/broken"),
+            "an address that does not read is left out"
+        );
+    }
 }
