@@ -82,8 +82,13 @@ async fn a_mesh_external_service_is_reached_over_verified_tls_only_when_a_permis
     });
     let refused = call(outbound).await;
     assert!(refused.is_err(), "no permission, no way out: {refused:?}");
+    let explain = ["explain", "pay", "--external", "--caller", "web", "-m", "lab"];
+    assert_eq!(cp.ward(&explain).ok().trim(), "Deny (no permission matches)");
 
     cp.apply(&permission("web"));
+    assert_eq!(cp.ward(&explain).ok().trim(), "Allow by MeshTrafficPermission/to-pay");
+    let missing = cp.ward(&["explain", "gone", "--external", "--caller", "web", "-m", "lab"]).fails();
+    assert!(missing.contains("meshexternalservices/gone not found"), "{missing}");
     tokio::task::block_in_place(|| wait_decision(&proxy, None));
     let echoed = call(outbound).await.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
     assert_eq!(echoed["service"], "pay");

@@ -390,29 +390,22 @@ pub struct CallerQuery {
     inbound: Option<String>,
 }
 
-/// `GET /meshes/{mesh}/dataplanes/{name}/_authorization?caller=X`: would `caller` be let
-/// through to this dataplane, and which policy decides.
-pub async fn authorization(
-    State(state): State<ApiState>,
-    caller: Caller,
-    Path((mesh, name)): Path<(String, String)>,
-    Query(query): Query<CallerQuery>,
-) -> Result<Json<Value>, ApiError> {
-    caller.read(&mesh)?;
+/// The caller an authorization question names: its SPIFFE ID, and the tags of `callerDataplane`
+/// when given. Without a dataplane, only the caller's service is known: policies that look at
+/// more tags are decided as a proxy decides a caller whose tags it does not know.
+async fn asking_caller(state: &ApiState, mesh: &str, query: &CallerQuery) -> Result<policy::Caller, ApiError> {
     let id = if query.caller.starts_with("spiffe://") {
         SpiffeId::parse(&query.caller).map_err(|e| ApiError::bad_field("_authorization", "caller", &e.to_string()))?
     } else {
         ward_api::names::check_service(&query.caller)
             .map_err(|e| ApiError::bad_field("_authorization", "caller", &e))?;
-        SpiffeId::for_service(&mesh, &query.caller)
+        SpiffeId::for_service(mesh, &query.caller)
             .map_err(|e| ApiError::bad_field("_authorization", "caller", &e.to_string()))?
     };
-    // Without a dataplane, only the caller's service is known: policies that look at more tags
-    // are decided as an inbound decides a caller whose tags it does not know.
     let tags = match &query.caller_dataplane {
         None => None,
         Some(name) => {
-            let found = state.store.get(ResourceType::Dataplane, &mesh, name).await?;
+            let found = state.store.get(ResourceType::Dataplane, mesh, name).await?;
             let Some(Spec::Dataplane(dp)) = found.map(|r| r.spec) else {
                 return Err(ApiError::bad_field(
                     "_authorization",
@@ -423,7 +416,60 @@ pub async fn authorization(
             Some(policy::caller_tags(&dp, id.service().unwrap_or_default()))
         }
     };
-    let who = policy::Caller::Workload { id, tags };
+    Ok(policy::Caller::Workload { id, tags })
+}
+
+/// `GET /meshes/{mesh}/meshexternalservices/{name}/_authorization?caller=X`: would `caller`'s
+/// proxy be let through to this MeshExternalService, and which policy decides.
+pub async fn external_authorization(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((mesh, name)): Path<(String, String)>,
+    Query(query): Query<CallerQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.read(&mesh)?;
+    if query.inbound.is_some() {
+        return Err(ApiError::bad_field("_authorization", "inbound", "a MeshExternalService has no inbounds"));
+    }
+    let who = asking_caller(&state, &mesh, &query).await?;
+    if state.store.get(ResourceType::MeshExternalService, &mesh, &name).await?.is_none() {
+        return Err(ApiError::not_found(format!("meshexternalservices/{name} not found in mesh {mesh:?}")));
+    }
+    let resources = state.store.mesh_resources(&mesh).await?;
+    let decision = policy::decide_external(&resources, &who, &mesh, &name);
+    let unknown_tags = matches!(&who, policy::Caller::Workload { tags: None, .. });
+    let depends_on: Vec<ward_api::dataplane::Tags> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::MeshTrafficPermission(mtp) if unknown_tags && mtp.external_service() == Some(name.as_str()) => {
+                Some(mtp)
+            }
+            _ => None,
+        })
+        .flat_map(|mtp| mtp.from.iter().flatten())
+        .filter_map(|entry| entry.target_ref.subset_tags())
+        .filter(policy::needs_tags)
+        .collect();
+    Ok(Json(json!({
+        "caller": query.caller,
+        "meshExternalService": name,
+        "action": decision.action,
+        "policy": decision.policy.as_ref().map(ToString::to_string),
+        "explanation": decision.to_string(),
+        "dependsOnCallerTags": depends_on,
+    })))
+}
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/_authorization?caller=X`: would `caller` be let
+/// through to this dataplane, and which policy decides.
+pub async fn authorization(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((mesh, name)): Path<(String, String)>,
+    Query(query): Query<CallerQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.read(&mesh)?;
+    let who = asking_caller(&state, &mesh, &query).await?;
     let dataplane = state
         .store
         .get(ResourceType::Dataplane, &mesh, &name)

@@ -1,4 +1,5 @@
-//! `ward explain DATAPLANE --caller X`: would this caller get through, and why.
+//! `ward explain DATAPLANE --caller X`: would this caller get through, and why; with
+//! `--external`, the same for a MeshExternalService.
 
 use clap::Args;
 use ward_api::names::check_name;
@@ -8,8 +9,11 @@ use crate::client::{BadName, Client, Segment, api_path, query_value};
 /// `ward explain` arguments.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The dataplane being called.
+    /// The dataplane being called (with `--external`, the MeshExternalService).
     dataplane: String,
+    /// The name is a MeshExternalService's: would the caller's proxy be let out to it.
+    #[arg(long)]
+    external: bool,
     /// The caller: a service name (e.g. `web`) or a SPIFFE ID.
     #[arg(long)]
     caller: String,
@@ -28,7 +32,15 @@ pub struct ExplainArgs {
 
 /// Runs `ward explain` and prints e.g. `Allow by MeshTrafficPermission/allow-web`.
 pub async fn run(client: &Client, args: ExplainArgs) -> anyhow::Result<()> {
-    let mut path = authorization_path(&args.mesh, &args.dataplane, &args.caller)?;
+    let mut path = match args.external {
+        false => authorization_path(&args.mesh, &args.dataplane, &args.caller)?,
+        true => {
+            if args.inbound.is_some() {
+                anyhow::bail!("--inbound: a MeshExternalService has no inbounds; leave it out with --external");
+            }
+            external_authorization_path(&args.mesh, &args.dataplane, &args.caller)?
+        }
+    };
     if let Some(name) = &args.caller_dataplane {
         check_name(name).map_err(|reason| BadName { what: "caller dataplane", value: name.clone(), reason })?;
         path += &format!("&callerDataplane={}", query_value(name));
@@ -47,6 +59,18 @@ pub async fn run(client: &Client, args: ExplainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// API path of the question "may `caller`'s proxy reach the MeshExternalService `name`?".
+fn external_authorization_path(mesh: &str, name: &str, caller: &str) -> Result<String, BadName> {
+    let path = api_path(&[
+        Segment::Fixed("meshes"),
+        Segment::Name { what: "mesh", value: mesh },
+        Segment::Fixed("meshexternalservices"),
+        Segment::Name { what: "meshexternalservice", value: name },
+        Segment::Fixed("_authorization"),
+    ])?;
+    Ok(format!("{path}?caller={}", query_value(caller)))
 }
 
 /// API path of the question "may `caller` reach `dataplane`?".
