@@ -112,6 +112,7 @@ pub(crate) async fn handle(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let (parts, body) = request.into_parts();
     let h = &parts.headers;
     // Framing is the HTTP/1 parser's: it refuses differing Content-Lengths and a
@@ -153,6 +154,8 @@ pub(crate) async fn handle(
     let service = route.service.map(|s| &gw.services[s]);
     // The response phase needs the client's method, whatever a plugin sends upstream.
     let head = parts.method == Method::HEAD;
+    // What the log plugins serialize of the request, as the client sent it.
+    let logged = route.chain.logs().then(|| (parts.method.clone(), parts.uri.clone(), headers.clone()));
     let mut ex = Exchange {
         method: parts.method,
         headers,
@@ -179,11 +182,13 @@ pub(crate) async fn handle(
     let extra = std::mem::take(&mut ex.response_headers);
     let responders = std::mem::take(&mut ex.responders);
     let mut state = ex.access_state();
-    let (response, upstream) = match (outcome, service) {
-        (Err(reply), _) => (reply.into_response(), None),
-        (Ok(()), None) => {
-            (Reply::error(StatusCode::SERVICE_UNAVAILABLE, "no Service found with those values").into_response(), None)
-        }
+    let (response, upstream, upstream_uri) = match (outcome, service) {
+        (Err(reply), _) => (reply.into_response(), None, None),
+        (Ok(()), None) => (
+            Reply::error(StatusCode::SERVICE_UNAVAILABLE, "no Service found with those values").into_response(),
+            None,
+            None,
+        ),
         (Ok(()), Some(service)) => forward(ex, found, service, &authority, trusted).await,
     };
     // As Kong's header and body filters: the plugins' response headers first (they all
@@ -202,6 +207,34 @@ pub(crate) async fn handle(
             upstream,
         };
         gw.metrics.record(conf, &finished);
+    }
+    if let Some((method, uri, request_headers)) = &logged {
+        let mut log = crate::plugins::logs(&responders).peekable();
+        if log.peek().is_some() {
+            let entry = crate::plugins::logs::Entry {
+                method,
+                uri,
+                https: conn.https,
+                authority: &authority,
+                port: conn.local.port(),
+                request_headers,
+                upstream_uri: upstream_uri.as_deref(),
+                status: response.status(),
+                response_headers: response.headers(),
+                started_at,
+                total: started.elapsed(),
+                upstream,
+                upstream_failed: upstream.is_none() && upstream_uri.is_some(),
+                client_ip,
+                route,
+                service,
+                consumer: state.consumer.map(|c| &gw.consumers.list[c]),
+            };
+            let line: Arc<str> = Arc::from(crate::plugins::logs::serialize(&entry).to_string());
+            for l in log {
+                l.push(&line);
+            }
+        }
     }
     response
 }
@@ -290,14 +323,14 @@ fn forwarded_headers(ex: &mut Exchange<'_>, trusted: &[IpNet], host: &str, prefi
 
 /// Sends the request to the service, and the client gets its response without hop-by-hop
 /// headers, or Kong's error when the upstream call fails; with the response of the upstream
-/// comes how long it took to arrive.
+/// comes how long it took to arrive, and the path and query the upstream was asked for.
 async fn forward(
     mut ex: Exchange<'_>,
     found: Found,
     service: &Service,
     authority: &str,
     trusted: &[IpNet],
-) -> (Response<Body>, Option<Duration>) {
+) -> (Response<Body>, Option<Duration>, Option<String>) {
     let route = ex.route;
     let upstream_path = match ex.upstream_path.take() {
         Some(replaced) => replaced,
@@ -318,6 +351,7 @@ async fn forward(
         RequestBody::Stream(s) => OutgoingBody::Stream(s),
     };
     let preserved_host = ex.upstream_host.take().or_else(|| route.preserve_host.then(|| authority.to_string()));
+    let sent_uri = path_and_query.clone();
     let outgoing = Outgoing { method: ex.method, path_and_query, headers: ex.headers, body, preserved_host };
     let sent = Instant::now();
     match call(service, outgoing, hash).await {
@@ -326,9 +360,9 @@ async fn forward(
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
             parts.version = Version::HTTP_11;
-            (Response::from_parts(parts, body), Some(waited))
+            (Response::from_parts(parts, body), Some(waited), Some(sent_uri))
         }
-        Err(e) => (e.reply().into_response(), None),
+        Err(e) => (e.reply().into_response(), None, Some(sent_uri)),
     }
 }
 

@@ -17,6 +17,7 @@ pub(crate) mod hmac_auth;
 pub(crate) mod ip_restriction;
 pub(crate) mod jwt;
 pub(crate) mod key_auth;
+pub(crate) mod logs;
 pub(crate) mod mtls_auth;
 pub(crate) mod prometheus;
 pub(crate) mod rate_limiting;
@@ -61,6 +62,8 @@ pub(crate) enum Plugin {
     Prometheus(prometheus::Prometheus),
     RequestTermination(request_termination::RequestTermination),
     Session(session::Session),
+    /// file-log, http-log or tcp-log.
+    Log(logs::Log),
 }
 
 /// The most of a body a plugin reads into memory (key-auth and hmac-auth reading a body,
@@ -86,7 +89,7 @@ impl Plugin {
             Plugin::Acl(p) => p.access(ex),
             Plugin::RateLimiting(p) => p.access(ex).await,
             Plugin::RequestTransformer(p) => p.access(ex).await,
-            Plugin::ResponseTransformer(_) | Plugin::Prometheus(_) => Ok(()),
+            Plugin::ResponseTransformer(_) | Plugin::Prometheus(_) | Plugin::Log(_) => Ok(()),
             Plugin::RequestTermination(p) => p.access(ex).await,
             Plugin::Session(p) => p.access(ex).await,
         }
@@ -94,7 +97,7 @@ impl Plugin {
 
     /// Whether the plugin acts on the response too (prometheus records it).
     fn responds(&self) -> bool {
-        matches!(self, Plugin::ResponseTransformer(_) | Plugin::Session(_) | Plugin::Prometheus(_))
+        matches!(self, Plugin::ResponseTransformer(_) | Plugin::Session(_) | Plugin::Prometheus(_) | Plugin::Log(_))
     }
 }
 
@@ -148,7 +151,7 @@ struct Kind {
 }
 
 /// Every plugin Ward has, as Kong orders them.
-const KINDS: [Kind; 17] = [
+const KINDS: [Kind; 20] = [
     Kind { name: "correlation-id", priority: 100_001, consumer_scoped: false, compile: correlation_id::compile },
     Kind { name: "bot-detection", priority: 2500, consumer_scoped: false, compile: bot_detection::compile },
     Kind { name: "cors", priority: 2000, consumer_scoped: false, compile: cors::compile },
@@ -170,6 +173,9 @@ const KINDS: [Kind; 17] = [
     Kind { name: "request-transformer", priority: 801, consumer_scoped: true, compile: request_transformer::compile },
     Kind { name: "response-transformer", priority: 800, consumer_scoped: true, compile: response_transformer::compile },
     Kind { name: "prometheus", priority: 13, consumer_scoped: true, compile: prometheus::compile },
+    Kind { name: "http-log", priority: 12, consumer_scoped: true, compile: logs::compile_http },
+    Kind { name: "file-log", priority: 9, consumer_scoped: true, compile: logs::compile_file },
+    Kind { name: "tcp-log", priority: 7, consumer_scoped: true, compile: logs::compile_tcp },
     Kind { name: "request-termination", priority: 2, consumer_scoped: true, compile: request_termination::compile },
 ];
 
@@ -346,6 +352,14 @@ impl Plugins {
 }
 
 impl Chain {
+    /// Whether any log plugin may run on this chain (then the request's headers are kept for it).
+    pub fn logs(&self) -> bool {
+        let is_log = |i: &Arc<Instance>| matches!(i.plugin, Plugin::Log(_));
+        self.slots
+            .iter()
+            .any(|s| s.base.iter().any(|(_, i)| is_log(i)) || s.by_consumer.values().any(|(_, i)| is_log(i)))
+    }
+
     /// Runs the chain's access phase; a plugin that rejects the request ends it. As Kong's
     /// collecting iterator does, the configurations after a rejection are still chosen, and
     /// those with a response phase are kept in `ex.responders`: they act on the rejection.
@@ -396,6 +410,14 @@ pub(crate) struct AccessState<'a> {
 pub(crate) fn prometheus(responders: &[Arc<Instance>]) -> Option<&prometheus::Prometheus> {
     responders.iter().find_map(|i| match &i.plugin {
         Plugin::Prometheus(p) => Some(p),
+        _ => None,
+    })
+}
+
+/// The log plugins chosen for a request, in order.
+pub(crate) fn logs(responders: &[Arc<Instance>]) -> impl Iterator<Item = &logs::Log> {
+    responders.iter().filter_map(|i| match &i.plugin {
+        Plugin::Log(l) => Some(l),
         _ => None,
     })
 }

@@ -163,6 +163,15 @@ pub(crate) struct Metrics {
     kong_latency: Family<LatencyLabels, Histogram, Buckets>,
     upstream_latency: Family<LatencyLabels, Histogram, Buckets>,
     request_latency: Family<LatencyLabels, Histogram, Buckets>,
+    /// Log entries the log plugins dropped for a full queue (Ward's own metric).
+    pub log_dropped: Family<LogLabels, Counter>,
+}
+
+/// Labels of `kong_log_entries_dropped_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LogLabels {
+    /// The log plugin: file-log, http-log or tcp-log.
+    pub plugin: &'static str,
 }
 
 impl Default for Metrics {
@@ -173,6 +182,7 @@ impl Default for Metrics {
             kong_latency: Family::new_with_constructor(Buckets(&KONG_LATENCY_BUCKETS)),
             upstream_latency: Family::new_with_constructor(Buckets(&UPSTREAM_LATENCY_BUCKETS)),
             request_latency: Family::new_with_constructor(Buckets(&UPSTREAM_LATENCY_BUCKETS)),
+            log_dropped: Family::default(),
         }
     }
 }
@@ -238,6 +248,11 @@ impl Metrics {
             "request_latency_ms",
             "Total latency incurred during requests for each service/route in Kong",
             self.request_latency.clone(),
+        );
+        registry.register(
+            "log_entries_dropped",
+            "Log entries file-log, http-log and tcp-log dropped because their queue was full (Ward)",
+            self.log_dropped.clone(),
         );
     }
 }

@@ -9,7 +9,7 @@
 
 pub(crate) mod balancer;
 pub(crate) mod call;
-mod connect;
+pub(crate) mod connect;
 pub(crate) mod health;
 mod watchdog;
 
