@@ -11,14 +11,17 @@ pub mod membership;
 pub mod mesh;
 pub mod mesh_external_service;
 pub mod mesh_service;
+pub mod mesh_timeout;
 pub mod metrics;
 pub mod names;
 pub mod parse;
 pub mod permission;
 pub mod policy;
 pub mod resource;
+pub mod rules;
 pub mod secret;
 pub mod spiffe;
+mod targeting;
 pub mod traffic_permission;
 mod yaml;
 

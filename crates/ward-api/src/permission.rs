@@ -37,6 +37,12 @@ string_enum! {
         /// One MeshExternalService (`name`), only as a permission's top-level targetRef: the
         /// callers its entries allow may reach it (a Ward extension; Kuma 2.14 refuses it).
         MeshExternalService = "MeshExternalService",
+        /// A MeshGateway (`name`), which Ward does not have.
+        MeshGateway = "MeshGateway",
+        /// A MeshHTTPRoute (`name`), which Ward does not have yet.
+        MeshHTTPRoute = "MeshHTTPRoute",
+        /// A MeshMultiZoneService (`name`): Ward has one zone.
+        MeshMultiZoneService = "MeshMultiZoneService",
     }
 }
 
@@ -226,7 +232,10 @@ impl TargetRef {
             TargetKind::MeshService => [O, F, O, O, O, F],
             TargetKind::MeshServiceSubset => [R, O, F, F, F, F],
             TargetKind::Dataplane => [O, F, O, O, O, F],
-            TargetKind::MeshExternalService => [R, F, F, O, F, F],
+            TargetKind::MeshExternalService => [O, F, O, O, F, F],
+            TargetKind::MeshGateway => [R, O, F, O, F, F],
+            TargetKind::MeshHTTPRoute => [O, F, O, O, F, F],
+            TargetKind::MeshMultiZoneService => [O, F, O, O, O, F],
         };
         let present = [
             self.name.as_deref().is_some_and(|n| !n.is_empty()),
@@ -250,8 +259,12 @@ impl TargetRef {
         if matches!(self.kind, TargetKind::MeshService | TargetKind::Dataplane) && named && present[2] {
             causes.add(format!("{at}.labels"), "cannot be set together with name or namespace");
         }
-        if self.kind == TargetKind::MeshService && !present[0] && !present[2] {
-            causes.add(at, "kind MeshService needs name or labels");
+        if matches!(self.kind, TargetKind::MeshService | TargetKind::MeshExternalService) && !present[0] && !present[2]
+        {
+            causes.add(at, format!("kind {} needs name or labels", self.kind));
+        }
+        if self.kind == TargetKind::MeshExternalService && present[0] && present[2] {
+            causes.add(format!("{at}.labels"), "cannot be set together with name");
         }
         if self.kind == TargetKind::Dataplane && present[4] && !top {
             causes.add(format!("{at}.sectionName"), "can only be used in the top-level targetRef");
@@ -275,11 +288,12 @@ impl TargetRef {
         if let Some(labels) = &self.labels {
             crate::labels::check_labels(&format!("{at}.labels"), labels, true, causes);
         }
-        self.check_supported(at, causes);
+        self.check_supported(at, top, causes);
     }
 
-    /// Valid Kuma references that Ward cannot enforce exactly, refused as such.
-    fn check_supported(&self, at: &str, causes: &mut Causes) {
+    /// Valid Kuma references that Ward cannot enforce exactly, refused as such. A destination
+    /// (not `top`) may name a MeshService's port by `sectionName`.
+    fn check_supported(&self, at: &str, top: bool, causes: &mut Causes) {
         if self.kind != TargetKind::Dataplane && self.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
             causes.unsupported(
                 format!("{at}.namespace"),
@@ -287,14 +301,17 @@ impl TargetRef {
                  against the dataplane's k8s.kuma.io/namespace label)",
             );
         }
+        if self.kind == TargetKind::MeshExternalService && top && self.labels.as_ref().is_some_and(|l| !l.is_empty()) {
+            causes.unsupported(format!("{at}.labels"), "a permission names its MeshExternalService");
+        }
         if self.kind == TargetKind::MeshService {
-            if self.labels.as_ref().is_some_and(|l| !l.is_empty()) {
+            if top && self.labels.as_ref().is_some_and(|l| !l.is_empty()) {
                 causes.unsupported(
                     format!("{at}.labels"),
                     "Ward has no MeshService resources whose labels could be matched; name the service",
                 );
             }
-            if self.section_name.as_deref().is_some_and(|n| !n.is_empty()) {
+            if top && self.section_name.as_deref().is_some_and(|n| !n.is_empty()) {
                 causes.unsupported(
                     format!("{at}.sectionName"),
                     "Ward has no MeshService resources whose ports could be named; use kind Dataplane with sectionName",
@@ -352,6 +369,9 @@ impl MeshTrafficPermission {
                 true,
                 causes,
             );
+            if target.kind == MeshExternalService && target.name.as_deref().is_none_or(str::is_empty) {
+                causes.add("spec.targetRef.name", "is required: a permission names its MeshExternalService");
+            }
         }
         match (&self.from, &self.rules) {
             (Some(_), Some(_)) => causes.add("spec", "from and rules cannot be used together"),
@@ -362,7 +382,16 @@ impl MeshTrafficPermission {
         }
         for (i, entry) in self.from.iter().flatten().enumerate() {
             let kinds = [Mesh, MeshService, MeshSubset, MeshServiceSubset];
-            entry.target_ref.check(&format!("spec.from[{i}].targetRef"), &kinds, false, causes);
+            let at = format!("spec.from[{i}].targetRef");
+            entry.target_ref.check(&at, &kinds, false, causes);
+            if entry.target_ref.kind == MeshService
+                && entry.target_ref.section_name.as_deref().is_some_and(|n| !n.is_empty())
+            {
+                causes.unsupported(
+                    format!("{at}.sectionName"),
+                    "a caller is matched by its service, not by one of its ports",
+                );
+            }
         }
         for (i, rule) in self.rules.iter().flatten().enumerate() {
             let at = format!("spec.rules[{i}].default");

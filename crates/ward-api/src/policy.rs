@@ -24,9 +24,10 @@ use std::fmt;
 
 use crate::{
     dataplane::{Dataplane, Inbound, SERVICE_TAG, Tags, tags_match},
-    permission::{Action, MeshTrafficPermission, ProxyType, TargetKind, TargetRef},
+    permission::{Action, MeshTrafficPermission, TargetKind, TargetRef},
     resource::{Resource, ResourceType, Spec},
     spiffe::SpiffeId,
+    targeting::{Selected, selects_destination},
 };
 
 /// Who is calling.
@@ -209,6 +210,8 @@ fn target_rank(kind: TargetKind) -> u8 {
         // Never ranked against the kinds above: it selects no dataplane, and only permissions
         // of this kind decide for a MeshExternalService.
         TargetKind::MeshExternalService => 0,
+        // Refused in permissions: never ranked.
+        TargetKind::MeshGateway | TargetKind::MeshHTTPRoute | TargetKind::MeshMultiZoneService => 0,
     }
 }
 
@@ -218,67 +221,6 @@ fn action_rank(action: Action) -> u8 {
         Action::Allow => 0,
         Action::AllowWithShadowDeny => 1,
         Action::Deny => 2,
-    }
-}
-
-/// The label that holds a dataplane's Kubernetes namespace.
-const NAMESPACE_LABEL: &str = "k8s.kuma.io/namespace";
-
-/// How much of a dataplane a top-level targetRef selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Selected {
-    /// Nothing.
-    None,
-    /// Some of its inbounds, not all.
-    Part,
-    /// All of it.
-    All,
-}
-
-/// Which of the dataplane `name` with `labels` a top-level targetRef selects; with `at`, only
-/// whether it selects that one inbound (all of what is decided there, or none).
-fn selects_destination(
-    target: Option<&TargetRef>,
-    name: &str,
-    labels: &Tags,
-    dp: &Dataplane,
-    at: Option<&Inbound>,
-) -> Selected {
-    let Some(target) = target else { return Selected::All };
-    let proxy_type = if dp.networking.gateway.is_some() { ProxyType::Gateway } else { ProxyType::Sidecar };
-    if target.proxy_types.as_ref().is_some_and(|types| !types.is_empty() && !types.contains(&proxy_type)) {
-        return Selected::None;
-    }
-    let inbounds = &dp.networking.inbound;
-    let by_inbound = |selects: &dyn Fn(&Inbound) -> bool| match at {
-        Some(inbound) if selects(inbound) => Selected::All,
-        Some(_) => Selected::None,
-        None => match inbounds.iter().filter(|i| selects(i)).count() {
-            0 => Selected::None,
-            n if n == inbounds.len() => Selected::All,
-            _ => Selected::Part,
-        },
-    };
-    match target.kind {
-        // A MeshExternalService is no dataplane: such a permission never decides at an inbound.
-        TargetKind::MeshExternalService => Selected::None,
-        TargetKind::Mesh => Selected::All,
-        TargetKind::MeshService => by_inbound(&|i| i.service().is_some() && i.service() == target.name.as_deref()),
-        TargetKind::MeshSubset | TargetKind::MeshServiceSubset => match target.subset_tags() {
-            Some(tags) => by_inbound(&|i| tags_match(&tags, &i.tags)),
-            None => Selected::None,
-        },
-        TargetKind::Dataplane => {
-            // A namespace (Kubernetes') is the dataplane's k8s.kuma.io/namespace label, as Kuma reads it.
-            let this = target.name.as_deref().is_none_or(|n| n == name)
-                && target.namespace.as_deref().is_none_or(|ns| labels.get(NAMESPACE_LABEL).is_some_and(|l| l == ns))
-                && target.labels.as_ref().is_none_or(|l| tags_match(l, labels));
-            match (this, target.section_name.as_deref()) {
-                (false, _) => Selected::None,
-                (true, None) => Selected::All,
-                (true, Some(section)) => by_inbound(&|i| i.is_section(section)),
-            }
-        }
     }
 }
 
@@ -297,7 +239,11 @@ fn caller_rank(target: &TargetRef, action: Action, caller: &CallerView) -> Optio
             let tags = target.subset_tags()?;
             caller.matches(&tags, action == Action::Deny).then_some((2, tags.len()))
         }
-        TargetKind::Dataplane | TargetKind::MeshExternalService => None,
+        TargetKind::Dataplane
+        | TargetKind::MeshExternalService
+        | TargetKind::MeshGateway
+        | TargetKind::MeshHTTPRoute
+        | TargetKind::MeshMultiZoneService => None,
     }
 }
 

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::Dataplane, mesh::Mesh, mesh_external_service::MeshExternalService, mesh_service::MeshService,
-    permission::MeshTrafficPermission, secret::Secret, traffic_permission::TrafficPermission,
+    mesh_timeout::MeshTimeout, permission::MeshTrafficPermission, rules::Entries, secret::Secret,
+    traffic_permission::TrafficPermission,
 };
 
 /// The kinds of resource Ward stores, in the order `ward apply` applies them: a Mesh before
@@ -29,6 +30,8 @@ pub enum ResourceType {
     MeshService,
     /// A destination outside the mesh: endpoints, a port, TLS origination, a virtual IP.
     MeshExternalService,
+    /// Connection and HTTP timeouts of inbounds and outbounds (targetRef policy).
+    MeshTimeout,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -104,6 +107,14 @@ pub const TYPES: &[TypeInfo] = &[
         name: "MeshExternalService",
         plural: "meshexternalservices",
         aliases: &["meshexternalservice", "extsvc", "mesh-external-services"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshTimeout,
+        name: "MeshTimeout",
+        plural: "meshtimeouts",
+        aliases: &["meshtimeout", "mt", "mesh-timeouts"],
         scope: Scope::Mesh,
         has_spec_field: true,
     },
@@ -204,6 +215,18 @@ pub enum Spec {
     MeshService(MeshService),
     /// A MeshExternalService.
     MeshExternalService(MeshExternalService),
+    /// A MeshTimeout.
+    MeshTimeout(MeshTimeout),
+}
+
+impl Spec {
+    /// The entries of a policy the rules engine merges ([`crate::rules`]); `None` for other kinds.
+    pub fn targeted(&self) -> Option<Entries<'_>> {
+        match self {
+            Spec::MeshTimeout(p) => Some(p.entries()),
+            _ => None,
+        }
+    }
 }
 
 /// A validated resource.
@@ -257,7 +280,7 @@ impl Resource {
             Spec::Dataplane(s) => s.warnings(&mut warnings),
             Spec::MeshService(s) => s.warnings(&mut warnings),
             Spec::MeshExternalService(s) => s.warnings(&mut warnings),
-            Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) | Spec::Secret(_) => {}
+            Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) | Spec::Secret(_) | Spec::MeshTimeout(_) => {}
         }
         warnings.0
     }
@@ -272,6 +295,7 @@ impl Resource {
             Spec::TrafficPermission(s) => serde_json::to_value(s),
             Spec::MeshService(s) => serde_json::to_value(s),
             Spec::MeshExternalService(s) => serde_json::to_value(s),
+            Spec::MeshTimeout(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

@@ -186,6 +186,14 @@ fn table(ty: ResourceType, items: &[Value]) -> String {
                 age(v),
             ]
         }),
+        ResourceType::MeshTimeout => (&["MESH", "NAME", "TARGETREF", "TO", "INBOUND", "AGE"], |v| {
+            let spec = &v["spec"];
+            let to: Vec<String> =
+                spec["to"].as_array().into_iter().flatten().map(|t| target(&t["targetRef"])).collect();
+            let count = |field: &str| spec[field].as_array().map_or(0, Vec::len);
+            let inbound = format!("{} from, {} rules", count("from"), count("rules"));
+            vec![text(&v["mesh"]), text(&v["name"]), target(&spec["targetRef"]), to.join(" "), inbound, age(v)]
+        }),
         ResourceType::MeshExternalService => (&["MESH", "NAME", "MATCH", "HOSTNAME", "VIP", "TLS", "AGE"], |v| {
             let spec = &v["spec"];
             let status = &v["status"];
