@@ -3,7 +3,9 @@
 //! `grpc` services, whose requests name the caller's host once, as `:authority`.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
+    sync::Mutex,
     time::Duration,
 };
 
@@ -59,28 +61,30 @@ pub enum AppError {
 
 /// Clients for the local application.
 pub struct AppClient {
-    /// HTTP/1.1 to an application on loopback.
-    loopback: Client<HttpConnector, Body>,
-    /// HTTP/1.1 to an application at one of the host's other addresses: connections come from
-    /// 127.0.0.6, which the transparent proxy's rules let through instead of capturing them.
-    host: Client<HttpConnector, Body>,
+    /// HTTP/1.1 clients by connect timeout and source: to an application on loopback (no
+    /// source), or at one of the host's other addresses, from 127.0.0.6, which the transparent
+    /// proxy's rules let through instead of capturing them.
+    http1: Mutex<HashMap<(Duration, Option<IpAddr>), Http1Client>>,
     /// HTTP/2 to each application, from the same source addresses (see [`connect`]).
     h2c: Http2Connections<SocketAddr>,
 }
 
-/// An HTTP/1.1 client with a keep-alive pool, connecting from `source`.
-fn http1_client(source: Option<IpAddr>) -> Client<HttpConnector, Body> {
+/// A pooled HTTP/1.1 client.
+type Http1Client = Client<HttpConnector, Body>;
+
+/// An HTTP/1.1 client with a keep-alive pool, connecting from `source` within `connect_timeout`.
+fn http1_client(source: Option<IpAddr>, connect_timeout: Duration) -> Http1Client {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_connect_timeout(Some(connect_timeout));
     connector.set_local_address(source);
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(90));
     builder.build(connector)
 }
 
-/// How long connecting to the application may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to the application may take, unless a MeshTimeout says otherwise.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for AppClient {
     fn default() -> Self {
@@ -93,24 +97,21 @@ impl AppClient {
     pub fn new() -> Self {
         let mut h2c = http2::Builder::new(TokioExecutor::new());
         h2c.timer(TokioTimer::new());
-        AppClient {
-            loopback: http1_client(None),
-            host: http1_client(Some(INBOUND_PASSTHROUGH_V4.into())),
-            h2c: Http2Connections::new(h2c),
-        }
+        AppClient { http1: Mutex::default(), h2c: Http2Connections::new(h2c) }
     }
 
     /// Sends `request` (its URI path and query, its Host) to the application at `app`, over
-    /// HTTP/2 when `h2c`.
+    /// HTTP/2 when `h2c`, connecting within `connect_timeout` when a connection is needed.
     pub async fn send(
         &self,
         app: SocketAddr,
         h2c: bool,
+        connect_timeout: Duration,
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, AppError> {
         if h2c {
             let request = ward_http::headers::to_http2_form(request, &app.to_string());
-            let connect = || tokio::time::timeout(CONNECT_TIMEOUT, connect(app));
+            let connect = || tokio::time::timeout(connect_timeout, connect(app));
             let mut sender = self
                 .h2c
                 .sender(app, || async { connect().await.unwrap_or_else(|e| Err(std::io::Error::other(e))) })
@@ -121,7 +122,11 @@ impl AppClient {
         }
         *request.uri_mut() = app_uri(app, request.uri());
         *request.version_mut() = http::Version::HTTP_11;
-        let client = if app.is_ipv4() && !app.ip().is_loopback() { &self.host } else { &self.loopback };
+        let source = (app.is_ipv4() && !app.ip().is_loopback()).then_some(IpAddr::from(INBOUND_PASSTHROUGH_V4));
+        let client = {
+            let mut clients = self.http1.lock().expect("application clients lock");
+            clients.entry((connect_timeout, source)).or_insert_with(|| http1_client(source, connect_timeout)).clone()
+        };
         client.request(request).await.map_err(|source| AppError::Client { app, source })
     }
 

@@ -9,10 +9,12 @@ use std::{
 };
 
 use ward_api::{
-    Resource, Spec,
+    Resource, ResourceType, Spec,
     dataplane::{Dataplane, Protocol, Tags},
+    mesh_timeout::Timeouts,
     metrics::PrometheusEndpoint,
     parse,
+    rules::DataplaneRules,
 };
 use ward_pki::{SpiffeId, TrustBundle};
 use ward_proto::discovery::{MtlsMode, ProxyConfig};
@@ -108,6 +110,14 @@ pub struct Config {
     pub external: HashMap<String, Arc<External>>,
     /// The destination key of each outbound (by index) naming its backend by labels.
     pub outbound_destinations: HashMap<usize, String>,
+    /// The merged policies of this dataplane, as the control plane computed them.
+    pub rules: DataplaneRules,
+    /// MeshTimeout at each inbound, by index.
+    #[serde(skip)]
+    pub inbound_timeouts: Vec<Timeouts>,
+    /// MeshTimeout for each destination, by destination key; absent ones have none.
+    #[serde(skip)]
+    pub outbound_timeouts: HashMap<String, Timeouts>,
 }
 
 /// Why a configuration from the control plane was not used.
@@ -122,6 +132,9 @@ pub enum ConfigError {
     /// The Prometheus endpoint does not read.
     #[error("prometheus endpoint: {0}")]
     Prometheus(String),
+    /// The merged policies do not read.
+    #[error("rules: {0}")]
+    Rules(String),
     /// An endpoint address is not an IP address.
     #[error("service {service}: endpoint {address:?} is not an IP address")]
     Endpoint {
@@ -227,6 +240,26 @@ impl Config {
             })
         });
         let external = externals(&proto.external_services);
+        let rules: DataplaneRules = match proto.rules_json.as_str() {
+            "" => DataplaneRules::default(),
+            json => serde_json::from_str(json).map_err(|e| ConfigError::Rules(e.to_string()))?,
+        };
+        let timeouts = |conf: Option<&serde_json::Value>| conf.map_or(Ok(Timeouts::default()), Timeouts::from_conf);
+        let inbound_timeouts = (0..spec.networking.inbound.len())
+            .map(|i| timeouts(rules.inbound(i, ResourceType::MeshTimeout)))
+            .collect::<Result<_, _>>()
+            .map_err(ConfigError::Rules)?;
+        let outbound_timeouts = rules
+            .outbounds
+            .iter()
+            .map(|o| {
+                Ok((
+                    o.destination.key.clone(),
+                    timeouts(rules.outbound(&o.destination.key, ResourceType::MeshTimeout))?,
+                ))
+            })
+            .collect::<Result<_, String>>()
+            .map_err(ConfigError::Rules)?;
         // Instances by address, a MeshService's ports and a MeshExternalService's port on their
         // virtual IPs.
         let service_by_address = services
@@ -276,7 +309,20 @@ impl Config {
                 .iter()
                 .map(|o| (o.outbound as usize, o.destination.clone()))
                 .collect(),
+            rules,
+            inbound_timeouts,
+            outbound_timeouts,
         })
+    }
+
+    /// The MeshTimeout of inbound `index` (Ward's defaults where none applies).
+    pub fn inbound_timeouts(&self, index: usize) -> Timeouts {
+        self.inbound_timeouts.get(index).copied().unwrap_or_default()
+    }
+
+    /// The MeshTimeout for the destination `key` (Ward's defaults where none applies).
+    pub fn outbound_timeouts(&self, key: &str) -> Timeouts {
+        self.outbound_timeouts.get(key).copied().unwrap_or_default()
     }
 
     /// The Dataplane's spec.

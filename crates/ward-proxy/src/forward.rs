@@ -1,7 +1,11 @@
 //! Forwarding both directions share: driving a server connection to its end (idle timeout,
 //! drain, lost permission), carrying an upgraded connection, copying TCP, timing requests.
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,16 +24,32 @@ use crate::{
     metrics::{BytesLabels, DestinationLabels, RequestLabels},
 };
 
-/// Serves one HTTP connection until it ends, shutting it down gracefully when it is idle too
-/// long or when the proxy drains. When `cut` completes (the caller lost its permission or its
-/// certificate's trust) the connection is dropped at once, with every request and response
-/// still in flight on it, and the reason returned.
-pub async fn drive<C>(proxy: &Proxy, connection: C, activity: &Activity, cut: impl Future<Output = Cut>) -> Option<Cut>
+/// Serves one HTTP connection until it ends, shutting it down gracefully when it is idle for
+/// `idle` (never when `None`), when it is `max_age` old, or when the proxy drains. When `cut`
+/// completes (the caller lost its permission or its certificate's trust) the connection is
+/// dropped at once, with every request and response still in flight on it, and the reason
+/// returned.
+pub async fn drive<C>(
+    proxy: &Proxy,
+    connection: C,
+    activity: &Activity,
+    (idle, max_age): (Option<Duration>, Option<Duration>),
+    cut: impl Future<Output = Cut>,
+) -> Option<Cut>
 where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulShutdown,
 {
     tokio::pin!(connection);
     tokio::pin!(cut);
+    let idle = until_idle(activity, idle);
+    tokio::pin!(idle);
+    let aged = async {
+        match max_age {
+            Some(age) => tokio::time::sleep(age).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(aged);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -40,8 +60,13 @@ where
                 return None;
             }
             reason = cut.as_mut() => return Some(reason),
-            _ = activity.idle(proxy.limits.idle_timeout), if !closing => {
+            () = idle.as_mut(), if !closing => {
                 tracing::debug!("closing an idle connection");
+                closing = true;
+                connection.as_mut().shutdown();
+            }
+            () = aged.as_mut(), if !closing => {
+                tracing::debug!("closing a connection at its maximum duration");
                 closing = true;
                 connection.as_mut().shutdown();
             }
@@ -50,6 +75,14 @@ where
                 connection.as_mut().shutdown();
             }
         }
+    }
+}
+
+/// Completes once nothing moved on `activity` for `idle`; never when `None`.
+pub async fn until_idle(activity: &Activity, idle: Option<Duration>) {
+    match idle {
+        Some(limit) => activity.idle(limit).await,
+        None => std::future::pending().await,
     }
 }
 

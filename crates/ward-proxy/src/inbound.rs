@@ -13,7 +13,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use ward_api::dataplane::Protocol;
+use ward_api::{dataplane::Protocol, mesh_timeout::enabled};
 
 use ward_http::{
     Body,
@@ -28,6 +28,7 @@ use crate::{
     forward::{self, OpenConnection},
     io::{Activity, Counted, Detected, detect},
     metrics::{INBOUND, ReasonLabels},
+    timeouts::Limits,
     tls,
 };
 
@@ -120,23 +121,30 @@ where
         },
     };
     caller.await_tags(proxy.state()).await;
+    let timeouts = proxy.state().config().map(|c| c.inbound_timeouts(spec.index)).unwrap_or_default();
+    let idle = timeouts.idle_or(proxy.limits.idle_timeout);
     if protocol == Detected::Tcp {
         let Some(config) = proxy.state().config() else { return };
         let Some(index) = config.inbound_index(&spec) else { return };
         if !authorize(proxy.state(), &caller, &config, index).allows() {
             return;
         }
-        let app = match crate::app_client::connect(spec.app).await {
-            Ok(app) => app,
-            Err(e) => {
+        let within = timeouts.connect.unwrap_or(crate::app_client::CONNECT_TIMEOUT);
+        let app = match tokio::time::timeout(within, crate::app_client::connect(spec.app)).await {
+            Ok(Ok(app)) => app,
+            Ok(Err(e)) => {
                 tracing::warn!(app = %spec.app, error = %e, "cannot reach the application");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(app = %spec.app, "cannot reach the application: connect timed out");
                 return;
             }
         };
         let _ = app.set_nodelay(true);
         tokio::select! {
             _ = forward::copy_tcp(&proxy, INBOUND, io, app) => {}
-            _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
+            () = forward::until_idle(&activity, idle) => tracing::debug!("closing an idle TCP connection"),
             cut = caller.cut(proxy.state(), |c| c.inbound_index(&spec)) => {
                 tracing::info!(caller = caller.label(), reason = cut.as_str(), "closing the caller's connection");
                 cut.count(proxy.state(), INBOUND);
@@ -153,8 +161,14 @@ where
     };
     let (io, service) = ward_http::server::guard(io, service, &proxy.limits);
     let connection = proxy.http_server.serve_connection_with_upgrades(io, service);
-    if let Some(reason) =
-        forward::drive(&proxy, connection, &activity, caller.cut(proxy.state(), |c| c.inbound_index(&spec))).await
+    if let Some(reason) = forward::drive(
+        &proxy,
+        connection,
+        &activity,
+        (idle, enabled(timeouts.max_connection)),
+        caller.cut(proxy.state(), |c| c.inbound_index(&spec)),
+    )
+    .await
     {
         tracing::info!(
             caller = caller.label(),
@@ -213,7 +227,18 @@ async fn handle_request(
             })
             .await
         } else {
-            proxy.app.send(spec.app, h2c, request.map(boxed)).await.map(|r| r.map(boxed))
+            let timeouts = config.inbound_timeouts(index);
+            let within = timeouts.connect.unwrap_or(crate::app_client::CONNECT_TIMEOUT);
+            let limits = Limits::new(&timeouts, started.into());
+            match limits.exchange(request.map(boxed), |r| proxy.app.send(spec.app, h2c, within, r)).await {
+                Ok(result) => result,
+                Err(expired) => {
+                    tracing::info!(app = %spec.app, ?expired, "request ended by a MeshTimeout");
+                    let response = expired.response();
+                    forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
+                    return response;
+                }
+            }
         };
         match result {
             Ok(mut response) => {

@@ -135,7 +135,8 @@ impl Activity {
         Activity { start: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
     }
 
-    fn touch(&self) {
+    /// Records that a byte moved now.
+    pub fn touch(&self) {
         self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 

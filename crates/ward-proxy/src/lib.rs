@@ -23,6 +23,7 @@ pub mod metrics_endpoint;
 pub mod outbound;
 pub mod probe;
 pub mod state;
+pub mod timeouts;
 pub mod tls;
 pub mod transparent;
 

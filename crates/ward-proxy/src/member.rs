@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
-use ward_api::Resource;
+use ward_api::{Resource, mesh_timeout::Timeouts};
 use ward_http::{Body, BoxError, body::boxed};
 
 use crate::{
@@ -55,8 +55,14 @@ impl Member {
         balancers.entry(service.to_string()).or_insert_with(|| Arc::new(Balancer::new(self.strategy))).clone()
     }
 
-    /// Sends an HTTP request to one instance of `service` over the shared HTTP/2 connection.
-    pub async fn send<B>(&self, service: &str, request: Request<B>) -> Result<Response<Incoming>, SendError>
+    /// Sends an HTTP request to one instance of `service` over the shared HTTP/2 connection,
+    /// connecting under `timeouts` (MeshTimeout's; the defaults for the gateway).
+    pub async fn send<B>(
+        &self,
+        service: &str,
+        request: Request<B>,
+        timeouts: &Timeouts,
+    ) -> Result<Response<Incoming>, SendError>
     where
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
@@ -65,7 +71,7 @@ impl Member {
         let (endpoint, _in_flight) =
             self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
         let request = ward_http::headers::to_http2_form(request, service).map(boxed);
-        Ok(self.mesh.send(endpoint, request).await?)
+        Ok(self.mesh.send(endpoint, request, timeouts).await?)
     }
 
     /// Sends an upgrade request to one instance of `service`, on a connection of its own; also
@@ -74,11 +80,12 @@ impl Member {
         &self,
         service: &str,
         request: Request<Body>,
+        timeouts: &Timeouts,
     ) -> Result<(Response<Incoming>, impl Future<Output = ()> + Send + 'static), SendError> {
         let endpoints = self.endpoints(service);
         let (endpoint, _in_flight) =
             self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
-        Ok(self.mesh.send_upgrade(endpoint, request).await?)
+        Ok(self.mesh.send_upgrade(endpoint, request, timeouts.connect).await?)
     }
 
     fn endpoints(&self, service: &str) -> Vec<crate::config::Endpoint> {

@@ -20,6 +20,7 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
+use ward_api::mesh_timeout::{Timeouts, enabled};
 use ward_http::{
     Body,
     client::{Http2ConnectError, Http2Connections},
@@ -66,13 +67,19 @@ const RETIRE_BEFORE_EXPIRY: Duration = Duration::from_secs(30);
 /// rotation both sides move to the new one), and the peer's is not about to expire. So when a
 /// certificate is renewed, or a CA is about to be removed, requests move to a new connection
 /// and the old one is idle by the time its certificates expire or lose their trust.
-fn fresh(state: &Arc<State>, peer: &Peer) -> ward_http::client::Fresh {
+/// With `max_age` (MeshTimeout's `http.maxConnectionDuration`), a connection also stops taking
+/// requests once that old.
+fn fresh(state: &Arc<State>, peer: &Peer, max_age: Option<Duration>) -> ward_http::client::Fresh {
     let own = state.svid();
     let (own_serial, own_issuer) = own.map_or((String::new(), String::new()), |s| (s.serial.clone(), s.issuer.clone()));
     let remaining = (peer.not_after - chrono::Utc::now()).to_std().unwrap_or_default();
     let retire_at =
         peer.not_after - chrono::TimeDelta::from_std((remaining / 4).min(RETIRE_BEFORE_EXPIRY)).unwrap_or_default();
     let (state, peer_issuer) = (state.clone(), peer.issuer.clone());
+    let retire_at = match max_age.and_then(|age| chrono::TimeDelta::from_std(age).ok()) {
+        Some(age) => retire_at.min(chrono::Utc::now() + age),
+        None => retire_at,
+    };
     Box::new(move || {
         chrono::Utc::now() < retire_at
             && peer_issuer == own_issuer
@@ -104,8 +111,14 @@ impl MeshClient {
         MeshClient { state, allow_tls12, tls: Mutex::default(), h2: Http2Connections::new(h2) }
     }
 
-    /// A TLS connection to `to`, which must prove its identity, offering `alpn`.
-    pub async fn connect(&self, to: &Endpoint, alpn: &'static [u8]) -> Result<TlsStream<TcpStream>, MeshError> {
+    /// A TLS connection to `to`, which must prove its identity, offering `alpn`, made within
+    /// `within` (MeshTimeout's `connectionTimeout`, or Ward's default).
+    pub async fn connect(
+        &self,
+        to: &Endpoint,
+        alpn: &'static [u8],
+        within: Option<Duration>,
+    ) -> Result<TlsStream<TcpStream>, MeshError> {
         let endpoint = to.address;
         let fail = |source: io::Error| MeshError::Connect { endpoint, source };
         let config = self.client_config(&to.identity, alpn);
@@ -114,7 +127,7 @@ impl MeshClient {
             tcp.set_nodelay(true)?;
             TlsConnector::from(config).connect(ServerName::IpAddress(endpoint.ip().into()), tcp).await
         };
-        let result = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        let result = tokio::time::timeout(within.unwrap_or(CONNECT_TIMEOUT), connect)
             .await
             .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
         if let Err(e) = &result {
@@ -128,13 +141,20 @@ impl MeshClient {
         result.map_err(fail)
     }
 
-    /// Sends `request` over the shared HTTP/2 connection to `to`, opening it when needed.
-    pub async fn send(&self, to: &Endpoint, request: Request<Body>) -> Result<Response<Incoming>, MeshError> {
+    /// Sends `request` over the shared HTTP/2 connection to `to`, opening it when needed within
+    /// `timeouts.connect`; a connection opened here stops taking requests once
+    /// `timeouts.max_connection` old.
+    pub async fn send(
+        &self,
+        to: &Endpoint,
+        request: Request<Body>,
+        timeouts: &Timeouts,
+    ) -> Result<Response<Incoming>, MeshError> {
         let endpoint = to.address;
         let connect = || async {
-            let tls = self.connect(to, ALPN_H2).await?;
+            let tls = self.connect(to, ALPN_H2, timeouts.connect).await?;
             let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| distrusted(endpoint))?;
-            let fresh = fresh(&self.state, &peer);
+            let fresh = fresh(&self.state, &peer, enabled(timeouts.max_connection));
             // A peer that stops being trusted loses the connection and its streams at once.
             Ok((tls, peer.watched(self.state.clone(), endpoint), fresh))
         };
@@ -153,9 +173,10 @@ impl MeshClient {
         &self,
         to: &Endpoint,
         request: Request<Body>,
+        within: Option<Duration>,
     ) -> Result<(Response<Incoming>, impl Future<Output = ()> + Send + 'static + use<>), MeshError> {
         let endpoint = to.address;
-        let tls = self.connect(to, ALPN_HTTP1).await?;
+        let tls = self.connect(to, ALPN_HTTP1, within).await?;
         let peer = Peer::of(&self.state, tls.get_ref().1).ok_or_else(|| distrusted(endpoint))?;
         let (mut sender, connection) =
             http1::handshake(TokioIo::new(tls)).await.map_err(|source| MeshError::Http { endpoint, source })?;

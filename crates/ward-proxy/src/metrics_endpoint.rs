@@ -217,8 +217,11 @@ async fn scrape(proxy: &Proxy, app: &AppMetrics) -> Result<String, String> {
         .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed())
         .map_err(|e| e.to_string())?;
     let fetch = async {
-        let response =
-            proxy.app.send(SocketAddr::new(ip, app.port), false, request).await.map_err(|e| e.to_string())?;
+        let response = proxy
+            .app
+            .send(SocketAddr::new(ip, app.port), false, crate::app_client::CONNECT_TIMEOUT, request)
+            .await
+            .map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }

@@ -22,6 +22,7 @@ use crate::{
     forward::{self, OpenConnection},
     io::{Activity, Counted, Detected, Prefixed, detect},
     metrics::OUTBOUND,
+    timeouts::Limits,
 };
 
 /// One outbound of the Dataplane: a local listener for one destination service.
@@ -50,6 +51,8 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
         return handle_external(proxy.clone(), &service, external.clone(), tcp).await;
     }
     let protocol = config.services.get(&service).and_then(|s| s.protocol);
+    let timeouts = config.outbound_timeouts(&service);
+    let idle = timeouts.idle_or(proxy.limits.idle_timeout);
     let activity = Activity::new();
     let io = Counted::new(tcp, activity.clone());
     let (detected, io) = match protocol {
@@ -70,7 +73,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
             tracing::debug!(%service, "no endpoint: closing the TCP connection");
             return;
         };
-        let upstream = match proxy.member.mesh.connect(&endpoint, b"").await {
+        let upstream = match proxy.member.mesh.connect(&endpoint, b"", timeouts.connect).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 tracing::warn!(%service, error = %e, "cannot reach an instance");
@@ -80,7 +83,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
         let Some(peer) = Peer::of(proxy.state(), upstream.get_ref().1) else { return };
         tokio::select! {
             _ = forward::copy_tcp(&proxy, OUTBOUND, io, upstream) => {}
-            _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
+            () = forward::until_idle(&activity, idle) => tracing::debug!("closing an idle TCP connection"),
             () = peer.watched(proxy.state().clone(), endpoint.address) => {}
         }
         return;
@@ -97,7 +100,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
     let connection = proxy.http_server.serve_connection_with_upgrades(io, service_fn);
     // The local application is not authorized here; the peers' trust is watched per connection
     // to them (mesh_client).
-    forward::drive(&proxy, connection, &activity, std::future::pending()).await;
+    forward::drive(&proxy, connection, &activity, (idle, None), std::future::pending()).await;
 }
 
 /// Carries one connection of the application to the MeshExternalService `key` names, as it is
@@ -108,7 +111,8 @@ async fn handle_external(proxy: Arc<Proxy>, key: &str, external: Arc<External>, 
         tracing::info!(external = %external.name, reason, "connection to a MeshExternalService refused");
         return;
     }
-    let upstream = match crate::external::connect(&external, CONNECT_TIMEOUT).await {
+    let timeouts = proxy.state().config().map(|c| c.outbound_timeouts(key)).unwrap_or_default();
+    let upstream = match crate::external::connect(&external, timeouts.connect.unwrap_or(CONNECT_TIMEOUT)).await {
         Ok((upstream, _)) => upstream,
         Err(e) => {
             tracing::warn!(external = %external.name, error = %e, "cannot reach the MeshExternalService");
@@ -120,7 +124,9 @@ async fn handle_external(proxy: Arc<Proxy>, key: &str, external: Arc<External>, 
     let allowed = |config: &crate::config::Config| config.external.get(key).is_some_and(|e| e.denied.is_none());
     tokio::select! {
         _ = forward::copy_tcp(&proxy, OUTBOUND, io, upstream) => {}
-        _ = activity.idle(proxy.limits.idle_timeout) => tracing::debug!("closing an idle TCP connection"),
+        () = forward::until_idle(&activity, timeouts.idle_or(proxy.limits.idle_timeout)) => {
+            tracing::debug!("closing an idle TCP connection");
+        }
         cut = first_cut(proxy.state(), None, |config, _| (!allowed(config)).then_some(Cut::Permission)) => {
             tracing::info!(external = %external.name, "closing a connection to a MeshExternalService no longer allowed");
             cut.count(proxy.state(), OUTBOUND);
@@ -138,11 +144,21 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
     strip_hop_by_hop(request.headers_mut(), upgrading);
     remove_every_spelling(request.headers_mut(), &[PEER_IDENTITY]);
     let member = &proxy.member;
+    let timeouts = proxy.state().config().map(|c| c.outbound_timeouts(service)).unwrap_or_default();
     let result = if upgrading {
         // The upgraded connection outlives this request: it watches the peer's trust itself.
-        forward::upgrade(request, |r| member.send_upgrade(service, r)).await
+        forward::upgrade(request, |r| member.send_upgrade(service, r, &timeouts)).await
     } else {
-        member.send(service, request).await.map(|r| r.map(boxed))
+        let limits = Limits::new(&timeouts, started.into());
+        match limits.exchange(request.map(boxed), |r| member.send(service, r, &timeouts)).await {
+            Ok(result) => result,
+            Err(expired) => {
+                tracing::info!(%service, ?expired, "request ended by a MeshTimeout");
+                let response = expired.response();
+                forward::record(proxy, OUTBOUND, &source, service, response.status(), started);
+                return response;
+            }
+        }
     };
     let response = match result {
         Ok(mut response) => {

@@ -49,6 +49,11 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", details)
     }
 
+    /// 503: what was asked is not known yet.
+    pub fn unavailable(details: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Not available yet", details)
+    }
+
     /// 403.
     pub fn forbidden(details: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "Access denied", details)

@@ -65,6 +65,7 @@ pub fn router(state: ApiState) -> Router {
             get(resources::get_in_mesh).put(resources::put_in_mesh).delete(resources::delete_in_mesh),
         )
         .route("/meshes/{mesh}/dataplanes/{name}/_authorization", get(resources::authorization))
+        .route("/meshes/{mesh}/dataplanes/{name}/_rules", get(resources::rules))
         .route("/meshes/{mesh}/meshexternalservices/{name}/_authorization", get(resources::external_authorization))
         .route("/meshes/{mesh}/dataplanes/{name}/_overview", get(identity::dataplane_overview))
         .route_layer(axum::middleware::from_fn(path_names::check))

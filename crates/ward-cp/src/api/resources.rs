@@ -379,6 +379,26 @@ pub async fn delete_in_mesh(
     Ok(StatusCode::OK)
 }
 
+/// `GET /meshes/{mesh}/dataplanes/{name}/_rules`: the merged policies of every inbound and
+/// outbound of this dataplane and the policies each came from, as its proxy is sent them.
+pub async fn rules(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((mesh, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.read(&mesh)?;
+    if state.store.get(ResourceType::Dataplane, &mesh, &name).await?.is_none() {
+        return Err(ApiError::not_found(format!("dataplanes/{name} not found in mesh {mesh:?}")));
+    }
+    let mut live = state.snapshots.subscribe(&mesh);
+    let _ = tokio::time::timeout(FIRST_SNAPSHOT, live.wait_for(|s| s.dataplanes.contains_key(&name))).await;
+    let snapshot = live.borrow().clone();
+    let rules = snapshot.rules(&name).ok_or_else(|| {
+        ApiError::unavailable(format!("dataplanes/{name} is not in the control plane's view of mesh {mesh:?} yet"))
+    })?;
+    Ok(Json(json!({"dataplane": name, "mesh": mesh, "rules": rules})))
+}
+
 /// `?caller=` of an authorization question: a service name or a SPIFFE ID.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

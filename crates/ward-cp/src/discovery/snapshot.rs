@@ -15,6 +15,7 @@ use ward_api::{
     membership,
     mesh::{Mesh, MeshServicesMode},
     mesh_external_service, mesh_service, metrics, policy,
+    rules::{self, DataplaneRules, Destination},
 };
 use ward_proto::discovery::{
     Endpoint, ExternalService, MtlsMode, OutboundDestination, PeerCertificate, ProxyConfig, Service, TagSet,
@@ -42,6 +43,8 @@ pub struct MeshSnapshot {
     pub trust_bundle_pem: String,
     /// MeshTrafficPermissions and TrafficPermissions.
     pub permissions: Vec<Resource>,
+    /// The policies the rules engine merges (MeshTimeout, ...).
+    pub policies: Vec<Resource>,
     /// Every Dataplane, by name.
     pub dataplanes: HashMap<String, Resource>,
     /// Every service with a dataplane, with the endpoints of its connected ones.
@@ -80,6 +83,7 @@ impl MeshSnapshot {
         let trust_bundle_pem = cas.iter().map(|c| c.ca.cert_pem()).collect();
 
         let mut permissions = Vec::new();
+        let mut policies = Vec::new();
         let mut dataplanes = HashMap::new();
         let mut non_members = HashMap::new();
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
@@ -121,6 +125,7 @@ impl MeshSnapshot {
                     dataplanes.insert(r.meta.name.clone(), r);
                 }
                 Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) => permissions.push(r),
+                Spec::MeshTimeout(_) => policies.push(r),
                 Spec::MeshService(_) => mesh_service_resources.push(r),
                 Spec::MeshExternalService(_) => external_resources.push(r),
                 Spec::Mesh(_) | Spec::Secret(_) => {}
@@ -166,6 +171,7 @@ impl MeshSnapshot {
             signer,
             trust_bundle_pem,
             permissions,
+            policies,
             dataplanes,
             services,
             mesh_services,
@@ -196,6 +202,8 @@ impl MeshSnapshot {
         let permissions_json = permissions.iter().map(|p| p.to_json().to_string()).collect();
         let mut services = self.reachable_services(mesh, dp);
         services.extend(self.reachable_mesh_services(mesh, dp));
+        let external_services = self.reachable_external_services(mesh, resource, dp);
+        let rules = self.rules_for(resource, &services, &external_services);
         Some(ProxyConfig {
             version: self.version,
             mesh: resource.meta.mesh.clone(),
@@ -212,9 +220,75 @@ impl MeshSnapshot {
             prometheus_json: prometheus
                 .map(|p| serde_json::to_string(&p).expect("an endpoint serializes"))
                 .unwrap_or_default(),
-            external_services: self.reachable_external_services(mesh, resource, dp),
+            external_services,
             outbound_destinations: self.outbound_destinations(dp),
+            rules_json: if self.policies.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&rules).expect("rules serialize")
+            },
         })
+    }
+
+    /// The merged policies of dataplane `name` ([`rules::compute`]) for its inbounds and for
+    /// every destination its proxy is sent; `None` when it is not in the mesh.
+    pub fn rules(&self, name: &str) -> Option<DataplaneRules> {
+        let mesh = self.mesh.as_ref()?;
+        let resource = self.dataplanes.get(name)?;
+        let Spec::Dataplane(dp) = &resource.spec else { return None };
+        let mut services = self.reachable_services(mesh, dp);
+        services.extend(self.reachable_mesh_services(mesh, dp));
+        Some(self.rules_for(resource, &services, &self.reachable_external_services(mesh, resource, dp)))
+    }
+
+    /// The rules of the Dataplane `resource` for `services` (by `kuma.io/service` or MeshService
+    /// port) and `external` destinations.
+    fn rules_for(&self, resource: &Resource, services: &[Service], external: &[ExternalService]) -> DataplaneRules {
+        if self.policies.is_empty() {
+            return DataplaneRules::default();
+        }
+        let display = |name: &str, labels: &BTreeMap<String, String>| {
+            let mut labels = labels.clone();
+            labels.entry("kuma.io/display-name".to_string()).or_insert_with(|| name.to_string());
+            labels
+        };
+        let mut destinations = Vec::new();
+        for service in services {
+            let port = self.mesh_services.iter().find_map(|(name, view)| {
+                let (number, _) = view.destinations.iter().find(|(_, d)| d.name == service.name)?;
+                Some((name, view, *number))
+            });
+            destinations.push(match port {
+                Some((name, view, number)) => {
+                    let port_name = view.spec.ports.iter().find(|p| p.port.0 == number).and_then(|p| p.name.clone());
+                    Destination {
+                        key: service.name.clone(),
+                        kind: "MeshService".into(),
+                        name: name.clone(),
+                        sections: port_name.into_iter().chain([number.to_string()]).collect(),
+                        labels: display(name, &view.labels),
+                    }
+                }
+                None => Destination {
+                    key: service.name.clone(),
+                    kind: rules::SERVICE.into(),
+                    name: service.name.clone(),
+                    sections: Vec::new(),
+                    labels: BTreeMap::new(),
+                },
+            });
+        }
+        for e in external {
+            let labels = self.external_services.get(&e.name).map(|v| display(&e.name, &v.labels)).unwrap_or_default();
+            destinations.push(Destination {
+                key: mesh_external_service::destination(&e.name),
+                kind: "MeshExternalService".into(),
+                name: e.name.clone(),
+                sections: Vec::new(),
+                labels,
+            });
+        }
+        rules::compute(&self.policies, resource, &destinations)
     }
 
     /// The MeshExternalServices `dp` (the Dataplane `resource`) may be asked for, each with the
