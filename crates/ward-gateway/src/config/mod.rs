@@ -1,10 +1,12 @@
-//! Kong's declarative configuration (`_format_version: "3.0"`): reading YAML or JSON,
-//! turning nested entities into flat lists, and resolving references between them.
+//! Kong's declarative configuration (`_format_version` "3.0", or "1.1" and "2.1" migrated
+//! as Kong 3.x does): reading YAML or JSON, turning nested entities into flat lists, and
+//! resolving references between them.
 //!
 //! Every entity keeps the path it was written at (`services[0].routes[1]`), so that each
 //! error names it. Field meanings are checked where the entity is compiled (router,
 //! plugins, upstreams, TLS); all errors of a file are collected before it is refused.
 
+mod migrate;
 pub(crate) mod schema;
 
 use std::collections::HashMap;
@@ -102,11 +104,12 @@ pub(crate) fn parse(text: &str) -> Result<(Declaration, ConfigErrors), ConfigErr
     };
     match top.get("_format_version") {
         Some(Value::String(v)) if v == "3.0" => {}
+        Some(Value::String(v)) if v == "1.1" || v == "2.1" => migrate::route_paths(&mut top),
         Some(Value::String(v)) => errors.add(
             "_format_version",
-            format!("\"{v}\" is not supported: Ward reads \"3.0\" (older formats treat regex paths differently)"),
+            format!("\"{v}\" is not supported: Ward reads \"3.0\", and \"1.1\" and \"2.1\" as Kong 3.x migrates them"),
         ),
-        Some(_) => errors.add("_format_version", "must be the string \"3.0\""),
+        Some(_) => errors.add("_format_version", "must be the string \"3.0\" (or \"1.1\" or \"2.1\")"),
         None => errors.add("_format_version", "is required (\"3.0\")"),
     }
     let mut collector = Collector { decl: Declaration::default(), errors, pending: Vec::new() };
@@ -654,7 +657,7 @@ keyauth_credentials:
     fn every_error_is_listed_with_its_path() {
         let table: &[(&str, &[&str])] = &[
             ("services: []", &["_format_version: is required (\"3.0\")"]),
-            ("_format_version: \"2.1\"", &["_format_version: \"2.1\" is not supported"]),
+            ("_format_version: \"2.0\"", &["_format_version: \"2.0\" is not supported"]),
             (
                 "_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  colour: red\n  routes:\n  - paths: [/a]\n    weight: 3\n",
                 &["services[0].colour: unknown field", "services[0].routes[0].weight: unknown field"],
