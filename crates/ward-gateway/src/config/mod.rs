@@ -18,10 +18,11 @@ use crate::error::ConfigErrors;
 use schema::Reference;
 
 /// Top-level keys of a declarative file.
-const TOP_LEVEL: [&str; 17] = [
+const TOP_LEVEL: [&str; 18] = [
     "_format_version",
     "_transform",
     "_comment",
+    "_ignore",
     "services",
     "routes",
     "consumers",
@@ -112,6 +113,7 @@ pub(crate) fn parse(text: &str) -> Result<(Declaration, ConfigErrors), ConfigErr
         Some(_) => errors.add("_format_version", "must be the string \"3.0\" (or \"1.1\" or \"2.1\")"),
         None => errors.add("_format_version", "is required (\"3.0\")"),
     }
+    annotations(&mut top, "", &mut errors);
     let mut collector = Collector { decl: Declaration::default(), errors, pending: Vec::new() };
     collector.decl.transform = match top.get("_transform") {
         None => true,
@@ -161,12 +163,37 @@ fn strip_nulls(value: Value) -> Value {
     }
 }
 
-/// Removes `key` (a list) from `obj`, with each element's path.
+/// Removes what Kong allows on the file and on every entity and then ignores: `_comment`
+/// (a string) and `_ignore` (a list of anything).
+fn annotations(obj: &mut Map<String, Value>, prefix: &str, errors: &mut ConfigErrors) {
+    let at = |key: &str| if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+    match obj.remove("_comment") {
+        None | Some(Value::String(_)) => {}
+        Some(_) => errors.add(at("_comment"), "must be a string"),
+    }
+    match obj.remove("_ignore") {
+        None | Some(Value::Array(_)) => {}
+        Some(_) => errors.add(at("_ignore"), "must be a list"),
+    }
+}
+
+/// Removes `key` (a list of entities) from `obj`, with each element's path, and each
+/// entity's annotations.
 fn take_list(obj: &mut Map<String, Value>, key: &str, prefix: &str, errors: &mut ConfigErrors) -> Vec<(String, Value)> {
     let path = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
     match obj.remove(key) {
         None => Vec::new(),
-        Some(Value::Array(items)) => items.into_iter().enumerate().map(|(i, v)| (format!("{path}[{i}]"), v)).collect(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut v)| {
+                let at = format!("{path}[{i}]");
+                if let Value::Object(entity) = &mut v {
+                    annotations(entity, &at, errors);
+                }
+                (at, v)
+            })
+            .collect(),
         Some(_) => {
             errors.add(path, "must be a list");
             Vec::new()
