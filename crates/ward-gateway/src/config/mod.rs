@@ -273,6 +273,21 @@ enum Owner {
     Target,
 }
 
+/// Where an entity was written: at the top level, or nested in a parent (at its index when
+/// the parent could be read).
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Top,
+    In(Option<usize>),
+}
+
+impl Place {
+    /// Nested in the parent at `parent` if there is one, else at the top level.
+    fn of(parent: Option<usize>) -> Place {
+        parent.map_or(Place::Top, |p| Place::In(Some(p)))
+    }
+}
+
 /// The credential lists of a consumer, or of the top level, each element with its path.
 struct Credentials {
     keyauth: Vec<(String, Value)>,
@@ -318,27 +333,48 @@ impl Collector {
         }
     }
 
-    /// Records a flat reference (or checks that a nested entity has none).
+    /// Records a flat reference; an entity nested in its parent may name that parent (by id
+    /// or name), as Kong allows, but no other.
     fn link(
         &mut self,
         field: &str,
         reference: Option<&Reference>,
-        nested: bool,
+        place: Place,
         kind: Kind,
         target: (Owner, usize),
         path: &str,
     ) {
-        match (reference, nested) {
-            (Some(_), true) => self
-                .errors
-                .add(format!("{path}.{field}"), format!("must not be set on an entity nested in its {}", kind.noun())),
-            (Some(r), false) => match r.key() {
-                Some(key) => {
-                    self.pending.push(Pending { path: format!("{path}.{field}"), kind, key: key.to_string(), target })
+        let Some(reference) = reference else { return };
+        let Some(key) = reference.key() else {
+            self.errors.add(format!("{path}.{field}"), "must give an id or a name");
+            return;
+        };
+        match place {
+            Place::Top => {
+                self.pending.push(Pending { path: format!("{path}.{field}"), kind, key: key.to_string(), target })
+            }
+            Place::In(parent) => {
+                // A parent that could not be read has its own error already.
+                let Some((id, name)) = parent.and_then(|i| self.names(kind, i)) else { return };
+                if key != id && Some(key) != name {
+                    let noun = kind.noun();
+                    let message =
+                        format!("names {noun} '{key}', but the entity is nested in {noun} '{}'", name.unwrap_or(id));
+                    self.errors.add(format!("{path}.{field}"), message);
                 }
-                None => self.errors.add(format!("{path}.{field}"), "must give an id or a name"),
-            },
-            (None, _) => {}
+            }
+        }
+    }
+
+    /// The id and the name (or username) of an entity already read.
+    fn names(&self, kind: Kind, index: usize) -> Option<(&str, Option<&str>)> {
+        let d = &self.decl;
+        match kind {
+            Kind::Service => d.services.get(index).map(|e| (e.id.as_str(), e.item.name.as_deref())),
+            Kind::Route => d.routes.get(index).map(|e| (e.id.as_str(), e.item.name.as_deref())),
+            Kind::Consumer => d.consumers.get(index).map(|e| (e.id.as_str(), e.item.username.as_deref())),
+            Kind::Certificate => d.certificates.get(index).map(|e| (e.id.as_str(), None)),
+            Kind::Upstream => d.upstreams.get(index).map(|e| (e.id.as_str(), Some(e.item.name.as_str()))),
         }
     }
 
@@ -372,7 +408,8 @@ impl Collector {
             };
             let id = self.id("routes", item.id.as_deref(), item.name.as_deref(), &path);
             let index = self.decl.routes.len();
-            self.link("service", item.service.as_ref(), nested, Kind::Service, (Owner::Route, index), &path);
+            let place = if nested { Place::In(service) } else { Place::Top };
+            self.link("service", item.service.as_ref(), place, Kind::Service, (Owner::Route, index), &path);
             self.decl.routes.push(Entity { path, id, item, links: Links { service, ..Links::default() } });
             self.plugins(plugins, Links { route: Some(index), ..Links::default() });
         }
@@ -414,41 +451,41 @@ impl Collector {
 
     /// Credentials at the top level (`consumer` none) or nested in consumer `consumer`.
     fn credentials(&mut self, lists: Credentials, consumer: Option<usize>) {
-        let nested = consumer.is_some();
+        let place = Place::of(consumer);
         let links = Links { consumer, ..Links::default() };
         for (path, value) in lists.keyauth {
             let Some(item) = typed::<schema::KeyAuthCredential>(value, &path, &mut self.errors) else { continue };
             let id = self.id("keyauth_credentials", item.id.as_deref(), None, &path);
             let index = self.decl.keyauth_credentials.len();
-            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::KeyAuth, index), &path);
+            self.link("consumer", item.consumer.as_ref(), place, Kind::Consumer, (Owner::KeyAuth, index), &path);
             self.decl.keyauth_credentials.push(Entity { path, id, item, links });
         }
         for (path, value) in lists.basicauth {
             let Some(item) = typed::<schema::BasicAuthCredential>(value, &path, &mut self.errors) else { continue };
             let id = self.id("basicauth_credentials", item.id.as_deref(), Some(&item.username.clone()), &path);
             let index = self.decl.basicauth_credentials.len();
-            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::BasicAuth, index), &path);
+            self.link("consumer", item.consumer.as_ref(), place, Kind::Consumer, (Owner::BasicAuth, index), &path);
             self.decl.basicauth_credentials.push(Entity { path, id, item, links });
         }
         for (path, value) in lists.hmacauth {
             let Some(item) = typed::<schema::HmacAuthCredential>(value, &path, &mut self.errors) else { continue };
             let id = self.id("hmacauth_credentials", item.id.as_deref(), Some(&item.username.clone()), &path);
             let index = self.decl.hmacauth_credentials.len();
-            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::HmacAuth, index), &path);
+            self.link("consumer", item.consumer.as_ref(), place, Kind::Consumer, (Owner::HmacAuth, index), &path);
             self.decl.hmacauth_credentials.push(Entity { path, id, item, links });
         }
         for (path, value) in lists.jwt {
             let Some(item) = typed::<schema::JwtSecret>(value, &path, &mut self.errors) else { continue };
             let id = self.id("jwt_secrets", item.id.as_deref(), item.key.as_deref(), &path);
             let index = self.decl.jwt_secrets.len();
-            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::Jwt, index), &path);
+            self.link("consumer", item.consumer.as_ref(), place, Kind::Consumer, (Owner::Jwt, index), &path);
             self.decl.jwt_secrets.push(Entity { path, id, item, links });
         }
         for (path, value) in lists.acls {
             let Some(item) = typed::<schema::Acl>(value, &path, &mut self.errors) else { continue };
             let id = self.id("acls", item.id.as_deref(), None, &path);
             let index = self.decl.acls.len();
-            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::Acl, index), &path);
+            self.link("consumer", item.consumer.as_ref(), place, Kind::Consumer, (Owner::Acl, index), &path);
             self.decl.acls.push(Entity { path, id, item, links });
         }
     }
@@ -459,9 +496,9 @@ impl Collector {
             let id = self.id("plugins", item.id.as_deref(), None, &path);
             let index = self.decl.plugins.len();
             let target = (Owner::Plugin, index);
-            self.link("service", item.service.as_ref(), parent.service.is_some(), Kind::Service, target, &path);
-            self.link("route", item.route.as_ref(), parent.route.is_some(), Kind::Route, target, &path);
-            self.link("consumer", item.consumer.as_ref(), parent.consumer.is_some(), Kind::Consumer, target, &path);
+            self.link("service", item.service.as_ref(), Place::of(parent.service), Kind::Service, target, &path);
+            self.link("route", item.route.as_ref(), Place::of(parent.route), Kind::Route, target, &path);
+            self.link("consumer", item.consumer.as_ref(), Place::of(parent.consumer), Kind::Consumer, target, &path);
             self.decl.plugins.push(Entity { path, id, item, links: parent });
         }
     }
@@ -493,9 +530,9 @@ impl Collector {
             let Some(item) = typed::<schema::Sni>(value, &path, &mut self.errors) else { continue };
             let id = self.id("snis", item.id.as_deref(), Some(&item.name.clone()), &path);
             let index = self.decl.snis.len();
-            let nested = certificate.is_some();
-            self.link("certificate", item.certificate.as_ref(), nested, Kind::Certificate, (Owner::Sni, index), &path);
-            if !nested && item.certificate.is_none() {
+            let place = Place::of(certificate);
+            self.link("certificate", item.certificate.as_ref(), place, Kind::Certificate, (Owner::Sni, index), &path);
+            if certificate.is_none() && item.certificate.is_none() {
                 self.errors.add(format!("{path}.certificate"), "is required");
             }
             self.decl.snis.push(Entity { path, id, item, links: Links { certificate, ..Links::default() } });
@@ -527,9 +564,9 @@ impl Collector {
             let Some(item) = typed::<schema::Target>(value, &path, &mut self.errors) else { continue };
             let id = self.id("targets", item.id.as_deref(), None, &path);
             let index = self.decl.targets.len();
-            let nested = upstream.is_some();
-            self.link("upstream", item.upstream.as_ref(), nested, Kind::Upstream, (Owner::Target, index), &path);
-            if !nested && item.upstream.is_none() {
+            let place = Place::of(upstream);
+            self.link("upstream", item.upstream.as_ref(), place, Kind::Upstream, (Owner::Target, index), &path);
+            if upstream.is_none() && item.upstream.is_none() {
                 self.errors.add(format!("{path}.upstream"), "is required");
             }
             self.decl.targets.push(Entity { path, id, item, links: Links { upstream, ..Links::default() } });
@@ -694,8 +731,8 @@ keyauth_credentials:
                 &["routes[0].service: no service has the id or name 'nope'"],
             ),
             (
-                "_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  routes:\n  - paths: [/a]\n    service: a\n",
-                &["services[0].routes[0].service: must not be set on an entity nested in its service"],
+                "_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  routes:\n  - paths: [/a]\n    service: b\n- name: b\n  host: y\n",
+                &["services[0].routes[0].service: names service 'b', but the entity is nested in service 'a'"],
             ),
             (
                 "_format_version: \"3.0\"\nkeyauth_credentials:\n- key: k\n",
@@ -754,5 +791,23 @@ keyauth_credentials:
         let d = valid("_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  retries: null\n  path: null\n");
         assert_eq!(d.services[0].item.retries, 5);
         assert!(d.services[0].item.path.is_none());
+    }
+
+    #[test]
+    fn nested_entities_may_name_their_parent_and_no_other() {
+        let d = valid(
+            "_format_version: \"3.0\"\nconsumers:\n- id: 0fe87b4a-ce29-515a-88ec-8547e66550b9\n  username: alice\n  acls:\n  - {group: a, consumer: alice}\n  - {group: b, consumer: 0fe87b4a-ce29-515a-88ec-8547e66550b9}\n  - {group: c, consumer: {username: alice}}\n  plugins:\n  - {name: cors, consumer: {id: 0fe87b4a-ce29-515a-88ec-8547e66550b9}}\n",
+        );
+        assert!(d.acls.iter().all(|e| e.links.consumer == Some(0)));
+        assert_eq!(d.plugins[0].links.consumer, Some(0));
+        let got = errors(
+            "_format_version: \"3.0\"\nconsumers:\n- username: alice\n  acls:\n  - {group: a, consumer: bob}\n  - {group: b, consumer: {id: {}}}\n- username: bob\n",
+        );
+        assert!(
+            got.iter().any(|e| e
+                == "consumers[0].acls[0].consumer: names consumer 'bob', but the entity is nested in consumer 'alice'"),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|e| e.starts_with("consumers[0].acls[1].consumer")), "{got:?}");
     }
 }
