@@ -149,6 +149,7 @@ pub(crate) fn parse(text: &str) -> Result<(Declaration, ConfigErrors), ConfigErr
     let items = take_list(&mut top, "targets", "", &mut collector.errors);
     collector.targets(items, None);
     collector.resolve();
+    collector.instance_names();
     Ok((collector.decl, collector.errors))
 }
 
@@ -209,8 +210,13 @@ pub(crate) fn typed<T: DeserializeOwned>(value: Value, path: &str, errors: &mut 
             let inner = e.path().to_string();
             let at = if inner == "." { path.to_string() } else { format!("{path}.{inner}") };
             let message = e.inner().to_string();
-            let message = if message.starts_with("unknown field `") { "unknown field".to_string() } else { message };
-            errors.add(at, message);
+            if message.starts_with("unknown field `") {
+                errors.add(at, "unknown field");
+            } else if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+                errors.add(format!("{at}.{field}"), "is required");
+            } else {
+                errors.add(at, message);
+            }
             None
         }
     }
@@ -272,6 +278,9 @@ enum Owner {
     Sni,
     Target,
 }
+
+/// How Kong keys a plugin: its name and its scope (route, service, consumer).
+type PluginKey<'a> = (&'a str, [Option<usize>; 3]);
 
 /// Where an entity was written: at the top level, or nested in a parent (at its index when
 /// the parent could be read).
@@ -573,6 +582,51 @@ impl Collector {
         }
     }
 
+    /// Checks plugins' `instance_name`s: Kong's name rules, one plugin per name. Kong keys a
+    /// plugin by its name and scope (route, service, consumer), whatever its instance name,
+    /// and runs one per key; a second one on the same scope is refused, and when it has an
+    /// instance name, that field is named too, since the name does not make room for it.
+    fn instance_names(&mut self) {
+        let mut names: HashMap<&str, &str> = HashMap::new();
+        // (name, [route, service, consumer]) -> (path, instance name) of the first plugin there.
+        let mut scopes: HashMap<PluginKey<'_>, (&str, Option<&str>)> = HashMap::new();
+        let mut errors = ConfigErrors::default();
+        for e in &self.decl.plugins {
+            let instance = e.item.instance_name.as_deref();
+            if let Some(name) = instance {
+                let at = format!("{}.instance_name", e.path);
+                if name.is_empty()
+                    || !name.chars().all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || ".-_~".contains(c))
+                {
+                    errors.add(&at, format!("'{name}': only letters, digits, '.', '-', '_' and '~' are allowed"));
+                }
+                if let Some(other) = names.insert(name, &e.path) {
+                    errors.add(at, format!("'{name}' is used by another plugin ({other})"));
+                }
+            }
+            // An unresolved reference leaves a scope that is not the one written.
+            if self.errors.0.iter().any(|x| x.path.starts_with(e.path.as_str())) {
+                continue;
+            }
+            let scope = [e.links.route, e.links.service, e.links.consumer];
+            let Some(other) = scopes.insert((&e.item.name, scope), (&e.path, instance)) else { continue };
+            let (at, name, other_path) = match (instance, other.1) {
+                (Some(name), _) => (e.path.clone(), name, other.0),
+                (None, Some(name)) => (other.0.to_string(), name, e.path.as_str()),
+                (None, None) => continue,
+            };
+            let plugin = &e.item.name;
+            errors.add(
+                format!("{at}.instance_name"),
+                format!(
+                    "'{name}': Kong runs one {plugin} plugin per route, service and consumer, whatever their \
+                     instance names, and {other_path} is another on the same"
+                ),
+            );
+        }
+        self.errors.0.extend(errors.0);
+    }
+
     /// Resolves flat references by id or name, and refuses duplicate ids and names.
     fn resolve(&mut self) {
         let d = &self.decl;
@@ -722,6 +776,7 @@ keyauth_credentials:
         let table: &[(&str, &[&str])] = &[
             ("services: []", &["_format_version: is required (\"3.0\")"]),
             ("_format_version: \"2.0\"", &["_format_version: \"2.0\" is not supported"]),
+            ("_format_version: \"3.0\"\nplugins:\n- config: {}\n", &["plugins[0].name: is required"]),
             (
                 "_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  colour: red\n  routes:\n  - paths: [/a]\n    weight: 3\n",
                 &["services[0].colour: unknown field", "services[0].routes[0].weight: unknown field"],
@@ -809,5 +864,36 @@ keyauth_credentials:
             "{got:?}"
         );
         assert!(got.iter().any(|e| e.starts_with("consumers[0].acls[1].consumer")), "{got:?}");
+    }
+
+    #[test]
+    fn instance_names_are_unique_and_make_no_room_on_a_scope() {
+        valid(
+            "_format_version: \"3.0\"\nroutes:\n- {name: r, paths: [/r]}\nplugins:\n- {name: cors, instance_name: global-cors}\n- {name: cors, instance_name: cors.r~1, route: r}\n- {name: acl, instance_name: 円, config: {allow: [a]}}\n",
+        );
+        let table: &[(&str, &str)] = &[
+            (
+                "- {name: cors, instance_name: a}\n- {name: cors, instance_name: b}\n",
+                "plugins[1].instance_name: 'b': Kong runs one cors plugin per route, service and consumer",
+            ),
+            (
+                "- {name: cors}\n- {name: cors, instance_name: b}\n",
+                "plugins[1].instance_name: 'b': Kong runs one cors plugin",
+            ),
+            (
+                "- {name: cors, instance_name: a}\n- {name: cors}\n",
+                "plugins[0].instance_name: 'a': Kong runs one cors plugin",
+            ),
+            (
+                "- {name: cors, instance_name: a}\n- {name: acl, instance_name: a, config: {allow: [x]}}\n",
+                "plugins[1].instance_name: 'a' is used by another plugin (plugins[0])",
+            ),
+            ("- {name: cors, instance_name: a b}\n", "plugins[0].instance_name: 'a b': only letters, digits"),
+            ("- {name: cors, instance_name: \"\"}\n", "plugins[0].instance_name: '': only letters, digits"),
+        ];
+        for (plugins, want) in table {
+            let got = errors(&format!("_format_version: \"3.0\"\nplugins:\n{plugins}"));
+            assert!(got.iter().any(|g| g.starts_with(want)), "{plugins}\nwanted {want}\ngot {got:?}");
+        }
     }
 }
