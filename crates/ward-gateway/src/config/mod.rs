@@ -6,6 +6,8 @@
 //! error names it. Field meanings are checked where the entity is compiled (router,
 //! plugins, upstreams, TLS); all errors of a file are collected before it is refused.
 
+#[cfg(test)]
+mod corpus;
 mod migrate;
 pub(crate) mod schema;
 
