@@ -129,6 +129,42 @@ mod tests {
     }
 
     #[test]
+    fn a_kong_2_file_routes_as_kong_3_reads_it() {
+        let text = |format: &str| {
+            format!(
+                "_format_version: \"{format}\"\nroutes:\n- name: regex\n  paths: ['/status/\\d+']\n- name: plain\n  paths: ['/a//b/../c']\n"
+            )
+        };
+        // (format, request path, the route it reaches)
+        let table = [
+            ("2.1", "/status/200", Some("regex")),
+            ("1.1", "/status/200/more", Some("regex")),
+            ("2.1", "/status/x", None),
+            ("2.1", "/a/c/d", Some("plain")),
+            ("1.1", "/a/b/c", None),
+        ];
+        for (format, path, want) in table {
+            let gw = crate::compiled::compile(&text(format), &Default::default()).unwrap_or_else(|e| panic!("{e}"));
+            let (method, headers) = (http::Method::GET, http::HeaderMap::new());
+            let view = crate::router::RequestView {
+                method: &method,
+                host: "a.test",
+                port: 8000,
+                path,
+                headers: &headers,
+                sni: None,
+                https: false,
+            };
+            let got = gw.router.find(&view).and_then(|f| gw.routes[f.route].name.clone());
+            assert_eq!(got.as_deref(), want, "{format} {path}");
+        }
+        // Read as format 3.0, the same paths are prefixes that could never match.
+        let Err(errors) = crate::compiled::compile(&text("3.0"), &Default::default()) else { panic!("loaded") };
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["routes[0].paths[0]", "routes[1].paths[0]"], "{errors}");
+    }
+
+    #[test]
     fn only_route_paths_move() {
         let mut top: Map<String, Value> = serde_json::from_str(
             r#"{"routes": [{"paths": ["/a.+", 3]}, "x"],
