@@ -1,10 +1,14 @@
-//! Kong's declarative configuration (`_format_version: "3.0"`): reading YAML or JSON,
-//! turning nested entities into flat lists, and resolving references between them.
+//! Kong's declarative configuration (`_format_version` "3.0", or "1.1" and "2.1" migrated
+//! as Kong 3.x does): reading YAML or JSON, turning nested entities into flat lists, and
+//! resolving references between them.
 //!
 //! Every entity keeps the path it was written at (`services[0].routes[1]`), so that each
 //! error names it. Field meanings are checked where the entity is compiled (router,
 //! plugins, upstreams, TLS); all errors of a file are collected before it is refused.
 
+#[cfg(test)]
+mod corpus;
+mod migrate;
 pub(crate) mod schema;
 
 use std::collections::HashMap;
@@ -16,10 +20,11 @@ use crate::error::ConfigErrors;
 use schema::Reference;
 
 /// Top-level keys of a declarative file.
-const TOP_LEVEL: [&str; 17] = [
+const TOP_LEVEL: [&str; 18] = [
     "_format_version",
     "_transform",
     "_comment",
+    "_ignore",
     "services",
     "routes",
     "consumers",
@@ -102,13 +107,15 @@ pub(crate) fn parse(text: &str) -> Result<(Declaration, ConfigErrors), ConfigErr
     };
     match top.get("_format_version") {
         Some(Value::String(v)) if v == "3.0" => {}
+        Some(Value::String(v)) if v == "1.1" || v == "2.1" => migrate::route_paths(&mut top),
         Some(Value::String(v)) => errors.add(
             "_format_version",
-            format!("\"{v}\" is not supported: Ward reads \"3.0\" (older formats treat regex paths differently)"),
+            format!("\"{v}\" is not supported: Ward reads \"3.0\", and \"1.1\" and \"2.1\" as Kong 3.x migrates them"),
         ),
-        Some(_) => errors.add("_format_version", "must be the string \"3.0\""),
+        Some(_) => errors.add("_format_version", "must be the string \"3.0\" (or \"1.1\" or \"2.1\")"),
         None => errors.add("_format_version", "is required (\"3.0\")"),
     }
+    annotations(&mut top, "", &mut errors);
     let mut collector = Collector { decl: Declaration::default(), errors, pending: Vec::new() };
     collector.decl.transform = match top.get("_transform") {
         None => true,
@@ -144,6 +151,7 @@ pub(crate) fn parse(text: &str) -> Result<(Declaration, ConfigErrors), ConfigErr
     let items = take_list(&mut top, "targets", "", &mut collector.errors);
     collector.targets(items, None);
     collector.resolve();
+    collector.instance_names();
     Ok((collector.decl, collector.errors))
 }
 
@@ -158,12 +166,37 @@ fn strip_nulls(value: Value) -> Value {
     }
 }
 
-/// Removes `key` (a list) from `obj`, with each element's path.
+/// Removes what Kong allows on the file and on every entity and then ignores: `_comment`
+/// (a string) and `_ignore` (a list of anything).
+fn annotations(obj: &mut Map<String, Value>, prefix: &str, errors: &mut ConfigErrors) {
+    let at = |key: &str| if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+    match obj.remove("_comment") {
+        None | Some(Value::String(_)) => {}
+        Some(_) => errors.add(at("_comment"), "must be a string"),
+    }
+    match obj.remove("_ignore") {
+        None | Some(Value::Array(_)) => {}
+        Some(_) => errors.add(at("_ignore"), "must be a list"),
+    }
+}
+
+/// Removes `key` (a list of entities) from `obj`, with each element's path, and each
+/// entity's annotations.
 fn take_list(obj: &mut Map<String, Value>, key: &str, prefix: &str, errors: &mut ConfigErrors) -> Vec<(String, Value)> {
     let path = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
     match obj.remove(key) {
         None => Vec::new(),
-        Some(Value::Array(items)) => items.into_iter().enumerate().map(|(i, v)| (format!("{path}[{i}]"), v)).collect(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut v)| {
+                let at = format!("{path}[{i}]");
+                if let Value::Object(entity) = &mut v {
+                    annotations(entity, &at, errors);
+                }
+                (at, v)
+            })
+            .collect(),
         Some(_) => {
             errors.add(path, "must be a list");
             Vec::new()
@@ -179,8 +212,13 @@ pub(crate) fn typed<T: DeserializeOwned>(value: Value, path: &str, errors: &mut 
             let inner = e.path().to_string();
             let at = if inner == "." { path.to_string() } else { format!("{path}.{inner}") };
             let message = e.inner().to_string();
-            let message = if message.starts_with("unknown field `") { "unknown field".to_string() } else { message };
-            errors.add(at, message);
+            if message.starts_with("unknown field `") {
+                errors.add(at, "unknown field");
+            } else if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+                errors.add(format!("{at}.{field}"), "is required");
+            } else {
+                errors.add(at, message);
+            }
             None
         }
     }
@@ -243,6 +281,24 @@ enum Owner {
     Target,
 }
 
+/// How Kong keys a plugin: its name and its scope (route, service, consumer).
+type PluginKey<'a> = (&'a str, [Option<usize>; 3]);
+
+/// Where an entity was written: at the top level, or nested in a parent (at its index when
+/// the parent could be read).
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Top,
+    In(Option<usize>),
+}
+
+impl Place {
+    /// Nested in the parent at `parent` if there is one, else at the top level.
+    fn of(parent: Option<usize>) -> Place {
+        parent.map_or(Place::Top, |p| Place::In(Some(p)))
+    }
+}
+
 /// The credential lists of a consumer, or of the top level, each element with its path.
 struct Credentials {
     keyauth: Vec<(String, Value)>,
@@ -288,27 +344,48 @@ impl Collector {
         }
     }
 
-    /// Records a flat reference (or checks that a nested entity has none).
+    /// Records a flat reference; an entity nested in its parent may name that parent (by id
+    /// or name), as Kong allows, but no other.
     fn link(
         &mut self,
         field: &str,
         reference: Option<&Reference>,
-        nested: bool,
+        place: Place,
         kind: Kind,
         target: (Owner, usize),
         path: &str,
     ) {
-        match (reference, nested) {
-            (Some(_), true) => self
-                .errors
-                .add(format!("{path}.{field}"), format!("must not be set on an entity nested in its {}", kind.noun())),
-            (Some(r), false) => match r.key() {
-                Some(key) => {
-                    self.pending.push(Pending { path: format!("{path}.{field}"), kind, key: key.to_string(), target })
+        let Some(reference) = reference else { return };
+        let Some(key) = reference.key() else {
+            self.errors.add(format!("{path}.{field}"), "must give an id or a name");
+            return;
+        };
+        match place {
+            Place::Top => {
+                self.pending.push(Pending { path: format!("{path}.{field}"), kind, key: key.to_string(), target })
+            }
+            Place::In(parent) => {
+                // A parent that could not be read has its own error already.
+                let Some((id, name)) = parent.and_then(|i| self.names(kind, i)) else { return };
+                if key != id && Some(key) != name {
+                    let noun = kind.noun();
+                    let message =
+                        format!("names {noun} '{key}', but the entity is nested in {noun} '{}'", name.unwrap_or(id));
+                    self.errors.add(format!("{path}.{field}"), message);
                 }
-                None => self.errors.add(format!("{path}.{field}"), "must give an id or a name"),
-            },
-            (None, _) => {}
+            }
+        }
+    }
+
+    /// The id and the name (or username) of an entity already read.
+    fn names(&self, kind: Kind, index: usize) -> Option<(&str, Option<&str>)> {
+        let d = &self.decl;
+        match kind {
+            Kind::Service => d.services.get(index).map(|e| (e.id.as_str(), e.item.name.as_deref())),
+            Kind::Route => d.routes.get(index).map(|e| (e.id.as_str(), e.item.name.as_deref())),
+            Kind::Consumer => d.consumers.get(index).map(|e| (e.id.as_str(), e.item.username.as_deref())),
+            Kind::Certificate => d.certificates.get(index).map(|e| (e.id.as_str(), None)),
+            Kind::Upstream => d.upstreams.get(index).map(|e| (e.id.as_str(), Some(e.item.name.as_str()))),
         }
     }
 
@@ -342,7 +419,8 @@ impl Collector {
             };
             let id = self.id("routes", item.id.as_deref(), item.name.as_deref(), &path);
             let index = self.decl.routes.len();
-            self.link("service", item.service.as_ref(), nested, Kind::Service, (Owner::Route, index), &path);
+            let place = if nested { Place::In(service) } else { Place::Top };
+            self.link("service", item.service.as_ref(), place, Kind::Service, (Owner::Route, index), &path);
             self.decl.routes.push(Entity { path, id, item, links: Links { service, ..Links::default() } });
             self.plugins(plugins, Links { route: Some(index), ..Links::default() });
         }
@@ -384,41 +462,41 @@ impl Collector {
 
     /// Credentials at the top level (`consumer` none) or nested in consumer `consumer`.
     fn credentials(&mut self, lists: Credentials, consumer: Option<usize>) {
-        let nested = consumer.is_some();
+        let place = Place::of(consumer);
         let links = Links { consumer, ..Links::default() };
         for (path, value) in lists.keyauth {
             let Some(item) = typed::<schema::KeyAuthCredential>(value, &path, &mut self.errors) else { continue };
             let id = self.id("keyauth_credentials", item.id.as_deref(), None, &path);
             let index = self.decl.keyauth_credentials.len();
-            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::KeyAuth, index), &path);
+            self.link("consumer", item.consumer.as_ref(), place, Kind::Consumer, (Owner::KeyAuth, index), &path);
             self.decl.keyauth_credentials.push(Entity { path, id, item, links });
         }
         for (path, value) in lists.basicauth {
             let Some(item) = typed::<schema::BasicAuthCredential>(value, &path, &mut self.errors) else { continue };
             let id = self.id("basicauth_credentials", item.id.as_deref(), Some(&item.username.clone()), &path);
             let index = self.decl.basicauth_credentials.len();
-            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::BasicAuth, index), &path);
+            self.link("consumer", item.consumer.as_ref(), place, Kind::Consumer, (Owner::BasicAuth, index), &path);
             self.decl.basicauth_credentials.push(Entity { path, id, item, links });
         }
         for (path, value) in lists.hmacauth {
             let Some(item) = typed::<schema::HmacAuthCredential>(value, &path, &mut self.errors) else { continue };
             let id = self.id("hmacauth_credentials", item.id.as_deref(), Some(&item.username.clone()), &path);
             let index = self.decl.hmacauth_credentials.len();
-            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::HmacAuth, index), &path);
+            self.link("consumer", item.consumer.as_ref(), place, Kind::Consumer, (Owner::HmacAuth, index), &path);
             self.decl.hmacauth_credentials.push(Entity { path, id, item, links });
         }
         for (path, value) in lists.jwt {
             let Some(item) = typed::<schema::JwtSecret>(value, &path, &mut self.errors) else { continue };
             let id = self.id("jwt_secrets", item.id.as_deref(), item.key.as_deref(), &path);
             let index = self.decl.jwt_secrets.len();
-            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::Jwt, index), &path);
+            self.link("consumer", item.consumer.as_ref(), place, Kind::Consumer, (Owner::Jwt, index), &path);
             self.decl.jwt_secrets.push(Entity { path, id, item, links });
         }
         for (path, value) in lists.acls {
             let Some(item) = typed::<schema::Acl>(value, &path, &mut self.errors) else { continue };
             let id = self.id("acls", item.id.as_deref(), None, &path);
             let index = self.decl.acls.len();
-            self.link("consumer", item.consumer.as_ref(), nested, Kind::Consumer, (Owner::Acl, index), &path);
+            self.link("consumer", item.consumer.as_ref(), place, Kind::Consumer, (Owner::Acl, index), &path);
             self.decl.acls.push(Entity { path, id, item, links });
         }
     }
@@ -429,9 +507,9 @@ impl Collector {
             let id = self.id("plugins", item.id.as_deref(), None, &path);
             let index = self.decl.plugins.len();
             let target = (Owner::Plugin, index);
-            self.link("service", item.service.as_ref(), parent.service.is_some(), Kind::Service, target, &path);
-            self.link("route", item.route.as_ref(), parent.route.is_some(), Kind::Route, target, &path);
-            self.link("consumer", item.consumer.as_ref(), parent.consumer.is_some(), Kind::Consumer, target, &path);
+            self.link("service", item.service.as_ref(), Place::of(parent.service), Kind::Service, target, &path);
+            self.link("route", item.route.as_ref(), Place::of(parent.route), Kind::Route, target, &path);
+            self.link("consumer", item.consumer.as_ref(), Place::of(parent.consumer), Kind::Consumer, target, &path);
             self.decl.plugins.push(Entity { path, id, item, links: parent });
         }
     }
@@ -463,9 +541,9 @@ impl Collector {
             let Some(item) = typed::<schema::Sni>(value, &path, &mut self.errors) else { continue };
             let id = self.id("snis", item.id.as_deref(), Some(&item.name.clone()), &path);
             let index = self.decl.snis.len();
-            let nested = certificate.is_some();
-            self.link("certificate", item.certificate.as_ref(), nested, Kind::Certificate, (Owner::Sni, index), &path);
-            if !nested && item.certificate.is_none() {
+            let place = Place::of(certificate);
+            self.link("certificate", item.certificate.as_ref(), place, Kind::Certificate, (Owner::Sni, index), &path);
+            if certificate.is_none() && item.certificate.is_none() {
                 self.errors.add(format!("{path}.certificate"), "is required");
             }
             self.decl.snis.push(Entity { path, id, item, links: Links { certificate, ..Links::default() } });
@@ -497,13 +575,58 @@ impl Collector {
             let Some(item) = typed::<schema::Target>(value, &path, &mut self.errors) else { continue };
             let id = self.id("targets", item.id.as_deref(), None, &path);
             let index = self.decl.targets.len();
-            let nested = upstream.is_some();
-            self.link("upstream", item.upstream.as_ref(), nested, Kind::Upstream, (Owner::Target, index), &path);
-            if !nested && item.upstream.is_none() {
+            let place = Place::of(upstream);
+            self.link("upstream", item.upstream.as_ref(), place, Kind::Upstream, (Owner::Target, index), &path);
+            if upstream.is_none() && item.upstream.is_none() {
                 self.errors.add(format!("{path}.upstream"), "is required");
             }
             self.decl.targets.push(Entity { path, id, item, links: Links { upstream, ..Links::default() } });
         }
+    }
+
+    /// Checks plugins' `instance_name`s: Kong's name rules, one plugin per name. Kong keys a
+    /// plugin by its name and scope (route, service, consumer), whatever its instance name,
+    /// and runs one per key; a second one on the same scope is refused, and when it has an
+    /// instance name, that field is named too, since the name does not make room for it.
+    fn instance_names(&mut self) {
+        let mut names: HashMap<&str, &str> = HashMap::new();
+        // (name, [route, service, consumer]) -> (path, instance name) of the first plugin there.
+        let mut scopes: HashMap<PluginKey<'_>, (&str, Option<&str>)> = HashMap::new();
+        let mut errors = ConfigErrors::default();
+        for e in &self.decl.plugins {
+            let instance = e.item.instance_name.as_deref();
+            if let Some(name) = instance {
+                let at = format!("{}.instance_name", e.path);
+                if name.is_empty()
+                    || !name.chars().all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || ".-_~".contains(c))
+                {
+                    errors.add(&at, format!("'{name}': only letters, digits, '.', '-', '_' and '~' are allowed"));
+                }
+                if let Some(other) = names.insert(name, &e.path) {
+                    errors.add(at, format!("'{name}' is used by another plugin ({other})"));
+                }
+            }
+            // An unresolved reference leaves a scope that is not the one written.
+            if self.errors.0.iter().any(|x| x.path.starts_with(e.path.as_str())) {
+                continue;
+            }
+            let scope = [e.links.route, e.links.service, e.links.consumer];
+            let Some(other) = scopes.insert((&e.item.name, scope), (&e.path, instance)) else { continue };
+            let (at, name, other_path) = match (instance, other.1) {
+                (Some(name), _) => (e.path.clone(), name, other.0),
+                (None, Some(name)) => (other.0.to_string(), name, e.path.as_str()),
+                (None, None) => continue,
+            };
+            let plugin = &e.item.name;
+            errors.add(
+                format!("{at}.instance_name"),
+                format!(
+                    "'{name}': Kong runs one {plugin} plugin per route, service and consumer, whatever their \
+                     instance names, and {other_path} is another on the same"
+                ),
+            );
+        }
+        self.errors.0.extend(errors.0);
     }
 
     /// Resolves flat references by id or name, and refuses duplicate ids and names.
@@ -654,7 +777,8 @@ keyauth_credentials:
     fn every_error_is_listed_with_its_path() {
         let table: &[(&str, &[&str])] = &[
             ("services: []", &["_format_version: is required (\"3.0\")"]),
-            ("_format_version: \"2.1\"", &["_format_version: \"2.1\" is not supported"]),
+            ("_format_version: \"2.0\"", &["_format_version: \"2.0\" is not supported"]),
+            ("_format_version: \"3.0\"\nplugins:\n- config: {}\n", &["plugins[0].name: is required"]),
             (
                 "_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  colour: red\n  routes:\n  - paths: [/a]\n    weight: 3\n",
                 &["services[0].colour: unknown field", "services[0].routes[0].weight: unknown field"],
@@ -664,8 +788,8 @@ keyauth_credentials:
                 &["routes[0].service: no service has the id or name 'nope'"],
             ),
             (
-                "_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  routes:\n  - paths: [/a]\n    service: a\n",
-                &["services[0].routes[0].service: must not be set on an entity nested in its service"],
+                "_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  routes:\n  - paths: [/a]\n    service: b\n- name: b\n  host: y\n",
+                &["services[0].routes[0].service: names service 'b', but the entity is nested in service 'a'"],
             ),
             (
                 "_format_version: \"3.0\"\nkeyauth_credentials:\n- key: k\n",
@@ -724,5 +848,54 @@ keyauth_credentials:
         let d = valid("_format_version: \"3.0\"\nservices:\n- name: a\n  host: x\n  retries: null\n  path: null\n");
         assert_eq!(d.services[0].item.retries, 5);
         assert!(d.services[0].item.path.is_none());
+    }
+
+    #[test]
+    fn nested_entities_may_name_their_parent_and_no_other() {
+        let d = valid(
+            "_format_version: \"3.0\"\nconsumers:\n- id: 0fe87b4a-ce29-515a-88ec-8547e66550b9\n  username: alice\n  acls:\n  - {group: a, consumer: alice}\n  - {group: b, consumer: 0fe87b4a-ce29-515a-88ec-8547e66550b9}\n  - {group: c, consumer: {username: alice}}\n  plugins:\n  - {name: cors, consumer: {id: 0fe87b4a-ce29-515a-88ec-8547e66550b9}}\n",
+        );
+        assert!(d.acls.iter().all(|e| e.links.consumer == Some(0)));
+        assert_eq!(d.plugins[0].links.consumer, Some(0));
+        let got = errors(
+            "_format_version: \"3.0\"\nconsumers:\n- username: alice\n  acls:\n  - {group: a, consumer: bob}\n  - {group: b, consumer: {id: {}}}\n- username: bob\n",
+        );
+        assert!(
+            got.iter().any(|e| e
+                == "consumers[0].acls[0].consumer: names consumer 'bob', but the entity is nested in consumer 'alice'"),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|e| e.starts_with("consumers[0].acls[1].consumer")), "{got:?}");
+    }
+
+    #[test]
+    fn instance_names_are_unique_and_make_no_room_on_a_scope() {
+        valid(
+            "_format_version: \"3.0\"\nroutes:\n- {name: r, paths: [/r]}\nplugins:\n- {name: cors, instance_name: global-cors}\n- {name: cors, instance_name: cors.r~1, route: r}\n- {name: acl, instance_name: 円, config: {allow: [a]}}\n",
+        );
+        let table: &[(&str, &str)] = &[
+            (
+                "- {name: cors, instance_name: a}\n- {name: cors, instance_name: b}\n",
+                "plugins[1].instance_name: 'b': Kong runs one cors plugin per route, service and consumer",
+            ),
+            (
+                "- {name: cors}\n- {name: cors, instance_name: b}\n",
+                "plugins[1].instance_name: 'b': Kong runs one cors plugin",
+            ),
+            (
+                "- {name: cors, instance_name: a}\n- {name: cors}\n",
+                "plugins[0].instance_name: 'a': Kong runs one cors plugin",
+            ),
+            (
+                "- {name: cors, instance_name: a}\n- {name: acl, instance_name: a, config: {allow: [x]}}\n",
+                "plugins[1].instance_name: 'a' is used by another plugin (plugins[0])",
+            ),
+            ("- {name: cors, instance_name: a b}\n", "plugins[0].instance_name: 'a b': only letters, digits"),
+            ("- {name: cors, instance_name: \"\"}\n", "plugins[0].instance_name: '': only letters, digits"),
+        ];
+        for (plugins, want) in table {
+            let got = errors(&format!("_format_version: \"3.0\"\nplugins:\n{plugins}"));
+            assert!(got.iter().any(|g| g.starts_with(want)), "{plugins}\nwanted {want}\ngot {got:?}");
+        }
     }
 }

@@ -17,8 +17,11 @@ struct Config {
     deny: Vec<String>,
     #[serde(default)]
     hide_groups_header: bool,
-    #[serde(default)]
-    always_use_authenticated_groups: bool,
+    /// Kong: use the "authenticated groups" (which ldap-auth, openid-connect and the sessions
+    /// they open give) over the consumer's, and the consumer's when there are none. No plugin
+    /// of Ward gives authenticated groups, so the consumer's groups decide either way.
+    #[serde(default, rename = "always_use_authenticated_groups")]
+    _always_use_authenticated_groups: bool,
 }
 
 /// Which list decides.
@@ -35,9 +38,6 @@ pub(crate) struct Acl {
 
 pub(super) fn compile(cx: &mut Compile<'_>, value: Value) -> Option<Plugin> {
     let c: Config = cx.config(value)?;
-    if c.always_use_authenticated_groups {
-        cx.error("always_use_authenticated_groups", "is not supported: groups come from the consumer's acls");
-    }
     let rule = match (c.allow.is_empty(), c.deny.is_empty()) {
         (false, true) => Rule::Allow(c.allow),
         (true, false) => Rule::Deny(c.deny),
@@ -79,7 +79,94 @@ impl Acl {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue};
+
     use super::*;
+    use crate::compiled::compile as compile_gateway;
+    use crate::exchange::RequestBody;
+    use crate::plugins::transformer::testing;
+    use crate::runtime::Shared;
+
+    /// Kong's acl spec (`always_use_authenticated_groups`, "if authenticated_groups is not set,
+    /// fallback to use acl groups"), and an anonymous consumer's groups, with the switch on
+    /// and off: (route, apikey, status, X-Consumer-Groups upstream).
+    #[tokio::test]
+    async fn always_use_authenticated_groups_falls_back_to_the_consumers_groups() {
+        for switch in [true, false] {
+            let config = format!(
+                r#"
+_format_version: "3.0"
+routes:
+- name: members
+  paths: [/members]
+  plugins:
+  - name: key-auth
+  - name: acl
+    config: {{allow: [acl_group1], always_use_authenticated_groups: {switch}}}
+- name: guests
+  paths: [/guests]
+  plugins:
+  - name: key-auth
+    config: {{anonymous: guest}}
+  - name: acl
+    config: {{allow: [guests], always_use_authenticated_groups: {switch}}}
+consumers:
+- username: consumer127
+  keyauth_credentials: [{{key: apikey127}}]
+  acls: [{{group: acl_group1}}]
+- username: consumer126
+  keyauth_credentials: [{{key: apikey126}}]
+- username: guest
+  acls: [{{group: guests}}]
+"#
+            );
+            let gw = compile_gateway(&config, &Shared::default()).unwrap_or_else(|e| panic!("{e}"));
+            let table: &[(&str, Option<&str>, u16, Option<&str>)] = &[
+                ("members", Some("apikey127"), 200, Some("acl_group1")),
+                ("members", Some("apikey126"), 403, None),
+                ("members", None, 401, None),
+                ("guests", None, 200, Some("guests")),
+                ("guests", Some("apikey127"), 403, None),
+            ];
+            for (name, key, status, groups) in table {
+                let route = gw.routes.iter().find(|r| r.name.as_deref() == Some(*name)).unwrap();
+                let conn = testing::conn();
+                let mut headers = HeaderMap::new();
+                if let Some(key) = key {
+                    headers.insert("apikey", HeaderValue::from_static(key));
+                }
+                let mut ex = Exchange {
+                    method: http::Method::GET,
+                    headers,
+                    path: format!("/{name}"),
+                    query: None,
+                    uri: format!("/{name}").parse().unwrap(),
+                    version: http::Version::HTTP_11,
+                    body: RequestBody::Buffered(Bytes::new()),
+                    client_ip: conn.peer.ip(),
+                    conn: &conn,
+                    consumers: &gw.consumers,
+                    route,
+                    service: None,
+                    consumer: None,
+                    credential: None,
+                    response_headers: HeaderMap::new(),
+                    uri_captures: Default::default(),
+                    upstream_path: None,
+                    upstream_host: None,
+                    responders: Vec::new(),
+                    session: Default::default(),
+                };
+                let got = match route.chain.run(&mut ex).await {
+                    Ok(()) => 200,
+                    Err(reply) => reply.into_response().status().as_u16(),
+                };
+                let sent = ex.header(&consumer_headers::GROUPS).filter(|_| got == 200);
+                assert_eq!((got, sent), (*status, *groups), "{name} {key:?} switch {switch}");
+            }
+        }
+    }
 
     #[test]
     fn allow_and_deny() {

@@ -250,12 +250,6 @@ pub(crate) fn compile_all(
                 }
             }
         }
-        if let Some(name) = &e.item.instance_name {
-            errors.add(
-                format!("{}.instance_name", e.path),
-                format!("'{name}': several instances of a plugin per scope are not supported"),
-            );
-        }
         let scope = Scope {
             route_id: links.route.map(|r| decl.routes[r].id.clone()),
             service_id: links.service.map(|s| decl.services[s].id.clone()),
