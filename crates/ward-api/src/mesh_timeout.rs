@@ -59,6 +59,7 @@ pub fn shape() -> Shape<'static, Conf> {
         gateways: "Ward's gateway does not apply MeshTimeout: its routes keep Kong's timeouts",
         to: &[Mesh, MeshService, MeshExternalService],
         from: &[Mesh],
+        inbound: true,
         unsupported: &[
             (MeshGateway, "Ward has no MeshGateway"),
             (MeshHTTPRoute, "Ward has no MeshHTTPRoute yet"),

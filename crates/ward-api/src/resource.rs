@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::Dataplane, mesh::Mesh, mesh_external_service::MeshExternalService, mesh_service::MeshService,
-    mesh_timeout::MeshTimeout, permission::MeshTrafficPermission, rules::Entries, secret::Secret,
-    traffic_permission::TrafficPermission,
+    dataplane::Dataplane, mesh::Mesh, mesh_external_service::MeshExternalService, mesh_retry::MeshRetry,
+    mesh_service::MeshService, mesh_timeout::MeshTimeout, permission::MeshTrafficPermission, rules::Entries,
+    secret::Secret, traffic_permission::TrafficPermission,
 };
 
 /// The kinds of resource Ward stores, in the order `ward apply` applies them: a Mesh before
@@ -32,6 +32,8 @@ pub enum ResourceType {
     MeshExternalService,
     /// Connection and HTTP timeouts of inbounds and outbounds (targetRef policy).
     MeshTimeout,
+    /// Retries of outbound traffic (targetRef policy).
+    MeshRetry,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -115,6 +117,14 @@ pub const TYPES: &[TypeInfo] = &[
         name: "MeshTimeout",
         plural: "meshtimeouts",
         aliases: &["meshtimeout", "mt", "mesh-timeouts"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshRetry,
+        name: "MeshRetry",
+        plural: "meshretries",
+        aliases: &["meshretry", "mr", "mesh-retries"],
         scope: Scope::Mesh,
         has_spec_field: true,
     },
@@ -217,6 +227,8 @@ pub enum Spec {
     MeshExternalService(MeshExternalService),
     /// A MeshTimeout.
     MeshTimeout(MeshTimeout),
+    /// A MeshRetry.
+    MeshRetry(MeshRetry),
 }
 
 impl Spec {
@@ -224,6 +236,7 @@ impl Spec {
     pub fn targeted(&self) -> Option<Entries<'_>> {
         match self {
             Spec::MeshTimeout(p) => Some(p.entries()),
+            Spec::MeshRetry(p) => Some(p.entries()),
             _ => None,
         }
     }
@@ -280,7 +293,11 @@ impl Resource {
             Spec::Dataplane(s) => s.warnings(&mut warnings),
             Spec::MeshService(s) => s.warnings(&mut warnings),
             Spec::MeshExternalService(s) => s.warnings(&mut warnings),
-            Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) | Spec::Secret(_) | Spec::MeshTimeout(_) => {}
+            Spec::MeshTrafficPermission(_)
+            | Spec::TrafficPermission(_)
+            | Spec::Secret(_)
+            | Spec::MeshTimeout(_)
+            | Spec::MeshRetry(_) => {}
         }
         warnings.0
     }
@@ -296,6 +313,7 @@ impl Resource {
             Spec::MeshService(s) => serde_json::to_value(s),
             Spec::MeshExternalService(s) => serde_json::to_value(s),
             Spec::MeshTimeout(s) => serde_json::to_value(s),
+            Spec::MeshRetry(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

@@ -86,6 +86,8 @@ pub struct Shape<'a, C> {
     pub to: &'a [TargetKind],
     /// `from[]` kinds Ward serves.
     pub from: &'a [TargetKind],
+    /// Whether the kind has inbound parts (`from[]`, `rules[]`) and needs at least one entry.
+    pub inbound: bool,
     /// Why a top-level targetRef may not list `proxyTypes: [Gateway]`.
     pub gateways: &'a str,
     /// Valid Kuma kinds Ward refuses as not supported yet, with the reason.
@@ -125,14 +127,32 @@ impl<C: Serialize> Targeted<C> {
                 causes.add("spec.from", "must not be defined");
             }
         }
-        if rules_len > 0 && (to_len > 0 || from_len > 0) {
+        if !shape.inbound {
+            for (field, present) in [("from", from.is_some()), ("rules", rules.is_some())] {
+                if present {
+                    causes.add(format!("spec.{field}"), "unknown field: this kind configures outbound traffic only");
+                }
+            }
+        } else if rules_len > 0 && (to_len > 0 || from_len > 0) {
             causes.add("spec", "fields 'to' and 'from' must be empty when 'rules' is defined");
-        }
-        if rules_len == 0 && to_len == 0 && from_len == 0 {
+        } else if rules_len == 0 && to_len == 0 && from_len == 0 {
             causes.add("spec", "at least one of 'from', 'to' or 'rules' has to be defined");
         }
+        // Under a gateway or a route, a destination is the whole mesh or a MeshExternalService.
+        let routed = self
+            .target_ref
+            .as_ref()
+            .is_some_and(|t| matches!(t.kind, TargetKind::MeshGateway | TargetKind::MeshHTTPRoute));
+        let to_kinds = if routed { &[TargetKind::Mesh, TargetKind::MeshExternalService][..] } else { shape.to };
         for (i, entry) in to.into_iter().flatten().enumerate() {
-            refs(&format!("spec.to[{i}].targetRef"), &entry.target_ref, shape.to, false, causes);
+            let at = format!("spec.to[{i}].targetRef");
+            if routed && !to_kinds.contains(&entry.target_ref.kind) {
+                causes.add(
+                    format!("{at}.kind"),
+                    "must be one of Mesh, MeshExternalService under a MeshGateway or MeshHTTPRoute",
+                );
+            }
+            refs(&at, &entry.target_ref, shape.to, false, causes);
             (shape.conf)(&entry.default, &format!("spec.to[{i}].default"), causes);
         }
         for (i, entry) in from.into_iter().flatten().enumerate() {

@@ -19,7 +19,10 @@ use ward_api::{
 use ward_pki::{SpiffeId, TrustBundle};
 use ward_proto::discovery::{MtlsMode, ProxyConfig};
 
-use crate::{authorization::Authorizer, external::External, inbound::InboundSpec, metrics_endpoint::EndpointSpec};
+use crate::{
+    authorization::Authorizer, external::External, inbound::InboundSpec, metrics_endpoint::EndpointSpec,
+    retry::RetryPolicy,
+};
 
 /// How the mesh treats plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -118,6 +121,9 @@ pub struct Config {
     /// MeshTimeout for each destination, by destination key; absent ones have none.
     #[serde(skip)]
     pub outbound_timeouts: HashMap<String, Timeouts>,
+    /// MeshRetry for each destination, by destination key; absent ones are tried once.
+    #[serde(skip)]
+    pub outbound_retries: HashMap<String, Arc<RetryPolicy>>,
 }
 
 /// Why a configuration from the control plane was not used.
@@ -260,6 +266,15 @@ impl Config {
             })
             .collect::<Result<_, String>>()
             .map_err(ConfigError::Rules)?;
+        let mut outbound_retries = HashMap::new();
+        for o in &rules.outbounds {
+            let key = &o.destination.key;
+            let Some(conf) = rules.outbound(key, ResourceType::MeshRetry) else { continue };
+            let grpc = services.get(key).is_some_and(|s| s.protocol == Some(Protocol::Grpc));
+            if let Some(policy) = RetryPolicy::from_conf(conf, grpc).map_err(ConfigError::Rules)? {
+                outbound_retries.insert(key.clone(), Arc::new(policy));
+            }
+        }
         // Instances by address, a MeshService's ports and a MeshExternalService's port on their
         // virtual IPs.
         let service_by_address = services
@@ -312,6 +327,7 @@ impl Config {
             rules,
             inbound_timeouts,
             outbound_timeouts,
+            outbound_retries,
         })
     }
 
@@ -323,6 +339,11 @@ impl Config {
     /// The MeshTimeout for the destination `key` (Ward's defaults where none applies).
     pub fn outbound_timeouts(&self, key: &str) -> Timeouts {
         self.outbound_timeouts.get(key).copied().unwrap_or_default()
+    }
+
+    /// The MeshRetry for the destination `key`, if one retries anything.
+    pub fn outbound_retry(&self, key: &str) -> Option<Arc<RetryPolicy>> {
+        self.outbound_retries.get(key).cloned()
     }
 
     /// The Dataplane's spec.

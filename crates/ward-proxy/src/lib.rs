@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod metrics_endpoint;
 pub mod outbound;
 pub mod probe;
+pub mod retry;
 pub mod state;
 pub mod timeouts;
 pub mod tls;

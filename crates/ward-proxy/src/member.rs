@@ -31,6 +31,22 @@ pub enum SendError {
     /// The chosen instance could not be reached, or proved another identity.
     #[error("upstream connect error: {0}")]
     Mesh(#[from] MeshError),
+    /// The request's body could not be read to be buffered for retries.
+    #[error("the request's body could not be read: {0}")]
+    Request(BoxError),
+    /// MeshRetry's per-try timeout passed on the last try.
+    #[error("upstream per-try timeout")]
+    PerTryTimeout,
+}
+
+impl SendError {
+    /// The instance the failed try went to, when one was chosen.
+    pub fn endpoint(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            SendError::Mesh(MeshError::Connect { endpoint, .. } | MeshError::Http { endpoint, .. }) => Some(*endpoint),
+            _ => None,
+        }
+    }
 }
 
 /// A member of a mesh.
@@ -56,22 +72,27 @@ impl Member {
     }
 
     /// Sends an HTTP request to one instance of `service` over the shared HTTP/2 connection,
-    /// connecting under `timeouts` (MeshTimeout's; the defaults for the gateway).
+    /// connecting under `timeouts` (MeshTimeout's; the defaults for the gateway), to an
+    /// instance not in `avoid` while there is one; says which instance answered.
     pub async fn send<B>(
         &self,
         service: &str,
         request: Request<B>,
         timeouts: &Timeouts,
-    ) -> Result<Response<Incoming>, SendError>
+        avoid: &[std::net::SocketAddr],
+    ) -> Result<(Response<Incoming>, std::net::SocketAddr), SendError>
     where
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let endpoints = self.endpoints(service);
+        let mut endpoints = self.endpoints(service);
+        if endpoints.iter().any(|e| !avoid.contains(&e.address)) {
+            endpoints.retain(|e| !avoid.contains(&e.address));
+        }
         let (endpoint, _in_flight) =
             self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
         let request = ward_http::headers::to_http2_form(request, service).map(boxed);
-        Ok(self.mesh.send(endpoint, request, timeouts).await?)
+        Ok((self.mesh.send(endpoint, request, timeouts).await?, endpoint.address))
     }
 
     /// Sends an upgrade request to one instance of `service`, on a connection of its own; also

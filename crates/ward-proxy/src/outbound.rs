@@ -64,21 +64,9 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
         },
     };
     if detected == Detected::Tcp {
-        let Some(endpoint) = config
-            .services
-            .get(&service)
-            .and_then(|s| proxy.member.balancer(&service).pick(&s.endpoints))
-            .map(|(e, _)| e.clone())
-        else {
-            tracing::debug!(%service, "no endpoint: closing the TCP connection");
+        let attempts = config.outbound_retry(&service).map_or(1, |p| p.connect_attempts);
+        let Some((endpoint, upstream)) = connect_tcp(&proxy, &config, &service, &timeouts, attempts).await else {
             return;
-        };
-        let upstream = match proxy.member.mesh.connect(&endpoint, b"", timeouts.connect).await {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                tracing::warn!(%service, error = %e, "cannot reach an instance");
-                return;
-            }
         };
         let Some(peer) = Peer::of(proxy.state(), upstream.get_ref().1) else { return };
         tokio::select! {
@@ -134,6 +122,35 @@ async fn handle_external(proxy: Arc<Proxy>, key: &str, external: Arc<External>, 
     }
 }
 
+/// A TLS connection to an instance of `service`, trying up to `attempts` instances (MeshRetry's
+/// `tcp.maxConnectAttempt`), each not tried before while there is one.
+async fn connect_tcp(
+    proxy: &Proxy,
+    config: &crate::config::Config,
+    service: &str,
+    timeouts: &ward_api::mesh_timeout::Timeouts,
+    attempts: u32,
+) -> Option<(crate::config::Endpoint, tokio_rustls::client::TlsStream<TcpStream>)> {
+    let endpoints = config.services.get(service).map(|s| s.endpoints.clone()).unwrap_or_default();
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    for _ in 0..attempts {
+        let fresh: Vec<_> = endpoints.iter().filter(|e| !tried.contains(&e.address)).cloned().collect();
+        let pool = if fresh.is_empty() { &endpoints } else { &fresh };
+        let Some(endpoint) = proxy.member.balancer(service).pick(pool).map(|(e, _)| e.clone()) else {
+            tracing::debug!(%service, "no endpoint: closing the TCP connection");
+            return None;
+        };
+        match proxy.member.mesh.connect(&endpoint, b"", timeouts.connect).await {
+            Ok(upstream) => return Some((endpoint, upstream)),
+            Err(e) => {
+                tracing::warn!(%service, error = %e, "cannot reach an instance");
+                tried.push(endpoint.address);
+            }
+        }
+    }
+    None
+}
+
 /// How long reaching a MeshExternalService's endpoint may take, TLS included.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -150,7 +167,14 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
         forward::upgrade(request, |r| member.send_upgrade(service, r, &timeouts)).await
     } else {
         let limits = Limits::new(&timeouts, started.into());
-        match limits.exchange(request.map(boxed), |r| member.send(service, r, &timeouts)).await {
+        let retry = proxy.state().config().and_then(|c| c.outbound_retry(service));
+        let send = |r: Request<Body>| async {
+            match &retry {
+                Some(policy) => crate::retry::send(member, service, r, &timeouts, policy).await,
+                None => member.send(service, r, &timeouts, &[]).await.map(|(response, _)| response),
+            }
+        };
+        match limits.exchange(request.map(boxed), send).await {
             Ok(result) => result,
             Err(expired) => {
                 tracing::info!(%service, ?expired, "request ended by a MeshTimeout");
@@ -166,6 +190,10 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
                 strip_hop_by_hop(response.headers_mut(), false);
             }
             response
+        }
+        Err(crate::member::SendError::PerTryTimeout) => {
+            tracing::info!(%service, "request ended by MeshRetry's per-try timeout");
+            forward::unavailable(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
         }
         Err(e) => {
             tracing::warn!(%service, error = %e, "request not carried");

@@ -489,6 +489,7 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::MeshService => parse::typed("spec", spec).map(Spec::MeshService),
         ResourceType::MeshExternalService => parse::typed("spec", spec).map(Spec::MeshExternalService),
         ResourceType::MeshTimeout => parse::typed("spec", spec).map(Spec::MeshTimeout),
+        ResourceType::MeshRetry => parse::typed("spec", spec).map(Spec::MeshRetry),
         ResourceType::Secret | ResourceType::GlobalSecret => {
             Secret::from_stored(spec).map(Spec::Secret).map_err(|reason| ward_api::Cause::new("spec", reason))
         }
