@@ -1,0 +1,115 @@
+// A real OpenID provider (the `oidc-provider` package) for Ward's openid-connect tests.
+//
+//   node provider.mjs --port PORT --issuer URL --keys-dir DIR --keys k1,k2 --redirect-uri URL
+//                     [--post-logout-redirect-uri URL]
+//
+// Signing keys are RSA keys kept as JWK files in DIR, one per name, made on first use: the
+// first name of --keys signs, the others are only published in the JWKS. A test rotates
+// keys by starting the provider again with other names.
+//
+// The client `ward-gateway` (secret `ward-secret`, client_secret_basic) may use the
+// authorization code flow (PKCE required), refresh tokens and client credentials. Access
+// tokens are JWTs for the resource indicators below; `urn:ward:short` lives 2 seconds.
+// Sign-in and consent are oidc-provider's development forms: any login is accepted.
+
+import { generateKeyPairSync } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+
+import Provider from 'oidc-provider';
+
+const { values: args } = parseArgs({
+  options: {
+    port: { type: 'string' },
+    issuer: { type: 'string' },
+    'keys-dir': { type: 'string' },
+    keys: { type: 'string' },
+    'redirect-uri': { type: 'string' },
+    'post-logout-redirect-uri': { type: 'string' },
+  },
+});
+for (const required of ['port', 'issuer', 'keys-dir', 'keys', 'redirect-uri']) {
+  if (!args[required]) {
+    console.error(`provider.mjs: --${required} is required`);
+    process.exit(2);
+  }
+}
+
+/** The private JWK named `name`, made and saved on first use. */
+function key(name) {
+  const file = join(args['keys-dir'], `${name}.json`);
+  if (!existsSync(file)) {
+    const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const jwk = { ...privateKey.export({ format: 'jwk' }), kid: name, alg: 'RS256', use: 'sig' };
+    writeFileSync(file, JSON.stringify(jwk));
+  }
+  return JSON.parse(readFileSync(file, 'utf8'));
+}
+
+/** Resource servers: audience, scopes and lifetime of their (JWT) access tokens. */
+const RESOURCES = {
+  'urn:ward:api': { audience: 'urn:ward:api', scope: 'read write', accessTokenTTL: 3600 },
+  'urn:ward:short': { audience: 'urn:ward:api', scope: 'read write', accessTokenTTL: 2 },
+  'urn:ward:other': { audience: 'urn:ward:other', scope: 'read write', accessTokenTTL: 3600 },
+};
+
+const ACCOUNTS_EMAIL_DOMAIN = 'example.test';
+
+const provider = new Provider(args.issuer, {
+  clients: [{
+    client_id: 'ward-gateway',
+    client_secret: 'ward-secret',
+    redirect_uris: [args['redirect-uri']],
+    post_logout_redirect_uris: args['post-logout-redirect-uri'] ? [args['post-logout-redirect-uri']] : [],
+    grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+  }],
+  jwks: { keys: args.keys.split(',').map(key) },
+  findAccount: (ctx, id) => ({
+    accountId: id,
+    claims: () => ({ sub: id, email: `${id}@${ACCOUNTS_EMAIL_DOMAIN}`, name: id }),
+  }),
+  claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
+  conformIdTokenClaims: false,
+  pkce: { required: () => true },
+  // Every code exchange gets a refresh token, so the gateway can refresh sessions.
+  issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  ttl: {
+    // Access tokens of the authorization code flow: short, so that a test sees a refresh.
+    AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? 2,
+    ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL ?? 600,
+    IdToken: 3600,
+    Grant: 3600,
+    Interaction: 600,
+    Session: 3600,
+    AuthorizationCode: 60,
+    RefreshToken: 3600,
+  },
+  features: {
+    devInteractions: { enabled: true },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      // The authorization code flow asks for no resource: its access token is opaque.
+      defaultResource: (ctx, client, oneOf) => oneOf,
+      useGrantedResource: () => false,
+      getResourceServerInfo: (ctx, resource) => {
+        const info = RESOURCES[resource];
+        if (!info) {
+          throw new Provider.errors.InvalidTarget();
+        }
+        return { ...info, accessTokenFormat: 'jwt' };
+      },
+    },
+  },
+});
+// Plain HTTP on 127.0.0.1 for the tests.
+provider.proxy = false;
+
+provider.listen(Number(args.port), '127.0.0.1', () => {
+  console.log(`oidc-provider listening on ${args.issuer}`);
+});
