@@ -401,7 +401,7 @@ async fn a_browser_signs_in_with_pkce_keeps_a_session_refreshes_it_and_logs_out(
     let forged = client().get(gw.url("/app/hello")).header("x-user", "mallory").send().await.unwrap();
     assert_eq!(forged.status(), 302, "no session: to the provider");
 
-    // The access token lives 2 seconds: the gateway refreshes it with the refresh token.
+    // The access token lives 4 seconds: the gateway refreshes it with the refresh token.
     let deadline = Instant::now() + Duration::from_secs(20);
     let refreshed = loop {
         let page = browser.send(reqwest::Method::GET, &gw.url("/app/hello"), None).await;
@@ -418,9 +418,17 @@ async fn a_browser_signs_in_with_pkce_keeps_a_session_refreshes_it_and_logs_out(
     let again = browser.send(reqwest::Method::GET, &gw.url("/app/hello"), None).await;
     assert_eq!(again.json()["headers"]["authorization"].as_str(), Some(refreshed.as_str()), "kept in the cookie");
 
-    // The session's access token is opaque: as a bearer token, it is introspected.
-    let opaque = refreshed.strip_prefix("Bearer ").unwrap();
-    let introspected = bearer(&gw.url("/app/by-token"), opaque).await;
+    // The session's access token is opaque: as a bearer token, it is introspected (the
+    // session's current one: an expired token is rightly inactive, so ask again then).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let introspected = loop {
+        let page = browser.send(reqwest::Method::GET, &gw.url("/app/hello"), None).await;
+        let current = page.json()["headers"]["authorization"].as_str().unwrap().to_string();
+        let seen = bearer(&gw.url("/app/by-token"), current.strip_prefix("Bearer ").unwrap()).await;
+        if seen.status == 200 || Instant::now() > deadline {
+            break seen;
+        }
+    };
     assert_eq!(introspected.status, 200, "{introspected:?}\n{}", gw.log());
     assert_eq!(introspected.json()["headers"]["x-user"], "alice");
     let unknown = bearer(&gw.url("/app/by-token"), "not-a-token-of-the-provider").await;

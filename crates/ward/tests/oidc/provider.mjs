@@ -8,8 +8,9 @@
 // keys by starting the provider again with other names.
 //
 // The client `ward-gateway` (secret `ward-secret`, client_secret_basic) may use the
-// authorization code flow (PKCE required), refresh tokens and client credentials. Access
-// tokens are JWTs for the resource indicators below; `urn:ward:short` lives 2 seconds.
+// authorization code flow (PKCE required), refresh tokens and client credentials. The code
+// flow's access tokens are opaque and live 4 seconds, so that the gateway refreshes them;
+// tokens for the resource indicators below are JWTs, and `urn:ward:short`'s live 2 seconds.
 // Sign-in and consent are oidc-provider's development forms: any login is accepted.
 
 import { generateKeyPairSync } from 'node:crypto';
@@ -78,7 +79,7 @@ const provider = new Provider(args.issuer, {
   issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
   ttl: {
     // Access tokens of the authorization code flow: short, so that a test sees a refresh.
-    AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? 2,
+    AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? 4,
     ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL ?? 600,
     IdToken: 3600,
     Grant: 3600,

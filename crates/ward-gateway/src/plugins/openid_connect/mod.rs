@@ -354,6 +354,9 @@ pub(super) fn compile(cx: &mut Compile<'_>, value: Value) -> Option<Plugin> {
         cx.error("timeout", "must be between 1 and 2147483646 milliseconds");
     }
     let leeway = non_negative(cx, "leeway", c.leeway, 0.0);
+    if leeway > 31_536_000.0 {
+        cx.error("leeway", "must be at most 31536000 seconds");
+    }
     let rediscovery = non_negative(cx, "rediscovery_lifetime", c.rediscovery_lifetime, 30.0);
     let roots = if c.ssl_verify.unwrap_or(false) {
         let found = rustls_native_certs::load_native_certs();
@@ -418,7 +421,7 @@ pub(super) fn compile(cx: &mut Compile<'_>, value: Value) -> Option<Plugin> {
     }
     let client = Client::new(roots, Duration::from_secs_f64(timeout / 1000.0));
     Some(Plugin::OpenidConnect(Box::new(OpenidConnect {
-        provider: Provider::new(&c.issuer, client, Duration::from_secs_f64(rediscovery)),
+        provider: Provider::new(&c.issuer, client, Duration::try_from_secs_f64(rediscovery).unwrap_or(Duration::MAX)),
         client_ids,
         client_secret: client_secret.into_iter().next(),
         client_auth,
@@ -751,7 +754,13 @@ impl OpenidConnect {
         let Some(endpoint) = &endpoints.authorization_endpoint else {
             return self.reply(Failure::Unavailable("the provider has no authorization endpoint".into()), false);
         };
-        let original = ex.uri.path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        // Only a path of this gateway: `//host` or `/\\host` would send the browser elsewhere.
+        let original = ex
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.starts_with("/\\"))
+            .unwrap_or_else(|| "/".to_string());
         let pending = Pending {
             created: now,
             state: random(),
@@ -859,7 +868,7 @@ impl OpenidConnect {
             (None, Some(p)) => (p.id_token.clone(), p.claims.clone()),
             (None, None) => return Err(Failure::Unauthorized("no ID token from the provider".into())),
         };
-        let expires = answer.get("expires_in").and_then(Value::as_i64).map(|s| now + s);
+        let expires = answer.get("expires_in").and_then(Value::as_f64).map(|s| now.saturating_add(s as i64));
         Ok(Tokens {
             created,
             written: now,
@@ -891,7 +900,7 @@ impl OpenidConnect {
         };
         let mut write =
             self.session_rolling > 0.0 && (now - tokens.written) as f64 > (self.session_rolling * 0.75).ceil();
-        if tokens.expires.is_some_and(|e| e <= now + self.leeway as i64) {
+        if tokens.expires.is_some_and(|e| e <= now.saturating_add(self.leeway as i64)) {
             let refreshed = match (&tokens.refresh_token, self.refresh_tokens) {
                 (Some(refresh), true) => self.refresh(&tokens, refresh, now).await,
                 _ => Err(Failure::Unauthorized("the access token expired".into())),
