@@ -82,11 +82,16 @@ impl OpenIdProvider {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// A JWT access token from the client credentials grant, for `resource` with `scope`.
+    /// A JWT access token of client ward-gateway, for `resource` with `scope`.
     async fn token(&self, resource: &str, scope: &str) -> String {
+        self.token_of(("ward-gateway", "ward-secret"), resource, scope).await
+    }
+
+    /// A JWT access token from the client credentials grant of `(id, secret)`.
+    async fn token_of(&self, (id, secret): (&str, &str), resource: &str, scope: &str) -> String {
         let r = client()
             .post(format!("{}/token", self.issuer))
-            .basic_auth("ward-gateway", Some("ward-secret"))
+            .basic_auth(id, Some(secret))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(form(&[("grant_type", "client_credentials"), ("resource", resource), ("scope", scope)]))
             .send()
@@ -307,6 +312,18 @@ services:
         upstream_headers_names: [x-client, x-scope]
         display_errors: true
 {extra_api}
+  - name: partners
+    paths: [/partners]
+    plugins:
+    - name: openid-connect
+      config:
+        issuer: {issuer}
+        client_id: [ward-gateway, stranger]
+        auth_methods: [bearer]
+        audience_required: [urn:ward:api]
+        consumer_claim: [client_id]
+        consumer_by: [custom_id, username]
+        display_errors: true
   - name: machines
     paths: [/machines]
     plugins:
@@ -316,34 +333,27 @@ services:
         client_id: ward-gateway
         auth_methods: [client_credentials]
         display_errors: true
+consumers:
+- username: gateway-itself
+  custom_id: ward-gateway
 "#
     )
 }
 
-/// The gateway's port, then a gateway whose configuration names it and the provider's.
-fn gateway(upstream: &Upstream, issuer: &str, extra_api: &str) -> GatewayProcess {
-    // The redirect URI names the gateway's own address, which it knows once started:
-    // start it with a placeholder, then reload it with the real one.
+/// A gateway whose configuration names its own address (in redirect URIs) and the provider.
+async fn gateway(upstream: &Upstream, issuer: &str, extra_api: &str) -> GatewayProcess {
+    // The gateway knows its address once started: start it with a placeholder, then load
+    // the real configuration through the admin API, in force once it answers 201.
     let gw = GatewayProcess::start(&config(&upstream.url(), issuer, "http://127.0.0.1:1", extra_api));
     let gateway = format!("http://{}", gw.proxy);
-    gw.reload_file(&config(&upstream.url(), issuer, &gateway, extra_api));
+    let r = client()
+        .post(gw.admin_url("/config"))
+        .body(config(&upstream.url(), issuer, &gateway, extra_api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}\n{}", r.text().await.unwrap(), gw.log());
     gw
-}
-
-/// Waits until the gateway's browser route redirects to `gateway`'s callback (the reload is in force).
-async fn wait_reloaded(gw: &GatewayProcess) {
-    let want = format!("http://{}/app/callback", gw.proxy);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let seen = Browser::default().send(reqwest::Method::GET, &gw.url("/app/"), None).await;
-        if let Some(location) = seen.header("location")
-            && query(location).get("redirect_uri") == Some(&want)
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the reload was not applied: {seen:?}\n{}", gw.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -353,7 +363,7 @@ async fn a_browser_signs_in_with_pkce_keeps_a_session_refreshes_it_and_logs_out(
     let upstream = Upstream::start("app").await;
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
-    let gw = gateway(&upstream, &issuer, "");
+    let gw = gateway(&upstream, &issuer, "").await;
     let gateway = format!("http://{}", gw.proxy);
     let provider = OpenIdProvider::start(
         port,
@@ -363,7 +373,6 @@ async fn a_browser_signs_in_with_pkce_keeps_a_session_refreshes_it_and_logs_out(
         &format!("{gateway}/app/bye"),
     )
     .await;
-    wait_reloaded(&gw).await;
     let gw_origin = gw.proxy.to_string();
 
     // Unauthenticated: to the provider, with state, nonce and a PKCE S256 challenge.
@@ -463,7 +472,7 @@ async fn bearer_tokens_are_verified_against_the_providers_keys() {
     let upstream = Upstream::start("app").await;
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
-    let gw = gateway(&upstream, &issuer, "");
+    let gw = gateway(&upstream, &issuer, "").await;
     let gateway = format!("http://{}", gw.proxy);
     let (callback, bye) = (format!("{gateway}/app/callback"), format!("{gateway}/app/bye"));
     let provider = OpenIdProvider::start(port, keys.path(), "k1", &callback, &bye).await;
@@ -506,6 +515,16 @@ async fn bearer_tokens_are_verified_against_the_providers_keys() {
     let seen = bearer(&api, "opaque").await;
     assert_eq!((seen.status, seen.json()), (401, unauthorized("not a JWT")));
 
+    // consumer_claim: the token's client_id names a consumer by custom_id; an unknown one is refused.
+    let partners = gw.url("/partners/list");
+    let seen = bearer(&partners, &valid).await;
+    assert_eq!(seen.status, 200, "{seen:?}\n{}", gw.log());
+    assert_eq!(seen.json()["headers"]["x-consumer-username"], "gateway-itself");
+    assert_eq!(seen.json()["headers"]["x-consumer-custom-id"], "ward-gateway");
+    let stranger = provider.token_of(("stranger", "stranger-secret"), "urn:ward:api", "read").await;
+    let seen = bearer(&partners, &stranger).await;
+    assert_eq!((seen.status, seen.json()), (403, json!({"message": "Forbidden (consumer not found)"})));
+
     // Another issuer signing with the very same key.
     let other_port = free_port();
     let other = OpenIdProvider::start(other_port, keys.path(), "k1", &callback, &bye).await;
@@ -540,7 +559,7 @@ async fn rotated_keys_are_fetched_and_cached_keys_outlive_the_provider() {
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
     // Unknown keys are fetched again at most once a second here (Kong's default: 30).
-    let gw = gateway(&upstream, &issuer, "        rediscovery_lifetime: 1\n");
+    let gw = gateway(&upstream, &issuer, "        rediscovery_lifetime: 1\n").await;
     let gateway = format!("http://{}", gw.proxy);
     let (callback, bye) = (format!("{gateway}/app/callback"), format!("{gateway}/app/bye"));
     let api = gw.url("/api/orders");

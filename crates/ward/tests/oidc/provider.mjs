@@ -11,6 +11,7 @@
 // authorization code flow (PKCE required), refresh tokens and client credentials. The code
 // flow's access tokens are opaque and live 4 seconds, so that the gateway refreshes them;
 // tokens for the resource indicators below are JWTs, and `urn:ward:short`'s live 2 seconds.
+// The client `stranger` (secret `stranger-secret`) may use client credentials only.
 // Sign-in and consent are oidc-provider's development forms: any login is accepted.
 
 import { generateKeyPairSync } from 'node:crypto';
@@ -65,6 +66,14 @@ const provider = new Provider(args.issuer, {
     post_logout_redirect_uris: args['post-logout-redirect-uri'] ? [args['post-logout-redirect-uri']] : [],
     grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
     response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+  }, {
+    // A second client, whose tokens name no consumer of the gateway.
+    client_id: 'stranger',
+    client_secret: 'stranger-secret',
+    redirect_uris: [],
+    grant_types: ['client_credentials'],
+    response_types: [],
     token_endpoint_auth_method: 'client_secret_basic',
   }],
   jwks: { keys: args.keys.split(',').map(key) },
