@@ -297,6 +297,30 @@ services:
         session_secret: a secret of the tests, long enough
         session_cookie_secure: false
         display_errors: true
+  - name: admin
+    paths: [/admin]
+    plugins:
+    - name: openid-connect
+      config:
+        issuer: {issuer}
+        client_id: ward-gateway
+        client_secret: ward-secret
+        auth_methods: [session]
+        scopes_required: [openid admin, openid email]
+        session_secret: a secret of the tests, long enough
+        display_errors: true
+  - name: root
+    paths: [/root]
+    plugins:
+    - name: openid-connect
+      config:
+        issuer: {issuer}
+        client_id: ward-gateway
+        client_secret: ward-secret
+        auth_methods: [session]
+        scopes_required: [admin]
+        session_secret: a secret of the tests, long enough
+        display_errors: true
   - name: api
     paths: [/api]
     plugins:
@@ -405,6 +429,12 @@ async fn a_browser_signs_in_with_pkce_keeps_a_session_refreshes_it_and_logs_out(
     assert_eq!(seen["headers"]["x-user"], "alice");
     assert_eq!(seen["headers"]["x-email"], "alice@example.test");
     let access = seen["headers"]["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap().to_string();
+
+    // scopes_required on a session: the scopes the token endpoint granted.
+    let admin = browser.send(reqwest::Method::GET, &gw.url("/admin/panel"), None).await;
+    assert_eq!(admin.status, 200, "'openid email' were granted: {admin:?}");
+    let root = browser.send(reqwest::Method::GET, &gw.url("/root/panel"), None).await;
+    assert_eq!((root.status, root.json()), (403, json!({"message": "Forbidden (invalid scopes)"})));
 
     // A client cannot send the claim headers itself.
     let forged = client().get(gw.url("/app/hello")).header("x-user", "mallory").send().await.unwrap();

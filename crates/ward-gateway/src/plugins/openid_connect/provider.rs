@@ -305,6 +305,21 @@ mod tests {
 
     use super::*;
 
+    #[tokio::test]
+    async fn a_provider_that_cannot_be_reached_is_not_asked_again_within_rediscovery_lifetime() {
+        // Nothing listens on port 1 of the loopback: refused at once.
+        let client = Client::new(None, Duration::from_secs(5));
+        let provider = Provider::new("http://127.0.0.1:1/realm", client, Duration::from_secs(3600));
+        match provider.key(Some("k1"), Algorithm::RS256).await {
+            Err(KeyError::Unavailable(e)) => assert!(e.contains("127.0.0.1:1/realm/.well-known"), "{e}"),
+            other => panic!("{:?}", other.map(|_| "a key")),
+        }
+        match provider.endpoints().await {
+            Err(KeyError::Unavailable(e)) => assert!(e.contains("less than rediscovery_lifetime ago"), "{e}"),
+            other => panic!("{:?}", other.map(|_| "endpoints")),
+        }
+    }
+
     #[test]
     fn discovery_is_found_under_the_issuer() {
         assert_eq!(discovery_url("http://idp/realms/a"), "http://idp/realms/a/.well-known/openid-configuration");
