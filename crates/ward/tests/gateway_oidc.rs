@@ -48,6 +48,18 @@ impl OpenIdProvider {
     /// Starts the provider on `port` signing with the first of `keys` (kept in `keys_dir`),
     /// and waits until its discovery document answers.
     async fn start(port: u16, keys_dir: &Path, keys: &str, redirect_uri: &str, after_logout: &str) -> Self {
+        Self::start_with(port, keys_dir, keys, redirect_uri, after_logout, &[]).await
+    }
+
+    /// As `start`, with more arguments for provider.mjs.
+    async fn start_with(
+        port: u16,
+        keys_dir: &Path,
+        keys: &str,
+        redirect_uri: &str,
+        after_logout: &str,
+        extra: &[&str],
+    ) -> Self {
         require_provider();
         let issuer = format!("http://127.0.0.1:{port}");
         let log = keys_dir.join(format!("provider-{port}-{keys}.log"));
@@ -57,6 +69,7 @@ impl OpenIdProvider {
             .arg("--keys-dir")
             .arg(keys_dir)
             .args(["--redirect-uri", redirect_uri, "--post-logout-redirect-uri", after_logout])
+            .args(extra)
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
             .spawn()
@@ -646,8 +659,16 @@ fn configurations_it_cannot_honour_are_refused_by_field() {
             "plugins[0].config.auth_methods[0]: 'password' is not supported by Ward",
         ),
         (
-            "    client_id: a\n    client_secret: s\n    client_auth: [private_key_jwt]\n",
-            "plugins[0].config.client_auth[0]: 'private_key_jwt' is not supported (client_secret_basic, client_secret_post)",
+            "    client_id: a\n    client_auth: [private_key_jwt]\n",
+            "plugins[0].config.client_jwk: required by private_key_jwt",
+        ),
+        (
+            "    client_id: a\n    client_auth: [tls_client_auth]\n",
+            "plugins[0].config.client_auth[0]: 'tls_client_auth' is not supported (client_secret_basic, client_secret_post, private_key_jwt)",
+        ),
+        (
+            "    client_id: a\n    client_auth: [private_key_jwt]\n    client_jwk: [{kty: EC}]\n",
+            "plugins[0].config.client_jwk[0]: only RSA keys (kty: RSA) are supported",
         ),
         (
             "    client_id: a\n    client_secret: s\n    bearer_token_param_type: [query]\n",
@@ -675,4 +696,72 @@ fn configurations_it_cannot_honour_are_refused_by_field() {
     let bad_issuer = config("    client_id: a\n    client_secret: s\n").replace("http://idp.test", "idp.test");
     let run = common::ward_with_config(&bad_issuer, &["gateway", "check", "--config", "{config}"]);
     assert!(run.fails().contains("plugins[0].config.issuer: 'idp.test' is not an http or https URL"));
+}
+
+/// Routes whose gateway signs in as client ward-pkjwt with a private JWK: `jwk` (its own
+/// key), and on /pkwrong another key the provider does not know for it.
+fn private_key_jwt_routes(issuer: &str, gateway: &str, jwk: &str, wrong: &str) -> String {
+    let route = |name: &str, key: &str| {
+        format!(
+            r#"  - name: {name}
+    paths: [/{name}]
+    plugins:
+    - name: openid-connect
+      config:
+        issuer: {issuer}
+        client_id: ward-pkjwt
+        client_auth: [private_key_jwt]
+        client_jwk: [{key}]
+        redirect_uri: [{gateway}/{name}/callback]
+        upstream_headers_claims: [sub]
+        upstream_headers_names: [x-user]
+        session_cookie_name: {name}_session
+        authorization_cookie_name: {name}_authorization
+        session_cookie_secure: false
+        display_errors: true
+"#
+        )
+    };
+    format!("{}{}", route("pk", jwk), route("pkwrong", wrong))
+}
+
+#[tokio::test]
+async fn private_key_jwt_authenticates_the_gateway_at_the_token_endpoint() {
+    require_provider();
+    let keys = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start("app").await;
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let gw = gateway(&upstream, &issuer, "").await;
+    let gateway = format!("http://{}", gw.proxy);
+    let redirects = format!("{gateway}/pk/callback,{gateway}/pkwrong/callback");
+    let (callback, bye) = (format!("{gateway}/app/callback"), format!("{gateway}/app/bye"));
+    let extra = ["--private-key-jwt-redirect-uris", redirects.as_str()];
+    let _provider = OpenIdProvider::start_with(port, keys.path(), "k1", &callback, &bye, &extra).await;
+    // The client's key, made by the provider's script; and the provider's own signing key,
+    // which is no key of that client.
+    let jwk = std::fs::read_to_string(keys.path().join("client-ward-pkjwt.json")).unwrap();
+    let wrong = std::fs::read_to_string(keys.path().join("k1.json")).unwrap();
+    let routes = private_key_jwt_routes(&issuer, &gateway, &jwk, &wrong);
+    let r = client()
+        .post(gw.admin_url("/config"))
+        .body(config(&upstream.url(), &issuer, &gateway, &routes))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    let mut browser = Browser::default();
+    let login = browser.open(reqwest::Method::GET, &gw.url("/pk/hello"), None).await;
+    let landed = browser.sign_in(login, "bob").await;
+    assert_eq!(landed.status, 200, "{landed:?}\nvisited {:?}\n{}", browser.visited, gw.log());
+    assert_eq!(landed.json()["headers"]["x-user"], "bob");
+
+    let mut browser = Browser::default();
+    let login = browser.open(reqwest::Method::GET, &gw.url("/pkwrong/hello"), None).await;
+    let refused = browser.sign_in(login, "bob").await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    let message = refused.json()["message"].as_str().unwrap().to_string();
+    assert!(message.starts_with("Unauthorized (the provider answered 401"), "{message}");
+    assert!(message.contains("invalid_client"), "{message}");
 }

@@ -12,6 +12,7 @@
 // flow's access tokens are opaque and live 4 seconds, so that the gateway refreshes them;
 // tokens for the resource indicators below are JWTs, and `urn:ward:short`'s live 2 seconds.
 // The client `stranger` (secret `stranger-secret`) may use client credentials only.
+// With --private-key-jwt-redirect-uris, the client `ward-pkjwt` signs in with its own key.
 // Sign-in and consent are oidc-provider's development forms: any login is accepted.
 
 import { generateKeyPairSync } from 'node:crypto';
@@ -29,6 +30,7 @@ const { values: args } = parseArgs({
     keys: { type: 'string' },
     'redirect-uri': { type: 'string' },
     'post-logout-redirect-uri': { type: 'string' },
+    'private-key-jwt-redirect-uris': { type: 'string' },
   },
 });
 for (const required of ['port', 'issuer', 'keys-dir', 'keys', 'redirect-uri']) {
@@ -58,6 +60,23 @@ const RESOURCES = {
 
 const ACCOUNTS_EMAIL_DOMAIN = 'example.test';
 
+/** The public half of a private JWK. */
+function publicJwk({ kty, n, e, kid, alg, use }) {
+  return { kty, n, e, kid, alg, use };
+}
+
+/** With --private-key-jwt-redirect-uris: the client `ward-pkjwt`, which authenticates with
+ * its RSA key (kept in DIR/client-ward-pkjwt.json) instead of a secret. */
+const privateKeyJwtClients = args['private-key-jwt-redirect-uris'] ? [{
+  client_id: 'ward-pkjwt',
+  redirect_uris: args['private-key-jwt-redirect-uris'].split(','),
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  token_endpoint_auth_method: 'private_key_jwt',
+  token_endpoint_auth_signing_alg: 'RS256',
+  jwks: { keys: [publicJwk(key('client-ward-pkjwt'))] },
+}] : [];
+
 const provider = new Provider(args.issuer, {
   clients: [{
     client_id: 'ward-gateway',
@@ -75,7 +94,7 @@ const provider = new Provider(args.issuer, {
     grant_types: ['client_credentials'],
     response_types: [],
     token_endpoint_auth_method: 'client_secret_basic',
-  }],
+  }, ...privateKeyJwtClients],
   jwks: { keys: args.keys.split(',').map(key) },
   findAccount: (ctx, id) => ({
     accountId: id,

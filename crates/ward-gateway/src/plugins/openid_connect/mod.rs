@@ -16,6 +16,7 @@
 //!
 //! Both cookies are sealed as the session plugin seals its own ([`super::session::seal`]).
 
+mod client_key;
 mod provider;
 mod token;
 
@@ -34,6 +35,7 @@ use super::session::{Attributes, Clock, is_attribute_value, is_token, seconds, s
 use super::{Compile, Plugin};
 use crate::exchange::Exchange;
 use crate::reply::Reply;
+use client_key::ClientKey;
 use provider::{Client, KeyError, Provider};
 use token::{Claims, Expect, Rejected};
 
@@ -63,6 +65,7 @@ struct Config {
     client_secret: Option<Vec<String>>,
     #[serde(default, deserialize_with = "list")]
     client_auth: Option<Vec<String>>,
+    client_jwk: Option<Vec<Value>>,
     auth_methods: Option<Vec<String>>,
     #[serde(default, deserialize_with = "list")]
     scopes: Option<Vec<String>>,
@@ -122,11 +125,18 @@ const AUTH_METHODS: [(&str, AuthMethod); 5] = [
 const UNSUPPORTED_AUTH_METHODS: [&str; 4] = ["password", "userinfo", "kong_oauth2", "refresh_token"];
 
 /// How the gateway authenticates itself at the token and introspection endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum ClientAuth {
+    /// `client_secret_basic`.
     Basic,
+    /// `client_secret_post`.
     Post,
+    /// `private_key_jwt`, with the first key of `client_jwk`.
+    PrivateKeyJwt(ClientKey),
 }
+
+/// The `client_auth` names Ward has.
+const CLIENT_AUTHS: [&str; 3] = ["client_secret_basic", "client_secret_post", "private_key_jwt"];
 
 /// Where a claim names the consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,17 +288,32 @@ pub(super) fn compile(cx: &mut Compile<'_>, value: Value) -> Option<Plugin> {
     if client_secret.len() > 1 {
         cx.error("client_secret", "one secret: Ward signs in as the first client_id only");
     }
-    let auths = [("client_secret_basic", ClientAuth::Basic), ("client_secret_post", ClientAuth::Post)];
-    let mut client_auth = ClientAuth::Basic;
-    for (i, name) in c.client_auth.unwrap_or_default().iter().enumerate() {
-        match auths.iter().find(|(n, _)| n == name) {
-            Some((_, a)) if i == 0 => client_auth = *a,
-            Some(_) => {}
-            None => cx.error(
-                &format!("client_auth[{i}]"),
-                format!("'{name}' is not supported (client_secret_basic, client_secret_post)"),
-            ),
+    let client_auths = c.client_auth.unwrap_or_default();
+    for (i, name) in client_auths.iter().enumerate() {
+        if !CLIENT_AUTHS.contains(&name.as_str()) {
+            cx.error(&format!("client_auth[{i}]"), format!("'{name}' is not supported ({})", CLIENT_AUTHS.join(", ")));
         }
+    }
+    // The first one is used, as Kong does with the first client.
+    let client_auth = match client_auths.first().map(String::as_str) {
+        Some("private_key_jwt") => match c.client_jwk.as_deref().unwrap_or_default().first() {
+            None => {
+                cx.error("client_jwk", "required by private_key_jwt: the client's private RSA key, as a JWK");
+                None
+            }
+            Some(jwk) => match ClientKey::from_jwk(jwk) {
+                Ok(key) => Some(ClientAuth::PrivateKeyJwt(key)),
+                Err(e) => {
+                    cx.error("client_jwk[0]", e);
+                    None
+                }
+            },
+        },
+        Some("client_secret_post") => Some(ClientAuth::Post),
+        _ => Some(ClientAuth::Basic),
+    };
+    if c.client_jwk.is_some() && !matches!(client_auth, Some(ClientAuth::PrivateKeyJwt(_)) | None) {
+        cx.error("client_jwk", "only used by client_auth private_key_jwt");
     }
     let methods = match c.auth_methods {
         None => AUTH_METHODS.iter().map(|(_, m)| *m).collect(),
@@ -306,7 +331,7 @@ pub(super) fn compile(cx: &mut Compile<'_>, value: Value) -> Option<Plugin> {
     let needs_secret = methods
         .iter()
         .any(|m| matches!(m, AuthMethod::AuthorizationCode | AuthMethod::Introspection | AuthMethod::Session));
-    if needs_secret && client_secret.is_empty() {
+    if needs_secret && client_secret.is_empty() && !matches!(client_auth, Some(ClientAuth::PrivateKeyJwt(_))) {
         cx.error("client_secret", "required by authorization_code, introspection and session");
     }
     let scopes = c.scopes.unwrap_or_else(|| vec!["openid".into()]);
@@ -416,6 +441,7 @@ pub(super) fn compile(cx: &mut Compile<'_>, value: Value) -> Option<Plugin> {
     let session_absolute = non_negative(cx, "session_absolute_timeout", c.session_absolute_timeout, 86400.0);
     let authorization_rolling =
         non_negative(cx, "authorization_rolling_timeout", c.authorization_rolling_timeout, 600.0);
+    let client_auth = client_auth?;
     if cx.errors.0.len() > before {
         return None;
     }
@@ -632,7 +658,7 @@ impl OpenidConnect {
             return Err(Failure::Unauthorized("the provider has no introspection endpoint".into()));
         };
         let form = vec![("token", token.to_string()), ("token_type_hint", "access_token".to_string())];
-        let (status, answer) = self.call_with_client(url, form).await?;
+        let (status, answer) = self.call_with_client(url, &endpoints.issuer, form).await?;
         let Value::Object(claims) = answer else {
             return Err(Failure::Unavailable(format!("introspection answered {status} without a JSON object")));
         };
@@ -679,15 +705,28 @@ impl OpenidConnect {
         Ok((Granted { claims, scope, subject: Some(id.to_string()) }, access.to_string()))
     }
 
-    /// POSTs `form` to `url` as this client (its secret in Basic or in the form).
-    async fn call_with_client(&self, url: &str, mut form: Vec<(&str, String)>) -> Result<(StatusCode, Value), Failure> {
+    /// POSTs `form` to `url` as this client: its secret in Basic or in the form, or a
+    /// client assertion for the provider `issuer`.
+    async fn call_with_client(
+        &self,
+        url: &str,
+        issuer: &str,
+        mut form: Vec<(&str, String)>,
+    ) -> Result<(StatusCode, Value), Failure> {
         let id = self.client_ids.first().map(String::as_str).unwrap_or_default();
         let secret = self.client_secret.as_deref().unwrap_or_default();
-        let basic = match self.client_auth {
+        let basic = match &self.client_auth {
             ClientAuth::Basic => Some((id, secret)),
             ClientAuth::Post => {
                 form.push(("client_id", id.to_string()));
                 form.push(("client_secret", secret.to_string()));
+                None
+            }
+            ClientAuth::PrivateKeyJwt(key) => {
+                let assertion = key.assertion(id, issuer, self.clock.now()).map_err(Failure::Unavailable)?;
+                form.push(("client_id", id.to_string()));
+                form.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
+                form.push(("client_assertion", assertion));
                 None
             }
         };
@@ -820,7 +859,7 @@ impl OpenidConnect {
             ("redirect_uri", pending.redirect_uri.clone()),
             ("code_verifier", pending.verifier.clone()),
         ];
-        let answer = match self.call_with_client(url, form).await {
+        let answer = match self.call_with_client(url, &endpoints.issuer, form).await {
             Ok((StatusCode::OK, answer)) => answer,
             Ok((status, answer)) => return fail(Failure::Unauthorized(provider_error(&answer, status))),
             Err(f) => return fail(f),
@@ -939,7 +978,7 @@ impl OpenidConnect {
         let url =
             endpoints.token_endpoint.as_deref().ok_or_else(|| Failure::Unavailable("no token endpoint".into()))?;
         let form = vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh.to_string())];
-        let (status, answer) = self.call_with_client(url, form).await?;
+        let (status, answer) = self.call_with_client(url, &endpoints.issuer, form).await?;
         if status != StatusCode::OK {
             return Err(Failure::Unauthorized(provider_error(&answer, status)));
         }
