@@ -528,6 +528,21 @@ async fn bearer_tokens_are_verified_against_the_providers_keys() {
     assert_eq!(seen.json()["headers"]["x-client"], "ward-gateway");
     assert_eq!(seen.json()["headers"]["x-scope"], "read");
 
+    // The claim headers come from the token only, whatever the client sends in any spelling.
+    let r = client()
+        .get(&api)
+        .bearer_auth(&valid)
+        .header("x-scope", "admin")
+        .header("X_Scope", "admin")
+        .header("x-client", "forged")
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-scope"], "read", "{seen}");
+    assert_eq!(seen["headers"]["x-client"], "ward-gateway", "{seen}");
+    assert_eq!(seen["headers"]["x_scope"], Value::Null, "{seen}");
+
     let none = client().get(&api).send().await.unwrap();
     assert_eq!(none.status(), 401);
     assert_eq!(none.headers()["www-authenticate"], "Bearer");

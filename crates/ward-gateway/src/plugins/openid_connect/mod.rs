@@ -166,6 +166,8 @@ pub(crate) struct OpenidConnect {
     consumer_by: Vec<ConsumerBy>,
     consumer_optional: bool,
     upstream_headers: Vec<(String, HeaderName)>,
+    /// The names of `upstream_headers`.
+    claim_header_names: Vec<HeaderName>,
     refresh_tokens: bool,
     leeway: u64,
     display_errors: bool,
@@ -463,6 +465,7 @@ pub(super) fn compile(cx: &mut Compile<'_>, value: Value) -> Option<Plugin> {
         consumer_claim: c.consumer_claim.unwrap_or_default(),
         consumer_by,
         consumer_optional: c.consumer_optional.unwrap_or(false),
+        claim_header_names: upstream_headers.iter().map(|(_, n)| n.clone()).collect(),
         upstream_headers,
         refresh_tokens: c.refresh_tokens.unwrap_or(true),
         leeway: leeway as u64,
@@ -544,9 +547,8 @@ impl OpenidConnect {
     }
 
     pub(super) async fn access(&self, ex: &mut Exchange<'_>) -> Result<(), Reply> {
-        for (_, name) in &self.upstream_headers {
-            ex.headers.remove(name);
-        }
+        // Whatever the client sent under those names, in any spelling, is not a claim.
+        ward_http::headers::remove_every_spelling(&mut ex.headers, &self.claim_header_names);
         let now = self.clock.now();
         let cookies = RequestCookies::of(&ex.headers);
         if self.has(AuthMethod::AuthorizationCode)
