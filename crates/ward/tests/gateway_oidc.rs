@@ -61,7 +61,8 @@ impl OpenIdProvider {
         extra: &[&str],
     ) -> Self {
         require_provider();
-        let issuer = format!("http://127.0.0.1:{port}");
+        let https = extra.contains(&"--tls-cert");
+        let issuer = format!("{}://127.0.0.1:{port}", if https { "https" } else { "http" });
         let log = keys_dir.join(format!("provider-{port}-{keys}.log"));
         let child = Command::new("node")
             .arg(provider_dir().join("provider.mjs"))
@@ -137,9 +138,15 @@ fn form(pairs: &[(&str, &str)]) -> String {
     url.query().unwrap_or_default().to_string()
 }
 
-/// An HTTP client that follows no redirect and uses no proxy.
+/// An HTTP client that follows no redirect and uses no proxy (and takes the HTTPS
+/// provider's test certificate as it is).
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
 }
 
 /// What a response showed.
@@ -779,4 +786,43 @@ async fn private_key_jwt_authenticates_the_gateway_at_the_token_endpoint() {
     let message = refused.json()["message"].as_str().unwrap().to_string();
     assert!(message.starts_with("Unauthorized (the provider answered 401"), "{message}");
     assert!(message.contains("invalid_client"), "{message}");
+}
+
+#[tokio::test]
+async fn a_provider_over_https_is_verified_only_with_ssl_verify() {
+    require_provider();
+    let keys = tempfile::tempdir().unwrap();
+    let pki = common::TestPki::new("Test OpenID CA");
+    let leaf = pki.server(&["127.0.0.1", "localhost"]);
+    let (cert, key) = (keys.path().join("tls.crt"), keys.path().join("tls.key"));
+    std::fs::write(&cert, &leaf.cert).unwrap();
+    std::fs::write(&key, &leaf.key).unwrap();
+    let upstream = Upstream::start("app").await;
+    let port = free_port();
+    let issuer = format!("https://127.0.0.1:{port}");
+    // The same route again, verifying the provider's certificate against the system's trust
+    // store, where the test CA is not.
+    let verified = format!(
+        "  - name: verified\n    paths: [/verified]\n    plugins:\n    - name: openid-connect\n      config: \
+         {{issuer: \"{issuer}\", client_id: ward-gateway, auth_methods: [bearer], ssl_verify: true}}\n"
+    );
+    let gw = gateway(&upstream, &issuer, &verified).await;
+    let gateway = format!("http://{}", gw.proxy);
+    let (callback, bye) = (format!("{gateway}/app/callback"), format!("{gateway}/app/bye"));
+    let tls = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let provider = OpenIdProvider::start_with(port, keys.path(), "k1", &callback, &bye, &tls).await;
+    assert!(provider.issuer.starts_with("https://"));
+
+    let token = provider.token("urn:ward:api", "read").await;
+    let seen = bearer(&gw.url("/api/orders"), &token).await;
+    assert_eq!(seen.status, 200, "ssl_verify: false (Kong's default) accepts the test CA: {seen:?}\n{}", gw.log());
+    // The keys cannot be fetched: the provider is unavailable to this route.
+    let seen = bearer(&gw.url("/verified/orders"), &token).await;
+    assert_eq!(
+        (seen.status, seen.json()),
+        (503, json!({"message": "The identity provider is unavailable"})),
+        "ssl_verify: true refuses a certificate the system does not trust\n{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("certificate"), "the log says why:\n{}", gw.log());
 }

@@ -13,10 +13,12 @@
 // tokens for the resource indicators below are JWTs, and `urn:ward:short`'s live 2 seconds.
 // The client `stranger` (secret `stranger-secret`) may use client credentials only.
 // With --private-key-jwt-redirect-uris, the client `ward-pkjwt` signs in with its own key.
+// With --tls-cert and --tls-key it serves HTTPS (the issuer is then https://...).
 // Sign-in and consent are oidc-provider's development forms: any login is accepted.
 
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:https';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -31,6 +33,8 @@ const { values: args } = parseArgs({
     'redirect-uri': { type: 'string' },
     'post-logout-redirect-uri': { type: 'string' },
     'private-key-jwt-redirect-uris': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
   },
 });
 for (const required of ['port', 'issuer', 'keys-dir', 'keys', 'redirect-uri']) {
@@ -136,9 +140,13 @@ const provider = new Provider(args.issuer, {
     },
   },
 });
-// Plain HTTP on 127.0.0.1 for the tests.
 provider.proxy = false;
 
-provider.listen(Number(args.port), '127.0.0.1', () => {
-  console.log(`oidc-provider listening on ${args.issuer}`);
-});
+// On 127.0.0.1: plain HTTP, or HTTPS with --tls-cert and --tls-key (PEM files).
+const listening = () => console.log(`oidc-provider listening on ${args.issuer}`);
+if (args['tls-cert']) {
+  const tls = { cert: readFileSync(args['tls-cert']), key: readFileSync(args['tls-key']) };
+  createServer(tls, provider.callback()).listen(Number(args.port), '127.0.0.1', listening);
+} else {
+  provider.listen(Number(args.port), '127.0.0.1', listening);
+}
