@@ -1069,6 +1069,107 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::consumers::Consumers;
+    use crate::error::ConfigErrors;
+    use crate::plugins::Scope;
+    use crate::runtime::Shared;
+    use crate::tls::CaStore;
+
+    /// The plugin `config` compiles to.
+    fn plugin(config: Value) -> Box<OpenidConnect> {
+        let (shared, consumers, ca) = (Shared::default(), Consumers::default(), CaStore::default());
+        let mut errors = ConfigErrors::default();
+        let mut cx = Compile {
+            path: "config".into(),
+            errors: &mut errors,
+            consumers: &consumers,
+            ca_certificates: &ca,
+            shared: &shared,
+            scope: Scope::default(),
+        };
+        match compile(&mut cx, config) {
+            Some(Plugin::OpenidConnect(p)) => p,
+            _ => panic!("{errors}"),
+        }
+    }
+
+    /// The cookies a browser sends back after `set_cookies`.
+    fn cookies(set_cookies: &[HeaderValue]) -> RequestCookies {
+        let pairs: Vec<&str> = set_cookies.iter().map(|v| v.to_str().unwrap().split(';').next().unwrap()).collect();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_str(&pairs.join("; ")).unwrap());
+        RequestCookies::of(&headers)
+    }
+
+    fn tokens(created: i64, written: i64, claims: Claims) -> Tokens {
+        Tokens {
+            created,
+            written,
+            access_token: "at".into(),
+            expires: Some(created + 60),
+            refresh_token: Some("rt".into()),
+            id_token: None,
+            scope: Some("openid".into()),
+            claims,
+        }
+    }
+
+    #[test]
+    fn sessions_end_at_their_absolute_and_rolling_timeouts() {
+        let p = plugin(json!({
+            "issuer": "http://idp.test", "client_id": "c", "client_secret": "s",
+            "session_absolute_timeout": 100, "session_rolling_timeout": 30,
+        }));
+        let jar = cookies(&p.write_session(&tokens(1000, 1000, Claims::new()), 0).unwrap());
+        assert_eq!(p.session(&jar, 1000).map(|(t, n)| (t.access_token, n)), Some(("at".into(), 1)));
+        assert!(p.session(&jar, 1030).is_some());
+        assert!(p.session(&jar, 1031).is_none(), "30 s since it was written");
+        assert!(p.session(&jar, 999).is_none(), "from the future");
+        let jar = cookies(&p.write_session(&tokens(1000, 1090, Claims::new()), 0).unwrap());
+        assert!(p.session(&jar, 1100).is_some());
+        assert!(p.session(&jar, 1101).is_none(), "100 s since it began");
+    }
+
+    #[test]
+    fn a_large_session_is_split_and_a_foreign_or_changed_cookie_is_none() {
+        let p = plugin(json!({"issuer": "http://idp.test", "client_id": "c", "client_secret": "s"}));
+        let mut claims = Claims::new();
+        claims.insert("groups".into(), json!(vec!["a-rather-long-group-name"; 400]));
+        let set = p.write_session(&tokens(1000, 1000, claims.clone()), 0).unwrap();
+        assert!(set.len() > 2, "{} cookies", set.len());
+        let (back, count) = p.session(&cookies(&set), 1000).unwrap();
+        assert_eq!((back.claims, count), (claims, set.len()));
+        // Written again smaller: the chunks it no longer needs expire.
+        let smaller = p.write_session(&tokens(1000, 1000, Claims::new()), set.len()).unwrap();
+        let expired = smaller.iter().filter(|v| v.to_str().unwrap().contains("Max-Age=0")).count();
+        assert_eq!(expired, set.len() - 1);
+
+        let other = plugin(
+            json!({"issuer": "http://idp.test", "client_id": "c", "client_secret": "s", "session_secret": "another"}),
+        );
+        let small = p.write_session(&tokens(1000, 1000, Claims::new()), 0).unwrap();
+        assert!(other.session(&cookies(&small), 1000).is_none(), "another secret");
+        let mut value = small[0].to_str().unwrap().split(';').next().unwrap().to_string();
+        let last = value.pop().unwrap();
+        value.push(if last == 'A' { 'B' } else { 'A' });
+        let changed = cookies(&[HeaderValue::from_str(&value).unwrap()]);
+        assert!(p.session(&changed, 1000).is_none(), "a changed cookie");
+        // A value sealed as a sign-in in progress is no session, under the session's name.
+        let pending = Pending {
+            created: 1000,
+            state: "s".into(),
+            nonce: "n".into(),
+            verifier: "v".into(),
+            redirect_uri: "http://gw/cb".into(),
+            original: "/".into(),
+        };
+        let sealed = p.sealer.seal(tag::OIDC_AUTHORIZATION, &pending);
+        let foreign = cookies(&[HeaderValue::from_str(&format!("session=1{sealed}")).unwrap()]);
+        assert!(p.session(&foreign, 1000).is_none());
+        let as_pending = cookies(&[HeaderValue::from_str(&format!("authorization={sealed}")).unwrap()]);
+        assert!(p.pending(&as_pending, 1600).is_some());
+        assert!(p.pending(&as_pending, 1601).is_none(), "authorization_rolling_timeout: 600");
+    }
 
     #[test]
     fn pkce_s256_challenge_is_base64url_of_sha256() {
