@@ -212,6 +212,22 @@ mod tests {
                 "plugins:\n- name: cors\n  config: {origins: [\"a)|(.*\"]}\n",
                 "plugins[0].config.origins[0]: invalid regex",
             ),
+            (
+                "plugins:\n- name: openid-connect\n  config: {issuer: \"http://i\", client_id: a, client_secret: s, timeout: 1e300, rediscovery_lifetime: 1e300}\n",
+                "plugins[0].config.timeout: must be between 1 and 2147483646 milliseconds",
+            ),
+            (
+                "plugins:\n- name: openid-connect\n  config: {issuer: \"http://i\", client_id: a, client_secret: s, leeway: 1e300}\n",
+                "plugins[0].config.leeway: must be at most 31536000 seconds",
+            ),
+            (
+                "plugins:\n- name: openid-connect\n  config: {issuer: \"http://i\", client_id: a, client_secret: s, session_absolute_timeout: -1}\n",
+                "plugins[0].config.session_absolute_timeout: must be at least 0",
+            ),
+            (
+                "plugins:\n- name: openid-connect\n  config: {issuer: \"http://i\", client_id: [\"\"], client_secret: s, session_cookie_name: \"a b\", upstream_headers_claims: [sub], upstream_headers_names: [\"a b\"]}\n",
+                "plugins[0].config.upstream_headers_names[0]: 'a b' is not a header name",
+            ),
             (&"[".repeat(100_000), "is not valid YAML or JSON"),
         ];
         let mut missed = Vec::new();

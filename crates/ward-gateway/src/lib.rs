@@ -124,6 +124,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
     let runtime = runtime::Runtime::new(&text, options.trusted_ips.clone(), mesh)
         .map_err(|errors| Error::Config { path: options.config.clone(), errors })?;
     let runtime = Arc::new(runtime);
+    // Before any listener is up: a SIGHUP sent once the gateway answers must reload it, and
+    // not meet the default disposition, which ends the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let proxy = bind("proxy", options.proxy_listen).await?;
     let proxy_ssl = bind("proxy ssl", options.proxy_ssl_listen).await?;
     let admin = bind("admin", options.admin_listen).await?;
@@ -131,7 +134,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
     tokio::spawn(listener::serve(proxy, runtime.clone(), false, listening.clone(), stop.clone()));
     tokio::spawn(listener::serve(proxy_ssl, runtime.clone(), true, listening.clone(), stop.clone()));
     tokio::spawn(admin::serve(admin, runtime.clone(), listening.clone(), stop.clone()));
-    tokio::spawn(reload_on_hangup(runtime.clone(), options.config.clone(), stop.clone()));
+    tokio::spawn(reload_on_hangup(hangups, runtime.clone(), options.config.clone(), stop.clone()));
     tracing::info!(
         proxy = %options.proxy_listen,
         proxy_ssl = %options.proxy_ssl_listen,
@@ -149,9 +152,13 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
 }
 
 /// Reloads the configuration file on every SIGHUP; a bad file leaves the old one in force.
-async fn reload_on_hangup(runtime: Arc<runtime::Runtime>, path: PathBuf, stop: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+async fn reload_on_hangup(
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
+    runtime: Arc<runtime::Runtime>,
+    path: PathBuf,
+    stop: CancellationToken,
+) {
+    let Ok(mut hangups) = hangups else {
         return tracing::error!("cannot listen for SIGHUP: reloads only through the admin API");
     };
     loop {

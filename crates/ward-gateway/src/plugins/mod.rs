@@ -19,6 +19,7 @@ pub(crate) mod jwt;
 pub(crate) mod key_auth;
 pub(crate) mod logs;
 pub(crate) mod mtls_auth;
+pub(crate) mod openid_connect;
 pub(crate) mod prometheus;
 pub(crate) mod rate_limiting;
 pub(crate) mod request_size_limiting;
@@ -53,6 +54,8 @@ pub(crate) enum Plugin {
     KeyAuth(key_auth::KeyAuth),
     BasicAuth(basic_auth::BasicAuth),
     HmacAuth(hmac_auth::HmacAuth),
+    /// Boxed: it is much larger than the others.
+    OpenidConnect(Box<openid_connect::OpenidConnect>),
     IpRestriction(ip_restriction::IpRestriction),
     RequestSizeLimiting(request_size_limiting::RequestSizeLimiting),
     Acl(acl::Acl),
@@ -84,6 +87,7 @@ impl Plugin {
             Plugin::KeyAuth(p) => p.access(ex).await,
             Plugin::BasicAuth(p) => p.access(ex),
             Plugin::HmacAuth(p) => p.access(ex).await,
+            Plugin::OpenidConnect(p) => p.access(ex).await,
             Plugin::IpRestriction(p) => p.access(ex),
             Plugin::RequestSizeLimiting(p) => p.access(ex).await,
             Plugin::Acl(p) => p.access(ex),
@@ -151,7 +155,7 @@ struct Kind {
 }
 
 /// Every plugin Ward has, as Kong orders them.
-const KINDS: [Kind; 20] = [
+const KINDS: [Kind; 21] = [
     Kind { name: "correlation-id", priority: 100_001, consumer_scoped: false, compile: correlation_id::compile },
     Kind { name: "bot-detection", priority: 2500, consumer_scoped: false, compile: bot_detection::compile },
     Kind { name: "cors", priority: 2000, consumer_scoped: false, compile: cors::compile },
@@ -160,6 +164,7 @@ const KINDS: [Kind; 20] = [
     Kind { name: "jwt", priority: 1450, consumer_scoped: false, compile: jwt::compile },
     Kind { name: "key-auth", priority: 1250, consumer_scoped: false, compile: key_auth::compile },
     Kind { name: "basic-auth", priority: 1100, consumer_scoped: false, compile: basic_auth::compile },
+    Kind { name: "openid-connect", priority: 1050, consumer_scoped: false, compile: openid_connect::compile },
     Kind { name: "hmac-auth", priority: 1030, consumer_scoped: false, compile: hmac_auth::compile },
     Kind { name: "ip-restriction", priority: 990, consumer_scoped: true, compile: ip_restriction::compile },
     Kind {

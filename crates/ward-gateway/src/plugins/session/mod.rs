@@ -16,7 +16,7 @@
 //! database-less gateway has, a session lives in it whole, so it cannot be revoked before it
 //! expires, in Kong as in Ward.
 
-mod seal;
+pub(crate) mod seal;
 #[cfg(test)]
 mod tests;
 
@@ -57,7 +57,7 @@ impl Clock {
     }
 
     /// Seconds since the epoch.
-    fn now(&self) -> i64 {
+    pub(super) fn now(&self) -> i64 {
         match &self.0 {
             Some(now) => now.load(Ordering::SeqCst),
             None => std::time::SystemTime::now()
@@ -190,13 +190,36 @@ impl Config {
 }
 
 /// The attributes of every cookie a plugin sets.
-struct Attributes {
-    path: String,
-    domain: Option<String>,
+pub(crate) struct Attributes {
+    pub path: String,
+    pub domain: Option<String>,
     /// None for Kong's `Default`: browsers read an unknown SameSite as none given.
-    same_site: Option<SameSite>,
-    secure: bool,
-    http_only: bool,
+    pub same_site: Option<SameSite>,
+    pub secure: bool,
+    pub http_only: bool,
+}
+
+impl Attributes {
+    /// A `Set-Cookie` value; a persistent cookie has `Max-Age` and `Expires` (Unix time).
+    pub fn set_cookie(&self, name: &str, value: String, persistent: Option<(i64, i64)>) -> String {
+        let mut cookie = Cookie::build((name.to_string(), value))
+            .path(self.path.clone())
+            .secure(self.secure)
+            .http_only(self.http_only);
+        if let Some(domain) = &self.domain {
+            cookie = cookie.domain(domain.clone());
+        }
+        if let Some(same_site) = self.same_site {
+            cookie = cookie.same_site(same_site);
+        }
+        if let Some((max_age, expires)) = persistent {
+            cookie = cookie.max_age(Duration::seconds(max_age));
+            if let Ok(at) = OffsetDateTime::from_unix_timestamp(expires) {
+                cookie = cookie.expires(at);
+            }
+        }
+        cookie.build().to_string()
+    }
 }
 
 /// A compiled session configuration.
@@ -222,7 +245,7 @@ pub(crate) struct Session {
 }
 
 /// A string field: its default when absent, refused when empty (Kong's strings are never).
-fn text(cx: &mut Compile<'_>, field: &str, value: Option<String>, default: &str) -> String {
+pub(super) fn text(cx: &mut Compile<'_>, field: &str, value: Option<String>, default: &str) -> String {
     match value {
         None => default.to_string(),
         Some(v) if v.is_empty() => {
@@ -234,7 +257,7 @@ fn text(cx: &mut Compile<'_>, field: &str, value: Option<String>, default: &str)
 }
 
 /// A number of seconds: its default when absent, refused when not finite.
-fn seconds(cx: &mut Compile<'_>, field: &str, value: Option<f64>, default: f64) -> f64 {
+pub(super) fn seconds(cx: &mut Compile<'_>, field: &str, value: Option<f64>, default: f64) -> f64 {
     match value {
         None => default,
         Some(v) if !v.is_finite() => {
@@ -246,17 +269,22 @@ fn seconds(cx: &mut Compile<'_>, field: &str, value: Option<f64>, default: f64) 
 }
 
 /// RFC 6265's token: what a cookie name may be made of.
-fn is_token(name: &str) -> bool {
+pub(super) fn is_token(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// What a cookie attribute's value may hold (RFC 6265: no controls, no `;`).
-fn is_attribute_value(value: &str) -> bool {
+pub(super) fn is_attribute_value(value: &str) -> bool {
     value.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';')
 }
 
 /// A set of Kong's: each element one of `allowed`, duplicates dropped.
-fn set_of<T: Clone + PartialEq>(cx: &mut Compile<'_>, field: &str, list: Vec<String>, allowed: &[(&str, T)]) -> Vec<T> {
+pub(super) fn set_of<T: Clone + PartialEq>(
+    cx: &mut Compile<'_>,
+    field: &str,
+    list: Vec<String>,
+    allowed: &[(&str, T)],
+) -> Vec<T> {
     let mut out = Vec::new();
     for (i, item) in list.iter().enumerate() {
         match allowed.iter().find(|(name, _)| name == item) {
@@ -493,28 +521,8 @@ impl Session {
     /// tampered, expired and foreign cookies are no session.
     fn read(&self, kind: Kind, cookies: &RequestCookies, now: i64) -> Option<(Contents, usize)> {
         let (sealed, count) = cookies.gather(self.name(kind))?;
-        let contents = self.sealer.open(kind, &sealed)?;
+        let contents = self.sealer.open(kind.tag(), &sealed)?;
         self.alive(kind, &contents, now).then_some((contents, count))
-    }
-
-    /// A `Set-Cookie` value; a persistent cookie has `Max-Age` and `Expires` (Unix time).
-    fn set_cookie(&self, name: &str, value: String, persistent: Option<(i64, i64)>) -> String {
-        let a = &self.attributes;
-        let mut cookie =
-            Cookie::build((name.to_string(), value)).path(a.path.clone()).secure(a.secure).http_only(a.http_only);
-        if let Some(domain) = &a.domain {
-            cookie = cookie.domain(domain.clone());
-        }
-        if let Some(same_site) = a.same_site {
-            cookie = cookie.same_site(same_site);
-        }
-        if let Some((max_age, expires)) = persistent {
-            cookie = cookie.max_age(Duration::seconds(max_age));
-            if let Ok(at) = OffsetDateTime::from_unix_timestamp(expires) {
-                cookie = cookie.expires(at);
-            }
-        }
-        cookie.build().to_string()
     }
 
     /// Expires `name` and the chunks up to `count`.
@@ -522,7 +530,7 @@ impl Session {
         let name = self.name(kind);
         for i in from..=count {
             let n = if i == 1 { name.to_string() } else { format!("{name}{i}") };
-            p.set_cookie(&n, self.set_cookie(&n, String::new(), Some((0, 1))));
+            p.set_cookie(&n, self.attributes.set_cookie(&n, String::new(), Some((0, 1))));
         }
     }
 
@@ -530,7 +538,7 @@ impl Session {
     /// How many it took, or None when it does not fit (the session is not saved, as in Kong).
     fn write(&self, p: &mut Pending, kind: Kind, contents: &Contents, old_count: usize) -> Option<usize> {
         let name = self.name(kind);
-        let sealed = self.sealer.seal(kind, contents);
+        let sealed = self.sealer.seal(kind.tag(), contents);
         let Some(cookies) = seal::chunks(name, &sealed) else {
             tracing::warn!(cookie = name, "session: too large for 9 cookies of 4 KiB; not saved");
             return None;
@@ -542,7 +550,7 @@ impl Session {
         });
         let count = cookies.len();
         for (n, v) in cookies {
-            p.set_cookie(&n, self.set_cookie(&n, v, persistent));
+            p.set_cookie(&n, self.attributes.set_cookie(&n, v, persistent));
         }
         self.expire(p, kind, count + 1, old_count);
         Some(count)

@@ -6,6 +6,9 @@
 //! secret, expanded with the salt, so no two cookies share a key. The version and the
 //! cookie's kind (session or persistent) are the additional authenticated data: a
 //! persistent cookie cannot pass for a session cookie. Nobody but Ward reads it.
+//!
+//! The openid-connect plugin keeps its session and its authorization state in cookies of
+//! the same format, each of its own kind.
 
 use std::collections::HashMap;
 
@@ -14,6 +17,7 @@ use aws_lc_rs::hkdf::{HKDF_SHA256, KeyType, Prk, Salt};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, header};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The format's version, first byte of every sealed value.
@@ -23,9 +27,9 @@ const SALT_LEN: usize = 16;
 /// AES-256-GCM's key length.
 const KEY_LEN: usize = 32;
 /// The longest `name=value` of one cookie, as Kong's session library keeps them.
-pub(super) const MAX_COOKIE: usize = 4096;
+pub(crate) const MAX_COOKIE: usize = 4096;
 /// The most cookies one session is split into, as in Kong.
-pub(super) const MAX_CHUNKS: usize = 9;
+pub(crate) const MAX_CHUNKS: usize = 9;
 
 /// Which cookie a value is sealed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +38,28 @@ pub(super) enum Kind {
     Session,
     /// The persistent cookie of `remember`.
     Remember,
+}
+
+impl Kind {
+    /// The tag its values are sealed with.
+    pub fn tag(self) -> u8 {
+        match self {
+            Kind::Session => tag::SESSION,
+            Kind::Remember => tag::REMEMBER,
+        }
+    }
+}
+
+/// What a sealed value is for, bound into it: a value sealed for one cannot pass for another.
+pub(crate) mod tag {
+    /// The session plugin's session cookie.
+    pub const SESSION: u8 = b's';
+    /// The session plugin's persistent cookie.
+    pub const REMEMBER: u8 = b'r';
+    /// openid-connect's session cookie (its tokens).
+    pub const OIDC_SESSION: u8 = b'o';
+    /// openid-connect's authorization cookie (state, nonce and PKCE verifier of a sign-in).
+    pub const OIDC_AUTHORIZATION: u8 = b'a';
 }
 
 /// What one audience keeps in a session: who was authenticated, by which credential.
@@ -98,7 +124,7 @@ impl KeyType for Len {
 }
 
 /// Seals and opens values with the key material of one secret.
-pub(super) struct Sealer {
+pub(crate) struct Sealer {
     prk: Prk,
 }
 
@@ -122,13 +148,13 @@ impl Sealer {
         (LessSafeKey::new(key), nonce)
     }
 
-    /// `contents` sealed for a cookie of `kind`, as text fit for a cookie value.
-    pub fn seal(&self, kind: Kind, contents: &Contents) -> String {
+    /// `contents` sealed for the purpose `tag`, as text fit for a cookie value.
+    pub fn seal<T: Serialize>(&self, tag: u8, contents: &T) -> String {
         let mut salt = [0u8; SALT_LEN];
         aws_lc_rs::rand::fill(&mut salt).expect("the system's random generator works");
         let (key, nonce) = self.key(&salt);
         let mut data = serde_json::to_vec(contents).expect("plain data serializes");
-        key.seal_in_place_append_tag(nonce, Aad::from(aad(kind)), &mut data)
+        key.seal_in_place_append_tag(nonce, Aad::from([VERSION, tag]), &mut data)
             .expect("a session is far below GCM's limit");
         let mut blob = Vec::with_capacity(1 + SALT_LEN + data.len());
         blob.push(VERSION);
@@ -137,8 +163,8 @@ impl Sealer {
         URL_SAFE_NO_PAD.encode(blob)
     }
 
-    /// What `text` holds, if this secret sealed it for a cookie of `kind` and nobody changed it.
-    pub fn open(&self, kind: Kind, text: &str) -> Option<Contents> {
+    /// What `text` holds, if this secret sealed it for the purpose `tag` and nobody changed it.
+    pub fn open<T: DeserializeOwned>(&self, tag: u8, text: &str) -> Option<T> {
         let blob = URL_SAFE_NO_PAD.decode(text).ok()?;
         let (&version, rest) = blob.split_first()?;
         if version != VERSION || rest.len() < SALT_LEN {
@@ -147,18 +173,14 @@ impl Sealer {
         let (salt, sealed) = rest.split_at(SALT_LEN);
         let (key, nonce) = self.key(salt);
         let mut data = sealed.to_vec();
-        let plain = key.open_in_place(nonce, Aad::from(aad(kind)), &mut data).ok()?;
+        let plain = key.open_in_place(nonce, Aad::from([VERSION, tag]), &mut data).ok()?;
         serde_json::from_slice(plain).ok()
     }
 }
 
-fn aad(kind: Kind) -> [u8; 2] {
-    [VERSION, if kind == Kind::Session { b's' } else { b'r' }]
-}
-
 /// The cookies a request sent, by name; the first of a name counts, as for nginx.
 #[derive(Debug, Default)]
-pub(super) struct RequestCookies(HashMap<String, String>);
+pub(crate) struct RequestCookies(HashMap<String, String>);
 
 impl RequestCookies {
     /// Every `Cookie` header of `headers` (HTTP/2 clients may send several).
@@ -192,7 +214,7 @@ impl RequestCookies {
 
 /// The cookies (name, value) that carry `sealed` under `name`: the first starts with how
 /// many there are. `None` when even 9 cookies of 4 KiB cannot hold it.
-pub(super) fn chunks(name: &str, sealed: &str) -> Option<Vec<(String, String)>> {
+pub(crate) fn chunks(name: &str, sealed: &str) -> Option<Vec<(String, String)>> {
     // `name=N...` then `nameI=...`: one character more than the name either way (the count
     // or the chunk's number, never more than 9), and the `=`.
     let room = MAX_COOKIE.checked_sub(name.len() + 2).filter(|r| *r > 0)?;

@@ -151,20 +151,28 @@ fn contents(audience: &str) -> Contents {
 fn sealed_values_open_only_unchanged_with_their_secret_and_kind() {
     let sealer = Sealer::new(b"secret");
     let c = contents("default");
-    let sealed = sealer.seal(Kind::Session, &c);
-    assert_eq!(sealer.open(Kind::Session, &sealed), Some(c.clone()));
-    assert_ne!(sealer.seal(Kind::Session, &c), sealed, "each value has its own salt");
-    assert_eq!(sealer.open(Kind::Remember, &sealed), None, "a session cookie is no persistent cookie");
-    assert_eq!(Sealer::new(b"other").open(Kind::Session, &sealed), None, "another secret");
+    let sealed = sealer.seal(Kind::Session.tag(), &c);
+    assert_eq!(sealer.open(Kind::Session.tag(), &sealed), Some(c.clone()));
+    assert_ne!(sealer.seal(Kind::Session.tag(), &c), sealed, "each value has its own salt");
+    assert_eq!(
+        sealer.open::<Contents>(Kind::Remember.tag(), &sealed),
+        None,
+        "a session cookie is no persistent cookie"
+    );
+    assert_eq!(Sealer::new(b"other").open::<Contents>(Kind::Session.tag(), &sealed), None, "another secret");
     let mut tampered = sealed.clone().into_bytes();
     for i in [0, 5, tampered.len() / 2, tampered.len() - 1] {
         let before = tampered[i];
         tampered[i] = if before == b'A' { b'B' } else { b'A' };
-        assert_eq!(sealer.open(Kind::Session, std::str::from_utf8(&tampered).unwrap()), None, "byte {i}");
+        assert_eq!(
+            sealer.open::<Contents>(Kind::Session.tag(), std::str::from_utf8(&tampered).unwrap()),
+            None,
+            "byte {i}"
+        );
         tampered[i] = before;
     }
     for garbage in ["", "x", "AAAA", "!!!!", &sealed[..sealed.len() - 4]] {
-        assert_eq!(sealer.open(Kind::Session, garbage), None, "{garbage:?}");
+        assert_eq!(sealer.open::<Contents>(Kind::Session.tag(), garbage), None, "{garbage:?}");
     }
 }
 
@@ -556,7 +564,7 @@ async fn timeouts_expire_renew_and_touch_sessions() {
         let sealer = Sealer::new(&SECRET);
         let session_id = |jar: &Jar| {
             let (sealed, _) = cookies_of(jar).gather("session").unwrap();
-            sealer.open(Kind::Session, &sealed).unwrap().id
+            sealer.open::<Contents>(Kind::Session.tag(), &sealed).unwrap().id
         };
         let mut before = session_id(&jar);
         for (i, (wait, want)) in steps.iter().enumerate() {
@@ -601,7 +609,7 @@ async fn session_headers_tell_kongs_properties() {
     jar.take(&answer);
     let header = |a: &Answer, n: &str| a.headers.get(n).map(|v| v.to_str().unwrap().to_string());
     let (sealed, _) = cookies_of(&jar).gather("session").unwrap();
-    let id = Sealer::new(&SECRET).open(Kind::Session, &sealed).unwrap().id;
+    let id = Sealer::new(&SECRET).open::<Contents>(Kind::Session.tag(), &sealed).unwrap().id;
     let want = [
         ("session-id", id.as_str()),
         ("session-audience", "default"),
