@@ -9,6 +9,7 @@ pub mod error;
 pub mod labels;
 pub mod membership;
 pub mod mesh;
+pub mod mesh_circuit_breaker;
 pub mod mesh_external_service;
 pub mod mesh_retry;
 pub mod mesh_service;

@@ -9,7 +9,7 @@ use crate::{
     duration::KumaDuration,
     error::Causes,
     permission::TargetKind,
-    rules::{Shape, Targeted},
+    rules::{Inbound, Shape, Targeted},
 };
 
 /// A MeshRetry.
@@ -259,8 +259,9 @@ pub fn shape() -> Shape<'static, Conf> {
         top: &[Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane],
         gateways: "Ward's gateway does not apply MeshRetry: its upstreams keep Kong's retries",
         to: &[Mesh, MeshService, MeshExternalService],
+        routed_to: Some(&[Mesh, MeshExternalService]),
         from: &[],
-        inbound: false,
+        inbound: Inbound::None,
         unsupported: &[
             (MeshGateway, "Ward has no MeshGateway"),
             (MeshHTTPRoute, "Ward has no MeshHTTPRoute yet"),

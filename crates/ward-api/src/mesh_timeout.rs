@@ -9,7 +9,7 @@ use crate::{
     duration::KumaDuration,
     error::Causes,
     permission::TargetKind,
-    rules::{Shape, Targeted},
+    rules::{Inbound, Shape, Targeted},
 };
 
 /// A MeshTimeout.
@@ -58,8 +58,9 @@ pub fn shape() -> Shape<'static, Conf> {
         top: &[Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane],
         gateways: "Ward's gateway does not apply MeshTimeout: its routes keep Kong's timeouts",
         to: &[Mesh, MeshService, MeshExternalService],
+        routed_to: Some(&[Mesh, MeshExternalService]),
         from: &[Mesh],
-        inbound: true,
+        inbound: Inbound::Served,
         unsupported: &[
             (MeshGateway, "Ward has no MeshGateway"),
             (MeshHTTPRoute, "Ward has no MeshHTTPRoute yet"),

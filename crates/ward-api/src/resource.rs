@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::Dataplane, mesh::Mesh, mesh_external_service::MeshExternalService, mesh_retry::MeshRetry,
-    mesh_service::MeshService, mesh_timeout::MeshTimeout, permission::MeshTrafficPermission, rules::Entries,
-    secret::Secret, traffic_permission::TrafficPermission,
+    dataplane::Dataplane, mesh::Mesh, mesh_circuit_breaker::MeshCircuitBreaker,
+    mesh_external_service::MeshExternalService, mesh_retry::MeshRetry, mesh_service::MeshService,
+    mesh_timeout::MeshTimeout, permission::MeshTrafficPermission, rules::Entries, secret::Secret,
+    traffic_permission::TrafficPermission,
 };
 
 /// The kinds of resource Ward stores, in the order `ward apply` applies them: a Mesh before
@@ -34,6 +35,8 @@ pub enum ResourceType {
     MeshTimeout,
     /// Retries of outbound traffic (targetRef policy).
     MeshRetry,
+    /// Request limits and outlier detection of outbound traffic (targetRef policy).
+    MeshCircuitBreaker,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -125,6 +128,14 @@ pub const TYPES: &[TypeInfo] = &[
         name: "MeshRetry",
         plural: "meshretries",
         aliases: &["meshretry", "mr", "mesh-retries"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshCircuitBreaker,
+        name: "MeshCircuitBreaker",
+        plural: "meshcircuitbreakers",
+        aliases: &["meshcircuitbreaker", "mcb", "mesh-circuit-breakers"],
         scope: Scope::Mesh,
         has_spec_field: true,
     },
@@ -229,6 +240,8 @@ pub enum Spec {
     MeshTimeout(MeshTimeout),
     /// A MeshRetry.
     MeshRetry(MeshRetry),
+    /// A MeshCircuitBreaker.
+    MeshCircuitBreaker(MeshCircuitBreaker),
 }
 
 impl Spec {
@@ -237,6 +250,7 @@ impl Spec {
         match self {
             Spec::MeshTimeout(p) => Some(p.entries()),
             Spec::MeshRetry(p) => Some(p.entries()),
+            Spec::MeshCircuitBreaker(p) => Some(p.entries()),
             _ => None,
         }
     }
@@ -297,7 +311,8 @@ impl Resource {
             | Spec::TrafficPermission(_)
             | Spec::Secret(_)
             | Spec::MeshTimeout(_)
-            | Spec::MeshRetry(_) => {}
+            | Spec::MeshRetry(_)
+            | Spec::MeshCircuitBreaker(_) => {}
         }
         warnings.0
     }
@@ -314,6 +329,7 @@ impl Resource {
             Spec::MeshExternalService(s) => serde_json::to_value(s),
             Spec::MeshTimeout(s) => serde_json::to_value(s),
             Spec::MeshRetry(s) => serde_json::to_value(s),
+            Spec::MeshCircuitBreaker(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

@@ -78,16 +78,30 @@ pub struct RuleEntry<C> {
     pub default: C,
 }
 
+/// A kind's inbound parts (`from[]`, `rules[]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound<'a> {
+    /// The kind has none (`to[]` only), and needs no entry at all.
+    None,
+    /// Ward serves them; a policy needs at least one entry somewhere.
+    Served,
+    /// Valid Kuma that Ward refuses, for this reason.
+    Refused(&'a str),
+}
+
 /// Where each part of a policy kind may point, and how its confs are checked.
 pub struct Shape<'a, C> {
     /// Top-level kinds Ward serves.
     pub top: &'a [TargetKind],
     /// `to[]` kinds Ward serves.
     pub to: &'a [TargetKind],
+    /// The `to[]` kinds Kuma allows under a top-level MeshGateway or MeshHTTPRoute, when it
+    /// narrows them.
+    pub routed_to: Option<&'a [TargetKind]>,
     /// `from[]` kinds Ward serves.
     pub from: &'a [TargetKind],
-    /// Whether the kind has inbound parts (`from[]`, `rules[]`) and needs at least one entry.
-    pub inbound: bool,
+    /// Whether the kind has inbound parts (`from[]`, `rules[]`), and whether Ward serves them.
+    pub inbound: Inbound<'a>,
     /// Why a top-level targetRef may not list `proxyTypes: [Gateway]`.
     pub gateways: &'a str,
     /// Valid Kuma kinds Ward refuses as not supported yet, with the reason.
@@ -127,7 +141,7 @@ impl<C: Serialize> Targeted<C> {
                 causes.add("spec.from", "must not be defined");
             }
         }
-        if !shape.inbound {
+        if shape.inbound == Inbound::None {
             for (field, present) in [("from", from.is_some()), ("rules", rules.is_some())] {
                 if present {
                     causes.add(format!("spec.{field}"), "unknown field: this kind configures outbound traffic only");
@@ -138,22 +152,30 @@ impl<C: Serialize> Targeted<C> {
         } else if rules_len == 0 && to_len == 0 && from_len == 0 {
             causes.add("spec", "at least one of 'from', 'to' or 'rules' has to be defined");
         }
-        // Under a gateway or a route, a destination is the whole mesh or a MeshExternalService.
+        // Under a gateway or a route, some kinds narrow what a destination may be.
         let routed = self
             .target_ref
             .as_ref()
             .is_some_and(|t| matches!(t.kind, TargetKind::MeshGateway | TargetKind::MeshHTTPRoute));
-        let to_kinds = if routed { &[TargetKind::Mesh, TargetKind::MeshExternalService][..] } else { shape.to };
+        let narrowed = shape.routed_to.filter(|_| routed);
         for (i, entry) in to.into_iter().flatten().enumerate() {
             let at = format!("spec.to[{i}].targetRef");
-            if routed && !to_kinds.contains(&entry.target_ref.kind) {
+            if let Some(kinds) = narrowed.filter(|kinds| !kinds.contains(&entry.target_ref.kind)) {
+                let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
                 causes.add(
                     format!("{at}.kind"),
-                    "must be one of Mesh, MeshExternalService under a MeshGateway or MeshHTTPRoute",
+                    format!("must be one of {} under a MeshGateway or MeshHTTPRoute", names.join(", ")),
                 );
             }
             refs(&at, &entry.target_ref, shape.to, false, causes);
             (shape.conf)(&entry.default, &format!("spec.to[{i}].default"), causes);
+        }
+        if let Inbound::Refused(why) = shape.inbound {
+            for (field, len) in [("from", from_len), ("rules", rules_len)] {
+                if len > 0 {
+                    causes.unsupported(format!("spec.{field}"), why);
+                }
+            }
         }
         for (i, entry) in from.into_iter().flatten().enumerate() {
             refs(&format!("spec.from[{i}].targetRef"), &entry.target_ref, shape.from, false, causes);

@@ -101,6 +101,7 @@ fn valid_kuma_documents_ward_cannot_serve_are_refused_as_unsupported() {
         ),
         (&["meshtimeout"][..], 0.75),
         (&["meshretry"][..], 0.7),
+        (&["meshcircuitbreaker"][..], 0.4),
     ] {
         let count =
             |list: &[PathBuf]| list.iter().filter(|p| kind_of(p).is_some_and(|k| kinds.contains(&k.as_str()))).count();

@@ -20,8 +20,8 @@ use ward_pki::{SpiffeId, TrustBundle};
 use ward_proto::discovery::{MtlsMode, ProxyConfig};
 
 use crate::{
-    authorization::Authorizer, external::External, inbound::InboundSpec, metrics_endpoint::EndpointSpec,
-    retry::RetryPolicy,
+    authorization::Authorizer, circuit::Breaker, external::External, inbound::InboundSpec,
+    metrics_endpoint::EndpointSpec, retry::RetryPolicy,
 };
 
 /// How the mesh treats plaintext.
@@ -124,6 +124,9 @@ pub struct Config {
     /// MeshRetry for each destination, by destination key; absent ones are tried once.
     #[serde(skip)]
     pub outbound_retries: HashMap<String, Arc<RetryPolicy>>,
+    /// MeshCircuitBreaker confs by destination key, each checked to make a breaker.
+    #[serde(skip)]
+    pub outbound_circuits: HashMap<String, serde_json::Value>,
 }
 
 /// Why a configuration from the control plane was not used.
@@ -266,6 +269,14 @@ impl Config {
             })
             .collect::<Result<_, String>>()
             .map_err(ConfigError::Rules)?;
+        let mut outbound_circuits = HashMap::new();
+        for o in &rules.outbounds {
+            let key = &o.destination.key;
+            if let Some(conf) = rules.outbound(key, ResourceType::MeshCircuitBreaker) {
+                Breaker::from_conf(conf).map_err(ConfigError::Rules)?;
+                outbound_circuits.insert(key.clone(), conf.clone());
+            }
+        }
         let mut outbound_retries = HashMap::new();
         for o in &rules.outbounds {
             let key = &o.destination.key;
@@ -328,6 +339,7 @@ impl Config {
             inbound_timeouts,
             outbound_timeouts,
             outbound_retries,
+            outbound_circuits,
         })
     }
 
@@ -344,6 +356,11 @@ impl Config {
     /// The MeshRetry for the destination `key`, if one retries anything.
     pub fn outbound_retry(&self, key: &str) -> Option<Arc<RetryPolicy>> {
         self.outbound_retries.get(key).cloned()
+    }
+
+    /// The MeshCircuitBreaker conf for the destination `key`, if one applies.
+    pub fn outbound_circuit(&self, key: &str) -> Option<&serde_json::Value> {
+        self.outbound_circuits.get(key)
     }
 
     /// The Dataplane's spec.

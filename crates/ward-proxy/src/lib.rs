@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app_client;
 pub mod authorization;
 pub mod balancer;
+pub mod circuit;
 pub mod config;
 pub mod dataplane_file;
 pub mod discovery;

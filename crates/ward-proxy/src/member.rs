@@ -13,10 +13,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use ward_api::{Resource, mesh_timeout::Timeouts};
+
 use ward_http::{Body, BoxError, body::boxed};
 
 use crate::{
     balancer::{Balancer, Strategy},
+    circuit::{Breaker, Outcome},
     discovery::{self, DiscoveryOptions},
     mesh_client::{MeshClient, MeshError},
     state::State,
@@ -39,6 +41,17 @@ pub enum SendError {
     PerTryTimeout,
 }
 
+/// How one try to a service is sent.
+#[derive(Default, Clone, Copy)]
+pub struct Try<'a> {
+    /// MeshTimeout's connect timeout and connection age (the defaults for the gateway).
+    pub timeouts: Timeouts,
+    /// Instances not to choose while there is another (MeshRetry's OmitPreviousHosts).
+    pub avoid: &'a [std::net::SocketAddr],
+    /// The destination's circuit breaker: ejected instances are left out, outcomes recorded.
+    pub breaker: Option<&'a Breaker>,
+}
+
 impl SendError {
     /// The instance the failed try went to, when one was chosen.
     pub fn endpoint(&self) -> Option<std::net::SocketAddr> {
@@ -57,12 +70,21 @@ pub struct Member {
     pub mesh: MeshClient,
     strategy: Strategy,
     balancers: Mutex<HashMap<String, Arc<Balancer>>>,
+    /// Circuit breakers by destination, with the conf each was made from: outlier state lives
+    /// across configuration changes that leave a destination's MeshCircuitBreaker as it was.
+    breakers: Mutex<HashMap<String, (serde_json::Value, Arc<Breaker>)>>,
 }
 
 impl Member {
     /// A member over `state`, balancing with `strategy`.
     pub fn new(state: Arc<State>, allow_tls12: bool, strategy: Strategy) -> Self {
-        Member { mesh: MeshClient::new(state.clone(), allow_tls12), state, strategy, balancers: Mutex::default() }
+        Member {
+            mesh: MeshClient::new(state.clone(), allow_tls12),
+            state,
+            strategy,
+            balancers: Mutex::default(),
+            breakers: Mutex::default(),
+        }
     }
 
     /// The balancer of `service`'s endpoints.
@@ -71,28 +93,57 @@ impl Member {
         balancers.entry(service.to_string()).or_insert_with(|| Arc::new(Balancer::new(self.strategy))).clone()
     }
 
-    /// Sends an HTTP request to one instance of `service` over the shared HTTP/2 connection,
-    /// connecting under `timeouts` (MeshTimeout's; the defaults for the gateway), to an
-    /// instance not in `avoid` while there is one; says which instance answered.
+    /// The circuit breaker of destination `key` for its merged MeshCircuitBreaker `conf`: the
+    /// same one while the conf stays the same.
+    pub fn breaker(&self, key: &str, conf: Option<&serde_json::Value>) -> Option<Arc<Breaker>> {
+        let mut breakers = self.breakers.lock().expect("breakers lock");
+        let Some(conf) = conf else {
+            breakers.remove(key);
+            return None;
+        };
+        if let Some((seen, breaker)) = breakers.get(key)
+            && seen == conf
+        {
+            return Some(breaker.clone());
+        }
+        // The control plane's confs were read once already (Config::from_proto).
+        let breaker = Arc::new(Breaker::from_conf(conf).ok()?);
+        breakers.insert(key.to_string(), (conf.clone(), breaker.clone()));
+        Some(breaker)
+    }
+
+    /// Sends an HTTP request to one instance of `service` over the shared HTTP/2 connection, as
+    /// `how` says; says which instance answered.
     pub async fn send<B>(
         &self,
         service: &str,
         request: Request<B>,
-        timeouts: &Timeouts,
-        avoid: &[std::net::SocketAddr],
+        how: Try<'_>,
     ) -> Result<(Response<Incoming>, std::net::SocketAddr), SendError>
     where
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
         let mut endpoints = self.endpoints(service);
-        if endpoints.iter().any(|e| !avoid.contains(&e.address)) {
-            endpoints.retain(|e| !avoid.contains(&e.address));
+        let total = endpoints.len();
+        if let Some(breaker) = how.breaker {
+            endpoints = breaker.usable(&endpoints);
+        }
+        if endpoints.iter().any(|e| !how.avoid.contains(&e.address)) {
+            endpoints.retain(|e| !how.avoid.contains(&e.address));
         }
         let (endpoint, _in_flight) =
             self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
         let request = ward_http::headers::to_http2_form(request, service).map(boxed);
-        Ok((self.mesh.send(endpoint, request, timeouts).await?, endpoint.address))
+        let result = self.mesh.send(endpoint, request, &how.timeouts).await;
+        if let Some(breaker) = how.breaker {
+            let outcome = match &result {
+                Ok(response) => Outcome::Answered(response.status().as_u16()),
+                Err(_) => Outcome::Unreachable,
+            };
+            breaker.record(endpoint.address, outcome, total);
+        }
+        Ok((result?, endpoint.address))
     }
 
     /// Sends an upgrade request to one instance of `service`, on a connection of its own; also

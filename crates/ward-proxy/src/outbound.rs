@@ -24,6 +24,10 @@ use crate::{
     metrics::OUTBOUND,
     timeouts::Limits,
 };
+use crate::{
+    circuit::{Held, Outcome},
+    member::Try,
+};
 
 /// One outbound of the Dataplane: a local listener for one destination service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +135,9 @@ async fn connect_tcp(
     timeouts: &ward_api::mesh_timeout::Timeouts,
     attempts: u32,
 ) -> Option<(crate::config::Endpoint, tokio_rustls::client::TlsStream<TcpStream>)> {
-    let endpoints = config.services.get(service).map(|s| s.endpoints.clone()).unwrap_or_default();
+    let all = config.services.get(service).map(|s| s.endpoints.clone()).unwrap_or_default();
+    let breaker = proxy.member.breaker(service, config.outbound_circuit(service));
+    let endpoints = breaker.as_ref().map_or_else(|| all.clone(), |b| b.usable(&all));
     let mut tried: Vec<SocketAddr> = Vec::new();
     for _ in 0..attempts {
         let fresh: Vec<_> = endpoints.iter().filter(|e| !tried.contains(&e.address)).cloned().collect();
@@ -140,7 +146,12 @@ async fn connect_tcp(
             tracing::debug!(%service, "no endpoint: closing the TCP connection");
             return None;
         };
-        match proxy.member.mesh.connect(&endpoint, b"", timeouts.connect).await {
+        let result = proxy.member.mesh.connect(&endpoint, b"", timeouts.connect).await;
+        if let Some(b) = &breaker {
+            let outcome = if result.is_ok() { Outcome::Reached } else { Outcome::Unreachable };
+            b.record(endpoint.address, outcome, all.len());
+        }
+        match result {
             Ok(upstream) => return Some((endpoint, upstream)),
             Err(e) => {
                 tracing::warn!(%service, error = %e, "cannot reach an instance");
@@ -161,17 +172,31 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
     strip_hop_by_hop(request.headers_mut(), upgrading);
     remove_every_spelling(request.headers_mut(), &[PEER_IDENTITY]);
     let member = &proxy.member;
-    let timeouts = proxy.state().config().map(|c| c.outbound_timeouts(service)).unwrap_or_default();
+    let config = proxy.state().config();
+    let timeouts = config.as_ref().map(|c| c.outbound_timeouts(service)).unwrap_or_default();
+    let breaker = config.as_ref().and_then(|c| member.breaker(service, c.outbound_circuit(service)));
+    let slot = match breaker.as_ref().map(|b| b.admit()) {
+        Some(None) => {
+            tracing::info!(%service, "request refused: the circuit breaker's maxRequests run already");
+            let mut response = forward::unavailable(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow");
+            response.headers_mut().insert("x-envoy-overloaded", http::HeaderValue::from_static("true"));
+            forward::record(proxy, OUTBOUND, &source, service, response.status(), started);
+            return response;
+        }
+        Some(slot) => slot,
+        None => None,
+    };
+    let how = Try { timeouts, avoid: &[], breaker: breaker.as_deref() };
     let result = if upgrading {
         // The upgraded connection outlives this request: it watches the peer's trust itself.
         forward::upgrade(request, |r| member.send_upgrade(service, r, &timeouts)).await
     } else {
         let limits = Limits::new(&timeouts, started.into());
-        let retry = proxy.state().config().and_then(|c| c.outbound_retry(service));
+        let retry = config.as_ref().and_then(|c| c.outbound_retry(service));
         let send = |r: Request<Body>| async {
             match &retry {
-                Some(policy) => crate::retry::send(member, service, r, &timeouts, policy).await,
-                None => member.send(service, r, &timeouts, &[]).await.map(|(response, _)| response),
+                Some(policy) => crate::retry::send(member, service, r, how, policy).await,
+                None => member.send(service, r, how).await.map(|(response, _)| response),
             }
         };
         match limits.exchange(request.map(boxed), send).await {
@@ -201,5 +226,6 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
         }
     };
     forward::record(proxy, OUTBOUND, &source, service, response.status(), started);
-    response
+    // The request counts against maxRequests until its answer is done with.
+    response.map(|body| boxed(Held::new(body, slot)))
 }

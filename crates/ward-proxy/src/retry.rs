@@ -11,10 +11,9 @@ use hyper::body::{Body as _, Incoming};
 use rand::Rng;
 use regex::Regex;
 use ward_api::mesh_retry::{self, Conf, GrpcRetryOn, HeaderMatchType, PredicateType, ResetFormat, RetryOn};
-use ward_api::mesh_timeout::Timeouts;
 use ward_http::{Body, body::boxed};
 
-use crate::member::{Member, SendError};
+use crate::member::{Member, SendError, Try};
 
 /// The largest request body buffered so that the request can be retried.
 pub const BUFFER_LIMIT: u64 = 64 * 1024;
@@ -282,24 +281,27 @@ fn header_test(m: &mesh_retry::HeaderMatch) -> Result<HeaderTest, String> {
     Ok(HeaderTest::Header { name, ty, value, regex })
 }
 
-/// Sends `request` to `service` under `policy`: tries again, on another instance when the
-/// policy omits previous hosts, while a try fails as the policy says and retries are left.
+/// Sends `request` to `service` as `how` says, under `policy`: tries again, on another
+/// instance when the policy omits previous hosts, while a try fails as the policy says, retries
+/// are left and the circuit breaker's `maxRetries` allows one more.
 pub async fn send(
     member: &Member,
     service: &str,
     request: Request<Body>,
-    timeouts: &Timeouts,
+    how: Try<'_>,
     policy: &RetryPolicy,
 ) -> Result<Response<Incoming>, SendError> {
     let buffered =
         request.body().is_end_stream() || request.body().size_hint().exact().is_some_and(|n| n <= BUFFER_LIMIT);
     if policy.retries == 0 || !buffered || !policy.takes(&request) {
-        return member.send(service, request, timeouts, &[]).await.map(|(r, _)| r);
+        return member.send(service, request, how).await.map(|(r, _)| r);
     }
     let (parts, body) = request.into_parts();
     let body: Bytes = body.collect().await.map_err(SendError::Request)?.to_bytes();
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut n = 0;
+    // Held while a retry runs, counted against the circuit breaker's maxRetries.
+    let mut _retrying = None;
     loop {
         let mut attempt = Request::new(boxed(Full::new(body.clone())));
         *attempt.method_mut() = parts.method.clone();
@@ -307,7 +309,7 @@ pub async fn send(
         *attempt.version_mut() = parts.version;
         *attempt.headers_mut() = parts.headers.clone();
         let avoid = if policy.omit_previous_hosts { tried.as_slice() } else { &[] };
-        let sent = member.send(service, attempt, timeouts, avoid);
+        let sent = member.send(service, attempt, Try { avoid, ..how });
         let outcome = match policy.per_try {
             Some(limit) => tokio::time::timeout(limit, sent).await.unwrap_or(Err(SendError::PerTryTimeout)),
             None => sent.await,
@@ -325,6 +327,14 @@ pub async fn send(
         };
         if n >= policy.retries || !fails {
             return result;
+        }
+        match how.breaker.map(|b| b.admit_retry()) {
+            Some(None) => {
+                tracing::debug!(%service, "no retry: the circuit breaker's maxRetries run already");
+                return result;
+            }
+            Some(slot) => _retrying = slot,
+            None => {}
         }
         n += 1;
         tried.extend(endpoint);

@@ -320,12 +320,10 @@ impl Service {
     /// Sends `request` (whose URI holds only the path and query) to `picked`.
     pub async fn send(&self, picked: &Picked, mut request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
         if let Upstream::Mesh { service, member, .. } = &self.upstream {
-            return member.send(service, request, &Default::default(), &[]).await.map(|(r, _)| r).map_err(
-                |e| match e {
-                    ward_proxy::member::SendError::NoEndpoint(_) => UpstreamError::NoHealthyTarget,
-                    other => UpstreamError::Connect(other.to_string()),
-                },
-            );
+            return member.send(service, request, Default::default()).await.map(|(r, _)| r).map_err(|e| match e {
+                ward_proxy::member::SendError::NoEndpoint(_) => UpstreamError::NoHealthyTarget,
+                other => UpstreamError::Connect(other.to_string()),
+            });
         }
         let scheme = if self.https { "https" } else { "http" };
         let host = if picked.host.contains(':') { format!("[{}]", picked.host) } else { picked.host.clone() };
