@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::Dataplane, mesh::Mesh, mesh_external_service::MeshExternalService, mesh_retry::MeshRetry,
+    dataplane::Dataplane, mesh::Mesh, mesh_external_service::MeshExternalService,
+    mesh_fault_injection::MeshFaultInjection, mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry,
     mesh_service::MeshService, mesh_timeout::MeshTimeout, permission::MeshTrafficPermission, rules::Entries,
     secret::Secret, traffic_permission::TrafficPermission,
 };
@@ -34,6 +35,10 @@ pub enum ResourceType {
     MeshTimeout,
     /// Retries of outbound traffic (targetRef policy).
     MeshRetry,
+    /// Delays, aborts and slowed responses injected into inbound requests (targetRef policy).
+    MeshFaultInjection,
+    /// Local rate limits of inbound requests and connections (targetRef policy).
+    MeshRateLimit,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -125,6 +130,22 @@ pub const TYPES: &[TypeInfo] = &[
         name: "MeshRetry",
         plural: "meshretries",
         aliases: &["meshretry", "mr", "mesh-retries"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshFaultInjection,
+        name: "MeshFaultInjection",
+        plural: "meshfaultinjections",
+        aliases: &["meshfaultinjection", "mfi", "mesh-fault-injections"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshRateLimit,
+        name: "MeshRateLimit",
+        plural: "meshratelimits",
+        aliases: &["meshratelimit", "mrl", "mesh-rate-limits"],
         scope: Scope::Mesh,
         has_spec_field: true,
     },
@@ -229,6 +250,10 @@ pub enum Spec {
     MeshTimeout(MeshTimeout),
     /// A MeshRetry.
     MeshRetry(MeshRetry),
+    /// A MeshFaultInjection.
+    MeshFaultInjection(MeshFaultInjection),
+    /// A MeshRateLimit.
+    MeshRateLimit(MeshRateLimit),
 }
 
 impl Spec {
@@ -237,6 +262,8 @@ impl Spec {
         match self {
             Spec::MeshTimeout(p) => Some(p.entries()),
             Spec::MeshRetry(p) => Some(p.entries()),
+            Spec::MeshFaultInjection(p) => Some(p.entries()),
+            Spec::MeshRateLimit(p) => Some(p.entries()),
             _ => None,
         }
     }
@@ -297,7 +324,9 @@ impl Resource {
             | Spec::TrafficPermission(_)
             | Spec::Secret(_)
             | Spec::MeshTimeout(_)
-            | Spec::MeshRetry(_) => {}
+            | Spec::MeshRetry(_)
+            | Spec::MeshFaultInjection(_)
+            | Spec::MeshRateLimit(_) => {}
         }
         warnings.0
     }
@@ -314,6 +343,8 @@ impl Resource {
             Spec::MeshExternalService(s) => serde_json::to_value(s),
             Spec::MeshTimeout(s) => serde_json::to_value(s),
             Spec::MeshRetry(s) => serde_json::to_value(s),
+            Spec::MeshFaultInjection(s) => serde_json::to_value(s),
+            Spec::MeshRateLimit(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

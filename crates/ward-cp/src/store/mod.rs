@@ -490,6 +490,8 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::MeshExternalService => parse::typed("spec", spec).map(Spec::MeshExternalService),
         ResourceType::MeshTimeout => parse::typed("spec", spec).map(Spec::MeshTimeout),
         ResourceType::MeshRetry => parse::typed("spec", spec).map(Spec::MeshRetry),
+        ResourceType::MeshFaultInjection => parse::typed("spec", spec).map(Spec::MeshFaultInjection),
+        ResourceType::MeshRateLimit => parse::typed("spec", spec).map(Spec::MeshRateLimit),
         ResourceType::Secret | ResourceType::GlobalSecret => {
             Secret::from_stored(spec).map(Spec::Secret).map_err(|reason| ward_api::Cause::new("spec", reason))
         }
