@@ -11,6 +11,8 @@ use std::{
 use ward_api::{
     Resource, ResourceType, Spec,
     dataplane::{Dataplane, Protocol, Tags},
+    mesh_fault_injection::{Injected, faults},
+    mesh_rate_limit::Limits as RateLimits,
     mesh_timeout::Timeouts,
     metrics::PrometheusEndpoint,
     parse,
@@ -124,6 +126,12 @@ pub struct Config {
     /// MeshRetry for each destination, by destination key; absent ones are tried once.
     #[serde(skip)]
     pub outbound_retries: HashMap<String, Arc<RetryPolicy>>,
+    /// MeshRateLimit at each inbound, by index.
+    #[serde(skip)]
+    pub inbound_rate_limits: Vec<Option<Arc<RateLimits>>>,
+    /// MeshFaultInjection at each inbound, by index (empty: none).
+    #[serde(skip)]
+    pub inbound_faults: Vec<Arc<[Injected]>>,
 }
 
 /// Why a configuration from the control plane was not used.
@@ -266,6 +274,16 @@ impl Config {
             })
             .collect::<Result<_, String>>()
             .map_err(ConfigError::Rules)?;
+        let inbound_rate_limits = (0..spec.networking.inbound.len())
+            .map(|i| rules.inbound(i, ResourceType::MeshRateLimit).map(RateLimits::from_conf).transpose())
+            .map(|l| l.map(|l| l.map(Arc::new)))
+            .collect::<Result<_, _>>()
+            .map_err(ConfigError::Rules)?;
+        let inbound_faults = (0..spec.networking.inbound.len())
+            .map(|i| rules.inbound(i, ResourceType::MeshFaultInjection).map_or(Ok(Vec::new()), faults))
+            .map(|f| f.map(Arc::from))
+            .collect::<Result<_, _>>()
+            .map_err(ConfigError::Rules)?;
         let mut outbound_retries = HashMap::new();
         for o in &rules.outbounds {
             let key = &o.destination.key;
@@ -328,6 +346,8 @@ impl Config {
             inbound_timeouts,
             outbound_timeouts,
             outbound_retries,
+            inbound_rate_limits,
+            inbound_faults,
         })
     }
 
@@ -339,6 +359,16 @@ impl Config {
     /// The MeshTimeout for the destination `key` (Ward's defaults where none applies).
     pub fn outbound_timeouts(&self, key: &str) -> Timeouts {
         self.outbound_timeouts.get(key).copied().unwrap_or_default()
+    }
+
+    /// The MeshRateLimit of inbound `index`, if one applies.
+    pub fn inbound_rate_limits(&self, index: usize) -> Option<Arc<RateLimits>> {
+        self.inbound_rate_limits.get(index).cloned().flatten()
+    }
+
+    /// The MeshFaultInjection faults of inbound `index`, in order.
+    pub fn inbound_faults(&self, index: usize) -> Arc<[Injected]> {
+        self.inbound_faults.get(index).cloned().unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
     /// The MeshRetry for the destination `key`, if one retries anything.
