@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::Dataplane, mesh::Mesh, mesh_circuit_breaker::MeshCircuitBreaker,
-    mesh_external_service::MeshExternalService, mesh_retry::MeshRetry, mesh_service::MeshService,
-    mesh_timeout::MeshTimeout, permission::MeshTrafficPermission, rules::Entries, secret::Secret,
-    traffic_permission::TrafficPermission,
+    mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection,
+    mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService, mesh_timeout::MeshTimeout,
+    permission::MeshTrafficPermission, rules::Entries, secret::Secret, traffic_permission::TrafficPermission,
 };
 
 /// The kinds of resource Ward stores, in the order `ward apply` applies them: a Mesh before
@@ -37,6 +37,10 @@ pub enum ResourceType {
     MeshRetry,
     /// Request limits and outlier detection of outbound traffic (targetRef policy).
     MeshCircuitBreaker,
+    /// Delays, aborts and slowed responses injected into inbound requests (targetRef policy).
+    MeshFaultInjection,
+    /// Local rate limits of inbound requests and connections (targetRef policy).
+    MeshRateLimit,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -136,6 +140,22 @@ pub const TYPES: &[TypeInfo] = &[
         name: "MeshCircuitBreaker",
         plural: "meshcircuitbreakers",
         aliases: &["meshcircuitbreaker", "mcb", "mesh-circuit-breakers"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshFaultInjection,
+        name: "MeshFaultInjection",
+        plural: "meshfaultinjections",
+        aliases: &["meshfaultinjection", "mfi", "mesh-fault-injections"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshRateLimit,
+        name: "MeshRateLimit",
+        plural: "meshratelimits",
+        aliases: &["meshratelimit", "mrl", "mesh-rate-limits"],
         scope: Scope::Mesh,
         has_spec_field: true,
     },
@@ -242,6 +262,10 @@ pub enum Spec {
     MeshRetry(MeshRetry),
     /// A MeshCircuitBreaker.
     MeshCircuitBreaker(MeshCircuitBreaker),
+    /// A MeshFaultInjection.
+    MeshFaultInjection(MeshFaultInjection),
+    /// A MeshRateLimit.
+    MeshRateLimit(MeshRateLimit),
 }
 
 impl Spec {
@@ -251,6 +275,8 @@ impl Spec {
             Spec::MeshTimeout(p) => Some(p.entries()),
             Spec::MeshRetry(p) => Some(p.entries()),
             Spec::MeshCircuitBreaker(p) => Some(p.entries()),
+            Spec::MeshFaultInjection(p) => Some(p.entries()),
+            Spec::MeshRateLimit(p) => Some(p.entries()),
             _ => None,
         }
     }
@@ -313,6 +339,7 @@ impl Resource {
             | Spec::MeshTimeout(_)
             | Spec::MeshRetry(_)
             | Spec::MeshCircuitBreaker(_) => {}
+            Spec::MeshFaultInjection(_) | Spec::MeshRateLimit(_) => {}
         }
         warnings.0
     }
@@ -330,6 +357,8 @@ impl Resource {
             Spec::MeshTimeout(s) => serde_json::to_value(s),
             Spec::MeshRetry(s) => serde_json::to_value(s),
             Spec::MeshCircuitBreaker(s) => serde_json::to_value(s),
+            Spec::MeshFaultInjection(s) => serde_json::to_value(s),
+            Spec::MeshRateLimit(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

@@ -191,6 +191,21 @@ impl<C: Serialize> Targeted<C> {
                         "must specify at least one of 'spiffeID' or 'sni'",
                     );
                 }
+                let at = format!("spec.rules[{i}].matches[{j}]");
+                if let Some(id) = &m.spiffe_id
+                    && (!id.value.starts_with("spiffe://") || id.value.len() <= "spiffe://".len())
+                {
+                    causes
+                        .add(format!("{at}.spiffeID.value"), "must be a valid Spiffe ID: scheme is missing or invalid");
+                }
+                if let Some(sni) = &m.sni
+                    && sni.ty != "Exact"
+                {
+                    causes.add(
+                        format!("{at}.sni.type"),
+                        format!("unrecognized type {:?}, supported values are: Exact", sni.ty),
+                    );
+                }
             }
             if matches.iter().any(|m| m.spiffe_id.is_some()) {
                 (shape.conditioned)(&entry.default, &at, causes);

@@ -102,6 +102,10 @@ fn valid_kuma_documents_ward_cannot_serve_are_refused_as_unsupported() {
         (&["meshtimeout"][..], 0.75),
         (&["meshretry"][..], 0.7),
         (&["meshcircuitbreaker"][..], 0.4),
+        // Kuma's own MeshFaultInjection and MeshRateLimit documents mostly name callers, match
+        // on SPIFFE IDs or configure gateways.
+        (&["meshfaultinjection"][..], 0.1),
+        (&["meshratelimit"][..], 0.6),
     ] {
         let count =
             |list: &[PathBuf]| list.iter().filter(|p| kind_of(p).is_some_and(|k| kinds.contains(&k.as_str()))).count();

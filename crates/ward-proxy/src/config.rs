@@ -11,6 +11,8 @@ use std::{
 use ward_api::{
     Resource, ResourceType, Spec,
     dataplane::{Dataplane, Protocol, Tags},
+    mesh_fault_injection::{Injected, faults},
+    mesh_rate_limit::Limits as RateLimits,
     mesh_timeout::Timeouts,
     metrics::PrometheusEndpoint,
     parse,
@@ -127,6 +129,12 @@ pub struct Config {
     /// MeshCircuitBreaker confs by destination key, each checked to make a breaker.
     #[serde(skip)]
     pub outbound_circuits: HashMap<String, serde_json::Value>,
+    /// MeshRateLimit at each inbound, by index.
+    #[serde(skip)]
+    pub inbound_rate_limits: Vec<Option<Arc<RateLimits>>>,
+    /// MeshFaultInjection at each inbound, by index (empty: none).
+    #[serde(skip)]
+    pub inbound_faults: Vec<Arc<[Injected]>>,
 }
 
 /// Why a configuration from the control plane was not used.
@@ -277,6 +285,16 @@ impl Config {
                 outbound_circuits.insert(key.clone(), conf.clone());
             }
         }
+        let inbound_rate_limits = (0..spec.networking.inbound.len())
+            .map(|i| rules.inbound(i, ResourceType::MeshRateLimit).map(RateLimits::from_conf).transpose())
+            .map(|l| l.map(|l| l.map(Arc::new)))
+            .collect::<Result<_, _>>()
+            .map_err(ConfigError::Rules)?;
+        let inbound_faults = (0..spec.networking.inbound.len())
+            .map(|i| rules.inbound(i, ResourceType::MeshFaultInjection).map_or(Ok(Vec::new()), faults))
+            .map(|f| f.map(Arc::from))
+            .collect::<Result<_, _>>()
+            .map_err(ConfigError::Rules)?;
         let mut outbound_retries = HashMap::new();
         for o in &rules.outbounds {
             let key = &o.destination.key;
@@ -340,6 +358,8 @@ impl Config {
             outbound_timeouts,
             outbound_retries,
             outbound_circuits,
+            inbound_rate_limits,
+            inbound_faults,
         })
     }
 
@@ -351,6 +371,16 @@ impl Config {
     /// The MeshTimeout for the destination `key` (Ward's defaults where none applies).
     pub fn outbound_timeouts(&self, key: &str) -> Timeouts {
         self.outbound_timeouts.get(key).copied().unwrap_or_default()
+    }
+
+    /// The MeshRateLimit of inbound `index`, if one applies.
+    pub fn inbound_rate_limits(&self, index: usize) -> Option<Arc<RateLimits>> {
+        self.inbound_rate_limits.get(index).cloned().flatten()
+    }
+
+    /// The MeshFaultInjection faults of inbound `index`, in order.
+    pub fn inbound_faults(&self, index: usize) -> Arc<[Injected]> {
+        self.inbound_faults.get(index).cloned().unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
     /// The MeshRetry for the destination `key`, if one retries anything.

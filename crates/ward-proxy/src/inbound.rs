@@ -26,6 +26,7 @@ use crate::{
     authorization::{Caller, Peer, authorize},
     config::Mode,
     forward::{self, OpenConnection},
+    inbound_policies::{self, Counting},
     io::{Activity, Counted, Detected, detect},
     metrics::{INBOUND, ReasonLabels},
     timeouts::Limits,
@@ -121,6 +122,14 @@ where
         },
     };
     caller.await_tags(proxy.state()).await;
+    // MeshRateLimit's connection rate counts every connection to the inbound, HTTP or not.
+    if let Some(limits) = proxy.state().config().and_then(|c| c.inbound_rate_limits(spec.index))
+        && let Some(limit) = limits.connections
+        && !proxy.rate_limits.take(spec.index, Counting::Connections, limit)
+    {
+        tracing::debug!(caller = caller.label(), "connection refused by a MeshRateLimit");
+        return;
+    }
     let timeouts = proxy.state().config().map(|c| c.inbound_timeouts(spec.index)).unwrap_or_default();
     let idle = timeouts.idle_or(proxy.limits.idle_timeout);
     if protocol == Detected::Tcp {
@@ -194,6 +203,26 @@ async fn handle_request(
         return text(StatusCode::SERVICE_UNAVAILABLE, "this inbound is no longer configured\n");
     };
     let decision = authorize(proxy.state(), caller, &config, index);
+    if decision.allows()
+        && let Some(limits) = config.inbound_rate_limits(index)
+        && let Some(limit) = limits.requests
+        && !proxy.rate_limits.take(index, Counting::Requests, limit)
+    {
+        tracing::debug!(caller = caller.label(), "request refused by a MeshRateLimit");
+        let response = inbound_policies::rate_limited(&limits);
+        forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
+        return response;
+    }
+    let faults =
+        if decision.allows() { inbound_policies::decide(&config.inbound_faults(index)) } else { Default::default() };
+    if !faults.delay.is_zero() {
+        tokio::time::sleep(faults.delay).await;
+    }
+    if let Some(status) = faults.abort {
+        let response = inbound_policies::aborted(status);
+        forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
+        return response;
+    }
     let response = if decision.allows() {
         let upgrading = is_upgrade(&request);
         let headers = request.headers_mut();
@@ -229,7 +258,8 @@ async fn handle_request(
         } else {
             let timeouts = config.inbound_timeouts(index);
             let within = timeouts.connect.unwrap_or(crate::app_client::CONNECT_TIMEOUT);
-            let limits = Limits::new(&timeouts, started.into());
+            // As in Envoy, a fault's delay comes before the request's deadline starts.
+            let limits = Limits::new(&timeouts, (if faults.delay.is_zero() { started } else { Instant::now() }).into());
             match limits.exchange(request.map(boxed), |r| proxy.app.send(spec.app, h2c, within, r)).await {
                 Ok(result) => result,
                 Err(expired) => {
@@ -244,6 +274,9 @@ async fn handle_request(
             Ok(mut response) => {
                 if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                     strip_hop_by_hop(response.headers_mut(), false);
+                    if let Some(rate) = faults.bandwidth {
+                        response = inbound_policies::throttle(response, rate);
+                    }
                 }
                 response
             }

@@ -15,6 +15,7 @@ pub mod external;
 pub mod forward;
 pub mod identity;
 pub mod inbound;
+pub mod inbound_policies;
 pub mod io;
 pub mod listener;
 pub mod member;
@@ -100,6 +101,8 @@ pub struct Proxy {
     pub listener_errors: Mutex<BTreeMap<SocketAddr, String>>,
     /// Whether the listeners of a configuration have been opened (the first one's, at least).
     pub listening: AtomicBool,
+    /// MeshRateLimit's token buckets, by inbound.
+    pub rate_limits: inbound_policies::Buckets,
 }
 
 impl Proxy {
@@ -153,6 +156,7 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
         draining: CancellationToken::new(),
         listener_errors: Mutex::default(),
         listening: AtomicBool::new(false),
+        rate_limits: inbound_policies::Buckets::default(),
         limits: options.limits.clone(),
     });
     let admin_address = admin::address(options.admin_address, &dataplane)?;

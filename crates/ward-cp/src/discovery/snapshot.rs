@@ -125,7 +125,11 @@ impl MeshSnapshot {
                     dataplanes.insert(r.meta.name.clone(), r);
                 }
                 Spec::MeshTrafficPermission(_) | Spec::TrafficPermission(_) => permissions.push(r),
-                Spec::MeshTimeout(_) | Spec::MeshRetry(_) | Spec::MeshCircuitBreaker(_) => policies.push(r),
+                Spec::MeshTimeout(_)
+                | Spec::MeshRetry(_)
+                | Spec::MeshCircuitBreaker(_)
+                | Spec::MeshFaultInjection(_)
+                | Spec::MeshRateLimit(_) => policies.push(r),
                 Spec::MeshService(_) => mesh_service_resources.push(r),
                 Spec::MeshExternalService(_) => external_resources.push(r),
                 Spec::Mesh(_) | Spec::Secret(_) => {}

@@ -491,6 +491,8 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::MeshTimeout => parse::typed("spec", spec).map(Spec::MeshTimeout),
         ResourceType::MeshRetry => parse::typed("spec", spec).map(Spec::MeshRetry),
         ResourceType::MeshCircuitBreaker => parse::typed("spec", spec).map(Spec::MeshCircuitBreaker),
+        ResourceType::MeshFaultInjection => parse::typed("spec", spec).map(Spec::MeshFaultInjection),
+        ResourceType::MeshRateLimit => parse::typed("spec", spec).map(Spec::MeshRateLimit),
         ResourceType::Secret | ResourceType::GlobalSecret => {
             Secret::from_stored(spec).map(Spec::Secret).map_err(|reason| ward_api::Cause::new("spec", reason))
         }

@@ -91,6 +91,7 @@ impl Lab {
             draining: CancellationToken::new(),
             listener_errors: Mutex::default(),
             listening: AtomicBool::new(false),
+            rate_limits: Default::default(),
             limits,
         });
         let spec = Arc::new(InboundSpec {

@@ -202,6 +202,14 @@ fn table(ty: ResourceType, items: &[Value]) -> String {
             let inbound = format!("{} from, {} rules", count("from"), count("rules"));
             vec![text(&v["mesh"]), text(&v["name"]), target(&spec["targetRef"]), to.join(" "), inbound, age(v)]
         }),
+        ResourceType::MeshFaultInjection | ResourceType::MeshRateLimit => {
+            (&["MESH", "NAME", "TARGETREF", "INBOUND", "AGE"], |v| {
+                let spec = &v["spec"];
+                let count = |field: &str| spec[field].as_array().map_or(0, Vec::len);
+                let inbound = format!("{} from, {} rules", count("from"), count("rules"));
+                vec![text(&v["mesh"]), text(&v["name"]), target(&spec["targetRef"]), inbound, age(v)]
+            })
+        }
         ResourceType::MeshExternalService => (&["MESH", "NAME", "MATCH", "HOSTNAME", "VIP", "TLS", "AGE"], |v| {
             let spec = &v["spec"];
             let status = &v["status"];

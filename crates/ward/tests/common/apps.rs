@@ -34,6 +34,7 @@ async fn bind(address: SocketAddr) -> TcpListener {
 /// - any path: JSON with the service, method, path, headers and the number of body bytes read;
 /// - `/slow?ms=N`: the same after N milliseconds;
 /// - `/stream`: a chunked body of one line a second, for a minute;
+/// - `/bytes?n=N`: a body of N bytes;
 /// - an upgrade to `websocket`: a WebSocket that echoes every message.
 pub async fn http_echo(address: SocketAddr, service: &'static str) -> App {
     let listener = bind(address).await;
@@ -103,6 +104,11 @@ async fn answer(service: &'static str, mut request: Request<Incoming>) -> Result
             (n < 60).then(|| (Ok(hyper::body::Frame::data(Bytes::from(format!("line {n}\n")))), n + 1))
         });
         return Ok(Response::new(BodyExt::boxed(http_body_util::StreamBody::new(lines))));
+    }
+    if request.uri().path() == "/bytes" {
+        let n: usize =
+            request.uri().query().and_then(|q| q.strip_prefix("n=")).and_then(|n| n.parse().ok()).unwrap_or(0);
+        return Ok(Response::new(Full::new(Bytes::from(vec![b'x'; n])).boxed()));
     }
     if let Some(ms) = request.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|ms| ms.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
