@@ -154,6 +154,7 @@ pub(crate) fn compile(text: &str, shared: &Shared) -> Result<Gateway, ConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Upstream;
 
     /// Everything wrong with `text` (after the format line), as `path: message` lines.
     fn refusals(text: &str) -> String {
@@ -238,5 +239,34 @@ mod tests {
             }
         }
         assert!(missed.is_empty(), "{}", missed.join("\n"));
+    }
+
+    #[test]
+    fn a_services_url_replaces_the_parts_written_beside_it() {
+        // (service, https, host, port, path): what url lacks is Kong's default, not what is
+        // written beside it, which is not checked (Kong's shorthand replaces it first).
+        let table = [
+            (
+                "url: http://a.test/u\n  protocol: https\n  host: b.test\n  port: 1\n  path: /p",
+                false,
+                "a.test",
+                80,
+                Some("/u"),
+            ),
+            ("url: https://a.test\n  port: 8443\n  path: /p", true, "a.test", 443, None),
+            ("url: http://a.test:9000/\n  path: \"/install#x\"\n  port: 0", false, "a.test", 9000, Some("/")),
+            ("url: http://a.test\n  path: /", false, "a.test", 80, None),
+            ("host: b.test\n  port: 1\n  path: /p\n  protocol: https", true, "b.test", 1, Some("/p")),
+        ];
+        for (service, https, host, port, path) in table {
+            let text = format!("_format_version: \"3.0\"\nservices:\n- {service}\n");
+            let gw = compile(&text, &Shared::default()).unwrap_or_else(|e| panic!("{service}: {e}"));
+            let s = &gw.services[0];
+            assert_eq!((s.https, s.path.as_deref()), (https, path), "{service}");
+            match &s.upstream {
+                Upstream::Host { host: h, port: p } => assert_eq!((h.as_str(), *p), (host, port), "{service}"),
+                other => panic!("{service}: {other}"),
+            }
+        }
     }
 }
