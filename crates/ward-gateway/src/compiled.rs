@@ -23,11 +23,25 @@ pub(crate) struct Route {
     pub name: Option<String>,
     pub service: Option<usize>,
     pub strip_path: bool,
+    pub path_handling: PathHandling,
     pub preserve_host: bool,
     pub protocols: Protocols,
     pub https_redirect_status_code: StatusCode,
     pub chain: Chain,
 }
+
+/// How a route joins the service's path and the request's path (Kong's `path_handling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PathHandling {
+    /// Kong 0.x and 2.x, the default: the paths are segments, joined by slashes.
+    V0,
+    /// Kong 1.x, deprecated in Kong 3: the service's path is a prefix, written before the
+    /// rest of the request's path without a slash between them.
+    V1,
+}
+
+/// The values of `path_handling`, as Kong spells them.
+const PATH_HANDLINGS: [(&str, PathHandling); 2] = [("v0", PathHandling::V0), ("v1", PathHandling::V1)];
 
 /// One configuration, compiled: router, plugin chains, credentials, upstreams, TLS.
 pub(crate) struct Gateway {
@@ -88,12 +102,14 @@ pub(crate) fn compile(text: &str, shared: &Shared) -> Result<Gateway, ConfigErro
     let mut routes = Vec::new();
     for (i, e) in decl.routes.iter().enumerate() {
         let r = &e.item;
-        if r.path_handling.as_deref().is_some_and(|p| p != "v0") {
-            errors.add(
-                format!("{}.path_handling", e.path),
-                "only v0 is supported (v1 does not work with Kong's default router either)",
-            );
-        }
+        let written = r.path_handling.as_deref().unwrap_or("v0");
+        let path_handling = match PATH_HANDLINGS.iter().find(|(name, _)| *name == written) {
+            Some((_, handling)) => *handling,
+            None => {
+                errors.add(format!("{}.path_handling", e.path), format!("'{written}' is not one of v0, v1"));
+                PathHandling::V0
+            }
+        };
         if !REDIRECT_CODES.contains(&r.https_redirect_status_code) {
             errors.add(format!("{}.https_redirect_status_code", e.path), "must be one of 426, 301, 302, 307, 308");
         }
@@ -118,6 +134,7 @@ pub(crate) fn compile(text: &str, shared: &Shared) -> Result<Gateway, ConfigErro
             name: r.name.clone(),
             service: e.links.service,
             strip_path: r.strip_path,
+            path_handling,
             preserve_host: r.preserve_host,
             protocols,
             https_redirect_status_code: StatusCode::from_u16(r.https_redirect_status_code)
@@ -154,6 +171,7 @@ pub(crate) fn compile(text: &str, shared: &Shared) -> Result<Gateway, ConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Upstream;
 
     /// Everything wrong with `text` (after the format line), as `path: message` lines.
     fn refusals(text: &str) -> String {
@@ -229,6 +247,11 @@ mod tests {
                 "plugins[0].config.upstream_headers_names[0]: 'a b' is not a header name",
             ),
             (&"[".repeat(100_000), "is not valid YAML or JSON"),
+            (
+                "services:\n- host: h\n  routes: [{paths: [/a], path_handling: v2}]\n",
+                "services[0].routes[0].path_handling: 'v2' is not one of v0, v1",
+            ),
+            ("services:\n- url: \"/relative\"\n  host: h\n", "services[0].url: '/relative' is not an absolute URL"),
         ];
         let mut missed = Vec::new();
         for (text, want) in table {
@@ -238,5 +261,34 @@ mod tests {
             }
         }
         assert!(missed.is_empty(), "{}", missed.join("\n"));
+    }
+
+    #[test]
+    fn a_services_url_replaces_the_parts_written_beside_it() {
+        // (service, https, host, port, path): what url lacks is Kong's default, not what is
+        // written beside it, which is not checked (Kong's shorthand replaces it first).
+        let table = [
+            (
+                "url: http://a.test/u\n  protocol: https\n  host: b.test\n  port: 1\n  path: /p",
+                false,
+                "a.test",
+                80,
+                Some("/u"),
+            ),
+            ("url: https://a.test\n  port: 8443\n  path: /p", true, "a.test", 443, None),
+            ("url: http://a.test:9000/\n  path: \"/install#x\"\n  port: 0", false, "a.test", 9000, Some("/")),
+            ("url: http://a.test\n  path: /", false, "a.test", 80, None),
+            ("host: b.test\n  port: 1\n  path: /p\n  protocol: https", true, "b.test", 1, Some("/p")),
+        ];
+        for (service, https, host, port, path) in table {
+            let text = format!("_format_version: \"3.0\"\nservices:\n- {service}\n");
+            let gw = compile(&text, &Shared::default()).unwrap_or_else(|e| panic!("{service}: {e}"));
+            let s = &gw.services[0];
+            assert_eq!((s.https, s.path.as_deref()), (https, path), "{service}");
+            match &s.upstream {
+                Upstream::Host { host: h, port: p } => assert_eq!((h.as_str(), *p), (host, port), "{service}"),
+                other => panic!("{service}: {other}"),
+            }
+        }
     }
 }

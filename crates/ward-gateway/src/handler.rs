@@ -12,7 +12,7 @@ use hyper::body::{Body as HttpBody, Incoming};
 use ipnet::IpNet;
 use ward_http::headers::{remove_every_spelling, remove_other_spellings, strip_hop_by_hop};
 
-use crate::compiled::{Gateway, Route};
+use crate::compiled::{Gateway, PathHandling, Route};
 use crate::exchange::{Exchange, RequestBody, consumer_headers};
 use crate::listener::ConnInfo;
 use crate::reply::{Body, Reply};
@@ -57,8 +57,33 @@ pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) ->
     client
 }
 
-/// What the upstream is asked for, by Kong's `path_handling: v0` rules.
-fn upstream_path(base: Option<&str>, path: &str, matched_len: usize, strip: bool) -> String {
+/// What the upstream is asked for: the service's path `base` joined with the request's
+/// `path` (without its first `matched_len` bytes when `strip`) by the route's rules.
+fn upstream_path(handling: PathHandling, base: Option<&str>, path: &str, matched_len: usize, strip: bool) -> String {
+    match handling {
+        PathHandling::V0 => joined_v0(base, path, matched_len, strip),
+        PathHandling::V1 => prefixed_v1(base, path, matched_len, strip),
+    }
+}
+
+/// Kong's `path_handling: v1`: the service's path, then what follows the matched prefix
+/// (with `strip` and a path matched) or the request's path without its first slash; where
+/// two slashes would meet, one is dropped.
+fn prefixed_v1(base: Option<&str>, path: &str, matched_len: usize, strip: bool) -> String {
+    let base = base.unwrap_or("/");
+    let rest = if strip && matched_len > 0 {
+        path.get(matched_len..).unwrap_or_default()
+    } else {
+        path.strip_prefix('/').unwrap_or(path)
+    };
+    match (base.strip_suffix('/'), rest.starts_with('/')) {
+        (Some(trimmed), true) => format!("{trimmed}{rest}"),
+        _ => format!("{base}{rest}"),
+    }
+}
+
+/// Kong's `path_handling: v0`: the paths are segments, joined by one slash.
+fn joined_v0(base: Option<&str>, path: &str, matched_len: usize, strip: bool) -> String {
     let base = base.unwrap_or("/");
     let postfix = if strip { &path[matched_len.min(path.len())..] } else { &path[1..] };
     let base_ends_slash = base.ends_with('/');
@@ -334,7 +359,9 @@ async fn forward(
     let route = ex.route;
     let upstream_path = match ex.upstream_path.take() {
         Some(replaced) => replaced,
-        None => upstream_path(service.path.as_deref(), &ex.path, found.matched_len, route.strip_path),
+        None => {
+            upstream_path(route.path_handling, service.path.as_deref(), &ex.path, found.matched_len, route.strip_path)
+        }
     };
     let path_and_query = match &ex.query {
         Some(q) => format!("{upstream_path}?{q}"),
@@ -391,7 +418,71 @@ mod tests {
             (None, "/", 0, true, "/"),
         ];
         for (base, path, matched, strip, want) in table {
-            assert_eq!(upstream_path(base, path, matched, strip), want, "{base:?} {path} {matched} {strip}");
+            assert_eq!(
+                upstream_path(PathHandling::V0, base, path, matched, strip),
+                want,
+                "{base:?} {path} {matched} {strip}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_paths_follow_kongs_path_handling_table() {
+        // Kong's table for path_handling (autodoc/data/admin-api.lua, routes): service path
+        // /s; (route path, strip_path, path_handling, request path, proxied path).
+        let table = [
+            ("/fv0", false, PathHandling::V0, "/fv0req", "/s/fv0req"),
+            ("/fv1", false, PathHandling::V1, "/fv1req", "/sfv1req"),
+            ("/tv0", true, PathHandling::V0, "/tv0req", "/s/req"),
+            ("/tv1", true, PathHandling::V1, "/tv1req", "/sreq"),
+            ("/fv0/", false, PathHandling::V0, "/fv0/req", "/s/fv0/req"),
+            ("/fv1/", false, PathHandling::V1, "/fv1/req", "/sfv1/req"),
+            ("/tv0/", true, PathHandling::V0, "/tv0/req", "/s/req"),
+            ("/tv1/", true, PathHandling::V1, "/tv1/req", "/sreq"),
+        ];
+        for (route, strip, handling, path, want) in table {
+            assert_eq!(
+                upstream_path(handling, Some("/s"), path, route.len(), strip),
+                want,
+                "{route} {strip} {handling:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_paths_follow_kong_v1() {
+        // Kong's traditional router, v1 (kong/router/traditional.lua): (service path, request
+        // path, matched prefix, strip_path, upstream path).
+        let table = [
+            // A trailing slash on the service's path meets the slash left after the prefix.
+            (Some("/s/"), "/tv1/req", 4, true, "/s/req"),
+            (Some("/s/"), "/tv1/req", 5, true, "/s/req"),
+            (Some("/s/"), "/fv1/req", 4, false, "/s/fv1/req"),
+            // Nothing after the prefix: the service's path alone, as written.
+            (Some("/s"), "/tv1", 4, true, "/s"),
+            (Some("/s/"), "/tv1", 4, true, "/s/"),
+            (Some("/s"), "/tv1/", 4, true, "/s/"),
+            (Some("/s"), "/tv1/", 5, true, "/s"),
+            // A trailing slash of the request stays.
+            (Some("/s"), "/fv1/req/", 4, false, "/sfv1/req/"),
+            (Some("/s"), "/tv1/req/", 4, true, "/s/req/"),
+            // No service path is /.
+            (None, "/tv1/req", 4, true, "/req"),
+            (None, "/tv1/req", 5, true, "/req"),
+            (None, "/fv1/req", 4, false, "/fv1/req"),
+            (None, "/", 1, true, "/"),
+            // A route without paths strips nothing: the request's path after its first slash.
+            (Some("/s"), "/req", 0, true, "/sreq"),
+            (Some("/s"), "/req", 0, false, "/sreq"),
+            (Some("/s"), "/", 0, true, "/s"),
+            (Some("/s/"), "/req", 0, true, "/s/req"),
+        ];
+        for (base, path, matched, strip, want) in table {
+            assert_eq!(
+                upstream_path(PathHandling::V1, base, path, matched, strip),
+                want,
+                "{base:?} {path} {matched} {strip}"
+            );
         }
     }
 

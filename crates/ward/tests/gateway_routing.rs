@@ -1,4 +1,5 @@
-//! Routing as a client sees it: Kong's ordering, hosts, strip_path and preserve_host,
+//! Routing as a client sees it: Kong's ordering, hosts, strip_path, path_handling and
+//! preserve_host, a service's url winning over the parts written beside it,
 //! the path normalised before matching (traversal and encoded-path attempts against a
 //! protected route), request smuggling refused, and the X-Forwarded-* headers.
 
@@ -38,6 +39,23 @@ services:
     paths: [/moved]
     protocols: [https]
     https_redirect_status_code: 301
+# url is Kong's shorthand for protocol, host, port and path: its parts win.
+- name: by-url
+  url: {upstream}/kong
+  protocol: https
+  host: elsewhere.invalid
+  port: 1
+  path: /written
+  routes:
+  - name: url-wins
+    paths: [/url-wins]
+  - name: v1-stripped
+    paths: [/tv1/]
+    path_handling: v1
+  - name: v1-kept
+    paths: [/fv1]
+    path_handling: v1
+    strip_path: false
 consumers:
 - username: alice
   keyauth_credentials: [{{key: k}}]
@@ -57,6 +75,11 @@ async fn routing_and_forwarded_headers() {
         ("localhost", "/api/items", 200, Some("/base/api/items")),
         ("shop.example.test", "/api/items", 200, Some("/base/items")),
         ("localhost", "/elsewhere", 404, None),
+        ("localhost", "/url-wins/x", 200, Some("/kong/x")),
+        // Kong's path_handling v1: the service's path is a prefix, without a slash added.
+        ("localhost", "/tv1/req?q=1", 200, Some("/kongreq?q=1")),
+        ("localhost", "/fv1req", 200, Some("/kongfv1req")),
+        ("localhost", "/fv1/req/", 200, Some("/kongfv1/req/")),
     ];
     for (host, path, status, upstream_path) in table {
         let r = client.get(gw.url(path)).header("host", host).send().await.unwrap();

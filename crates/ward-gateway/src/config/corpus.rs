@@ -75,9 +75,10 @@ fn kongs_valid_files_load() {
     let ratio = loaded.len() as f64 / total as f64;
     println!("{} of {total} valid files load ({:.1}%); refused:\n{}", loaded.len(), ratio * 100.0, refused.join("\n"));
     assert!(total >= 100, "the corpus has {total} valid files");
-    // The goal is 95%; each file below it is listed with its reason (`refused:`), and a new
-    // refusal must be marked to pass, so this floor only catches a wholesale regression.
-    assert!(ratio >= 0.9, "{} of {total} load", loaded.len());
+    // The goal is 95%, and 118 of 122 (96.7%) load: each file refused is listed with its
+    // reason (`refused:`), and this floor, at what loads, makes a new refusal (even a marked
+    // one) fail until a file that loads outweighs it.
+    assert!(ratio >= 0.96, "{} of {total} load", loaded.len());
 }
 
 #[test]

@@ -159,39 +159,35 @@ impl Service {
         let s = &e.item;
         let at = |field: &str| format!("{}.{field}", e.path);
         let before = errors.0.len();
+        // `url` is Kong's shorthand for all four parts: what it has replaces what is written
+        // beside it, and what it lacks is the default (no path; port 80 or 443), never the
+        // written value, which is therefore not checked either.
         let (protocol, host, port, path) = match &s.url {
-            Some(url) => {
-                if s.protocol.is_some() || s.host.is_some() || s.port.is_some() || s.path.is_some() {
-                    errors.add(at("url"), "cannot be combined with protocol, host, port or path");
-                }
-                match url.parse::<Uri>() {
-                    Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => {
-                        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-                        if authority.contains('@') {
-                            errors.add(at("url"), "must not carry a user name or password");
+            Some(url) => match url.parse::<Uri>() {
+                Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => {
+                    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+                    if authority.contains('@') {
+                        errors.add(at("url"), "must not carry a user name or password");
+                    }
+                    let port = match written_port(authority) {
+                        Ok(port) => port.map(u32::from),
+                        Err(()) => {
+                            errors.add(at("url"), "the port must be between 1 and 65535");
+                            None
                         }
-                        let port = match written_port(authority) {
-                            Ok(port) => port.map(u32::from),
-                            Err(()) => {
-                                errors.add(at("url"), "the port must be between 1 and 65535");
-                                None
-                            }
-                        };
-                        (
-                            uri.scheme_str().unwrap_or_default().to_string(),
-                            Some(uri.host().unwrap_or_default().to_string()),
-                            port,
-                            uri.path_and_query()
-                                .map(|p| p.path().to_string())
-                                .filter(|p| p != "/" || url.ends_with('/')),
-                        )
-                    }
-                    _ => {
-                        errors.add(at("url"), format!("'{url}' is not an absolute URL"));
-                        return None;
-                    }
+                    };
+                    (
+                        uri.scheme_str().unwrap_or_default().to_string(),
+                        Some(uri.host().unwrap_or_default().to_string()),
+                        port,
+                        uri.path_and_query().map(|p| p.path().to_string()).filter(|p| p != "/" || url.ends_with('/')),
+                    )
                 }
-            }
+                _ => {
+                    errors.add(at("url"), format!("'{url}' is not an absolute URL"));
+                    return None;
+                }
+            },
             None => (s.protocol.clone().unwrap_or_else(|| "http".into()), s.host.clone(), s.port, s.path.clone()),
         };
         let https = match protocol.as_str() {

@@ -497,7 +497,7 @@ pub(crate) mod testing {
     use http::StatusCode;
     use serde_json::Value;
 
-    use crate::compiled::Route;
+    use crate::compiled::{PathHandling, Route};
     use crate::consumers::Consumers;
     use crate::error::ConfigErrors;
     use crate::listener::ConnInfo;
@@ -546,6 +546,7 @@ pub(crate) mod testing {
             name: None,
             service: None,
             strip_path: true,
+            path_handling: PathHandling::V0,
             preserve_host: false,
             protocols: Default::default(),
             https_redirect_status_code: StatusCode::UPGRADE_REQUIRED,
