@@ -128,7 +128,7 @@ pub struct Config {
     pub outbound_retries: HashMap<String, Arc<RetryPolicy>>,
     /// MeshCircuitBreaker confs by destination key, each checked to make a breaker.
     #[serde(skip)]
-    pub outbound_circuits: HashMap<String, serde_json::Value>,
+    pub outbound_circuits: HashMap<String, Arc<serde_json::Value>>,
     /// MeshRateLimit at each inbound, by index.
     #[serde(skip)]
     pub inbound_rate_limits: Vec<Option<Arc<RateLimits>>>,
@@ -282,7 +282,7 @@ impl Config {
             let key = &o.destination.key;
             if let Some(conf) = rules.outbound(key, ResourceType::MeshCircuitBreaker) {
                 Breaker::from_conf(conf).map_err(ConfigError::Rules)?;
-                outbound_circuits.insert(key.clone(), conf.clone());
+                outbound_circuits.insert(key.clone(), Arc::new(conf.clone()));
             }
         }
         let inbound_rate_limits = (0..spec.networking.inbound.len())
@@ -389,7 +389,7 @@ impl Config {
     }
 
     /// The MeshCircuitBreaker conf for the destination `key`, if one applies.
-    pub fn outbound_circuit(&self, key: &str) -> Option<&serde_json::Value> {
+    pub fn outbound_circuit(&self, key: &str) -> Option<&Arc<serde_json::Value>> {
         self.outbound_circuits.get(key)
     }
 

@@ -72,7 +72,7 @@ pub struct Member {
     balancers: Mutex<HashMap<String, Arc<Balancer>>>,
     /// Circuit breakers by destination, with the conf each was made from: outlier state lives
     /// across configuration changes that leave a destination's MeshCircuitBreaker as it was.
-    breakers: Mutex<HashMap<String, (serde_json::Value, Arc<Breaker>)>>,
+    breakers: Mutex<HashMap<String, (Arc<serde_json::Value>, Arc<Breaker>)>>,
 }
 
 impl Member {
@@ -94,17 +94,23 @@ impl Member {
     }
 
     /// The circuit breaker of destination `key` for its merged MeshCircuitBreaker `conf`: the
-    /// same one while the conf stays the same.
-    pub fn breaker(&self, key: &str, conf: Option<&serde_json::Value>) -> Option<Arc<Breaker>> {
+    /// same one while the conf stays the same. Within one configuration the conf is the same
+    /// allocation, so a request compares pointers; the values are compared once per new
+    /// configuration, which then takes over the breaker.
+    pub fn breaker(&self, key: &str, conf: Option<&Arc<serde_json::Value>>) -> Option<Arc<Breaker>> {
         let mut breakers = self.breakers.lock().expect("breakers lock");
         let Some(conf) = conf else {
             breakers.remove(key);
             return None;
         };
-        if let Some((seen, breaker)) = breakers.get(key)
-            && seen == conf
-        {
-            return Some(breaker.clone());
+        if let Some((seen, breaker)) = breakers.get_mut(key) {
+            if Arc::ptr_eq(seen, conf) {
+                return Some(breaker.clone());
+            }
+            if **seen == **conf {
+                *seen = conf.clone();
+                return Some(breaker.clone());
+            }
         }
         // The control plane's confs were read once already (Config::from_proto).
         let breaker = Arc::new(Breaker::from_conf(conf).ok()?);
