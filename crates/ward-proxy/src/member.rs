@@ -62,6 +62,9 @@ impl SendError {
     }
 }
 
+/// A destination's breaker, with the merged conf it was made from.
+type KeptBreaker = (Arc<serde_json::Value>, Arc<Breaker>);
+
 /// A member of a mesh.
 pub struct Member {
     /// Configuration, certificate, metrics.
@@ -72,7 +75,7 @@ pub struct Member {
     balancers: Mutex<HashMap<String, Arc<Balancer>>>,
     /// Circuit breakers by destination, with the conf each was made from: outlier state lives
     /// across configuration changes that leave a destination's MeshCircuitBreaker as it was.
-    breakers: Mutex<HashMap<String, (Arc<serde_json::Value>, Arc<Breaker>)>>,
+    breakers: Mutex<HashMap<String, KeptBreaker>>,
 }
 
 impl Member {
