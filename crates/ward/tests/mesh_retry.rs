@@ -6,55 +6,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ControlPlane, apps, free_port, mesh::Proxy};
-
-const MESH: &str = "type: Mesh\nname: lab\nmtls:\n  enabledBackend: ca\n  backends:\n  - name: ca\n    type: builtin\n---\ntype: MeshTrafficPermission\nmesh: lab\nname: client-calls-web\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: client}\n    default: {action: Allow}\n";
-
-fn web_dataplane(name: &str, app_port: u16) -> String {
-    format!(
-        "type: Dataplane\nmesh: lab\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
-         servicePort: {app_port}\n    tags: {{kuma.io/service: web, kuma.io/protocol: http}}\n",
-        free_port()
-    )
-}
-
-/// Waits until `proxy` runs with a MeshRetry for some destination.
-async fn wait_for_retry(proxy: &Proxy) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let config = tokio::task::block_in_place(|| proxy.config());
-        let outbounds = config["config"]["rules"]["outbounds"].to_string();
-        if outbounds.contains("MeshRetry") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the proxy never received the MeshRetry: {outbounds}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::policy_lab::{Extras, Lab, outbound_has};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retries_hide_a_broken_instance_and_resend_only_buffered_bodies() {
-    let root = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(root.path());
-    cp.apply(MESH);
-    let app = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "web").await;
     // web-2's application is gone: its proxy answers every request with 502.
-    let web1 = cp.spawn_proxy(root.path(), "web-1", &web_dataplane("web-1", app.address.port()), &[]);
-    let web2 = cp.spawn_proxy(root.path(), "web-2", &web_dataplane("web-2", free_port()), &[]);
-    let outbound = free_port();
-    let client_yaml = format!(
-        "type: Dataplane\nmesh: lab\nname: client-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
-         tags: {{kuma.io/service: client}}\n  outbound:\n  - port: {outbound}\n    tags: {{kuma.io/service: web}}\n",
-        free_port()
-    );
-    let client = cp.spawn_proxy(root.path(), "client-1", &client_yaml, &[]);
-    tokio::task::block_in_place(|| {
-        for p in [&web1, &web2, &client] {
-            p.wait_ready();
-        }
-    });
+    let lab = Lab::start_with(Extras { broken_webs: 1, ..Extras::default() }).await;
     let http = common::http_client();
-    let url = format!("http://127.0.0.1:{outbound}/");
+    let url = lab.url("/");
     let deadline = Instant::now() + Duration::from_secs(20);
     // Both instances take requests: without a retry policy, some fail.
     let mut statuses = Vec::new();
@@ -63,13 +22,15 @@ async fn retries_hide_a_broken_instance_and_resend_only_buffered_bodies() {
         statuses.push(http.get(&url).send().await.unwrap().status().as_u16());
     }
 
-    cp.apply(
+    lab.apply(
         "type: MeshRetry\nmesh: lab\nname: web-retries\nspec:\n  targetRef: {kind: MeshService, name: client}\n  to:\n  \
          - targetRef: {kind: MeshService, name: web}\n    default:\n      http:\n        numRetries: 3\n        \
          retryOn: [GatewayError]\n        backOff: {baseInterval: 10ms, maxInterval: 50ms}\n        \
          hostSelection: [{predicate: OmitPreviousHosts}]\n",
-    );
-    wait_for_retry(&client).await;
+        &lab.client,
+        |r| outbound_has(r, "MeshRetry", "OmitPreviousHosts"),
+    )
+    .await;
     for i in 0..20 {
         let response = http.get(&url).send().await.unwrap();
         assert_eq!(response.status(), 200, "request {i} was retried on the working instance");
@@ -95,33 +56,20 @@ async fn retries_hide_a_broken_instance_and_resend_only_buffered_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_per_try_timeout_bounds_each_try() {
-    let root = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(root.path());
-    cp.apply(MESH);
-    let app = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "web").await;
-    let web = cp.spawn_proxy(root.path(), "web-1", &web_dataplane("web-1", app.address.port()), &[]);
-    let outbound = free_port();
-    let client_yaml = format!(
-        "type: Dataplane\nmesh: lab\nname: client-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
-         tags: {{kuma.io/service: client}}\n  outbound:\n  - port: {outbound}\n    tags: {{kuma.io/service: web}}\n",
-        free_port()
-    );
-    let client = cp.spawn_proxy(root.path(), "client-1", &client_yaml, &[]);
-    tokio::task::block_in_place(|| {
-        web.wait_ready();
-        client.wait_ready();
-    });
-    cp.apply(
+    let lab = Lab::start().await;
+    lab.apply(
         "type: MeshRetry\nmesh: lab\nname: quick-tries\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default:\n      \
          http: {numRetries: 2, perTryTimeout: 300ms, retryOn: [Reset], backOff: {baseInterval: 10ms}}\n",
-    );
-    wait_for_retry(&client).await;
+        &lab.client,
+        |r| outbound_has(r, "MeshRetry", "perTryTimeout"),
+    )
+    .await;
     let http = common::http_client();
     let started = Instant::now();
-    let response = http.get(format!("http://127.0.0.1:{outbound}/slow?ms=5000")).send().await.unwrap();
+    let response = http.get(lab.url("/slow?ms=5000")).send().await.unwrap();
     let took = started.elapsed();
     assert_eq!(response.status(), 504);
     assert!(took >= Duration::from_millis(850) && took < Duration::from_secs(4), "three tries of 300ms: {took:?}");
-    let quick = http.get(format!("http://127.0.0.1:{outbound}/slow?ms=20")).send().await.unwrap();
+    let quick = http.get(lab.url("/slow?ms=20")).send().await.unwrap();
     assert_eq!(quick.status(), 200);
 }

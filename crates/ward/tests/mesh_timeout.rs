@@ -7,81 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ControlPlane, apps, free_port, mesh::Proxy};
+use common::policy_lab::{Lab, inbound_has, outbound_has};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const MESH: &str = "type: Mesh\nname: lab\nmtls:\n  enabledBackend: ca\n  backends:\n  - name: ca\n    type: builtin\n---\ntype: MeshTrafficPermission\nmesh: lab\nname: client-calls-web\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: client}\n    default: {action: Allow}\n";
-
-/// A control plane, the `web` echo application behind its proxy, and a `client` proxy with an
-/// outbound to web on the returned port.
-struct Lab {
-    _root: tempfile::TempDir,
-    cp: ControlPlane,
-    _app: apps::App,
-    web: Proxy,
-    client: Proxy,
-    outbound: u16,
-}
-
-impl Lab {
-    async fn start() -> Lab {
-        let root = tempfile::tempdir().unwrap();
-        let cp = ControlPlane::start(root.path());
-        cp.apply(MESH);
-        let app = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "web").await;
-        let web_yaml = format!(
-            "type: Dataplane\nmesh: lab\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
-             servicePort: {}\n    tags: {{kuma.io/service: web, kuma.io/protocol: http}}\n",
-            free_port(),
-            app.address.port()
-        );
-        let outbound = free_port();
-        let client_yaml = format!(
-            "type: Dataplane\nmesh: lab\nname: client-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
-             tags: {{kuma.io/service: client}}\n  outbound:\n  - port: {outbound}\n    tags: {{kuma.io/service: web}}\n",
-            free_port()
-        );
-        let web = cp.spawn_proxy(root.path(), "web-1", &web_yaml, &[]);
-        let client = cp.spawn_proxy(root.path(), "client-1", &client_yaml, &[]);
-        tokio::task::block_in_place(|| {
-            web.wait_ready();
-            client.wait_ready();
-        });
-        Lab { _root: root, cp, _app: app, web, client, outbound }
-    }
-
-    /// Applies `policy` and waits until `proxy` runs with a configuration where `seen` holds.
-    async fn apply(&self, policy: &str, proxy: &Proxy, seen: impl Fn(&serde_json::Value) -> bool) {
-        self.cp.apply(policy);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let config = tokio::task::block_in_place(|| proxy.config());
-            if seen(&config["config"]["rules"]) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the proxy never received the policy: {}", config["config"]["rules"]);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.outbound)
-    }
-}
-
-/// Whether the rules hold a MeshTimeout whose conf mentions `field` for some outbound.
-fn outbound_has(rules: &serde_json::Value, field: &str) -> bool {
-    rules["outbounds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|o| o["policies"]["MeshTimeout"]["conf"].to_string().contains(field))
-}
-
-/// Whether the rules hold a MeshTimeout whose conf mentions `field` at the first inbound.
-fn inbound_has(rules: &serde_json::Value, field: &str) -> bool {
-    rules["inbounds"][0]["policies"]["MeshTimeout"]["conf"].to_string().contains(field)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_timeout_on_the_callers_side_turns_a_hung_call_into_a_504() {
@@ -89,7 +16,7 @@ async fn a_request_timeout_on_the_callers_side_turns_a_hung_call_into_a_504() {
     let http = common::http_client();
     let policy = "type: MeshTimeout\nmesh: lab\nname: web-calls\nspec:\n  targetRef: {kind: MeshService, name: client}\n  \
                   to:\n  - targetRef: {kind: MeshService, name: web}\n    default: {http: {requestTimeout: 1s}}\n";
-    lab.apply(policy, &lab.client, |r| outbound_has(r, "requestTimeout")).await;
+    lab.apply(policy, &lab.client, |r| outbound_has(r, "MeshTimeout", "requestTimeout")).await;
 
     let started = Instant::now();
     let hung = http.get(lab.url("/slow?ms=8000")).send().await.unwrap();
@@ -114,7 +41,7 @@ async fn an_inbound_rule_times_out_at_the_callees_proxy() {
     let lab = Lab::start().await;
     let policy = "type: MeshTimeout\nmesh: lab\nname: web-inbound\nspec:\n  targetRef: {kind: Dataplane, name: web-1}\n  \
                   rules:\n  - default: {http: {requestTimeout: 1s}}\n";
-    lab.apply(policy, &lab.web, |r| inbound_has(r, "requestTimeout")).await;
+    lab.apply(policy, &lab.web, |r| inbound_has(r, "MeshTimeout", "requestTimeout")).await;
     let started = Instant::now();
     let hung = common::http_client().get(lab.url("/slow?ms=8000")).send().await.unwrap();
     assert_eq!(hung.status(), 504);
@@ -130,7 +57,7 @@ async fn a_stalled_stream_and_an_endless_one_are_cut() {
     // /stream sends a line a second: a stream idle limit under that cuts it at the first gap.
     let policy = "type: MeshTimeout\nmesh: lab\nname: streams\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    \
                   default: {http: {streamIdleTimeout: 300ms}}\n";
-    lab.apply(policy, &lab.client, |r| outbound_has(r, "streamIdleTimeout")).await;
+    lab.apply(policy, &lab.client, |r| outbound_has(r, "MeshTimeout", "streamIdleTimeout")).await;
     let started = Instant::now();
     let response = http.get(lab.url("/stream")).send().await.unwrap();
     assert!(response.bytes().await.is_err(), "the stream ends in an error, not a complete body");
@@ -139,7 +66,7 @@ async fn a_stalled_stream_and_an_endless_one_are_cut() {
     // A maximum duration cuts a stream that never stalls.
     let policy = "type: MeshTimeout\nmesh: lab\nname: streams\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    \
                   default: {http: {maxStreamDuration: 3s}}\n";
-    lab.apply(policy, &lab.client, |r| outbound_has(r, "maxStreamDuration")).await;
+    lab.apply(policy, &lab.client, |r| outbound_has(r, "MeshTimeout", "maxStreamDuration")).await;
     let started = Instant::now();
     let response = http.get(lab.url("/stream")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -153,7 +80,7 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     let lab = Lab::start().await;
     let policy = "type: MeshTimeout\nmesh: lab\nname: idle\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    \
                   default: {idleTimeout: 1s}\n";
-    lab.apply(policy, &lab.client, |r| outbound_has(r, "idleTimeout")).await;
+    lab.apply(policy, &lab.client, |r| outbound_has(r, "MeshTimeout", "idleTimeout")).await;
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", lab.outbound)).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 64 * 1024];

@@ -1,0 +1,129 @@
+//! A small mesh for the traffic-policy tests: a control plane, `web-1` in front of the echo
+//! application, optionally more `web` instances whose application is gone (their proxies answer
+//! 502) and a `db` TCP echo, and a `client-1` proxy with an outbound to each service.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{ControlPlane, apps, free_port, mesh::Proxy};
+
+/// Mesh `lab` with mutual TLS, where `client` may call every service.
+pub const MESH: &str = "type: Mesh\nname: lab\nmtls:\n  enabledBackend: ca\n  backends:\n  - name: ca\n    type: builtin\n---\ntype: MeshTrafficPermission\nmesh: lab\nname: client-calls-web\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: client}\n    default: {action: Allow}\n";
+
+/// What a lab holds besides `web-1` and the client.
+#[derive(Default)]
+pub struct Extras {
+    /// How many more `web` instances, each in front of a port nobody listens on.
+    pub broken_webs: usize,
+    /// Whether a `db` TCP echo service runs, reached at [`Lab::db_outbound`].
+    pub db: bool,
+}
+
+/// The running lab; every process stops when it is dropped.
+pub struct Lab {
+    _root: tempfile::TempDir,
+    _apps: Vec<apps::App>,
+    /// The control plane.
+    pub cp: ControlPlane,
+    /// The proxy of `web-1`.
+    pub web: Proxy,
+    /// The proxies of the broken `web` instances.
+    pub broken: Vec<Proxy>,
+    /// The proxy of `db-1`, when asked for.
+    pub db: Option<Proxy>,
+    /// The client's proxy.
+    pub client: Proxy,
+    /// The client's outbound to `web`.
+    pub outbound: u16,
+    /// The client's outbound to `db`.
+    pub db_outbound: u16,
+}
+
+/// The Dataplane of instance `name` of `service` speaking `protocol`, in front of `app_port`.
+fn server_dataplane(name: &str, service: &str, protocol: &str, app_port: u16) -> String {
+    format!(
+        "type: Dataplane\nmesh: lab\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
+         servicePort: {app_port}\n    tags: {{kuma.io/service: {service}, kuma.io/protocol: {protocol}}}\n",
+        free_port()
+    )
+}
+
+impl Lab {
+    /// `web-1` and the client.
+    pub async fn start() -> Lab {
+        Lab::start_with(Extras::default()).await
+    }
+
+    /// `web-1`, the client and `extras`, every proxy ready.
+    pub async fn start_with(extras: Extras) -> Lab {
+        let root = tempfile::tempdir().unwrap();
+        let cp = ControlPlane::start(root.path());
+        cp.apply(MESH);
+        let app = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "web").await;
+        let web =
+            cp.spawn_proxy(root.path(), "web-1", &server_dataplane("web-1", "web", "http", app.address.port()), &[]);
+        let mut apps = vec![app];
+        let broken = (2..2 + extras.broken_webs)
+            .map(|i| {
+                let name = format!("web-{i}");
+                cp.spawn_proxy(root.path(), &name, &server_dataplane(&name, "web", "http", free_port()), &[])
+            })
+            .collect::<Vec<_>>();
+        let db = if extras.db {
+            let db_app = apps::tcp_echo(([127, 0, 0, 1], free_port()).into()).await;
+            let yaml = server_dataplane("db-1", "db", "tcp", db_app.address.port());
+            apps.push(db_app);
+            Some(cp.spawn_proxy(root.path(), "db-1", &yaml, &[]))
+        } else {
+            None
+        };
+        let (outbound, db_outbound) = (free_port(), free_port());
+        let db_line = if extras.db {
+            format!("  - port: {db_outbound}\n    tags: {{kuma.io/service: db}}\n")
+        } else {
+            String::new()
+        };
+        let client_yaml = format!(
+            "type: Dataplane\nmesh: lab\nname: client-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
+             tags: {{kuma.io/service: client}}\n  outbound:\n  - port: {outbound}\n    tags: {{kuma.io/service: web}}\n{db_line}",
+            free_port()
+        );
+        let client = cp.spawn_proxy(root.path(), "client-1", &client_yaml, &[]);
+        tokio::task::block_in_place(|| {
+            for p in std::iter::once(&web).chain(&broken).chain(&db).chain([&client]) {
+                p.wait_ready();
+            }
+        });
+        Lab { _root: root, _apps: apps, cp, web, broken, db, client, outbound, db_outbound }
+    }
+
+    /// Applies `policy` and waits until `proxy` runs with rules where `seen` holds.
+    pub async fn apply(&self, policy: &str, proxy: &Proxy, seen: impl Fn(&Value) -> bool) {
+        self.cp.apply(policy);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let config = tokio::task::block_in_place(|| proxy.config());
+            if seen(&config["config"]["rules"]) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the proxy never received the policy: {}", config["config"]["rules"]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The URL of `path` through the client's outbound to `web`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.outbound)
+    }
+}
+
+/// Whether the rules hold a `kind` conf mentioning `text` at the first inbound.
+pub fn inbound_has(rules: &Value, kind: &str, text: &str) -> bool {
+    rules["inbounds"][0]["policies"][kind]["conf"].to_string().contains(text)
+}
+
+/// Whether the rules hold a `kind` conf mentioning `text` for some outbound.
+pub fn outbound_has(rules: &Value, kind: &str, text: &str) -> bool {
+    rules["outbounds"].as_array().into_iter().flatten().any(|o| o["policies"][kind]["conf"].to_string().contains(text))
+}
