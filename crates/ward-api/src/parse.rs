@@ -116,13 +116,15 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
 
     let (content, prefix) = if ty.info().has_spec_field {
         let spec = fields.remove("spec");
-        // A MeshService's status and SNIs, and a MeshExternalService's status, are computed by
-        // the control plane, and Kuma's output carries them: ignored on input.
+        // A MeshService's status and SNIs, and the status of a MeshExternalService, MeshIdentity or
+        // MeshTrust, are computed by the control plane, and Kuma's output carries them: ignored on input.
         let computed: &[Computed] = match ty {
             ResourceType::MeshService => {
                 &[("status", "an object", Value::is_object), ("snis", "a list", Value::is_array)]
             }
-            ResourceType::MeshExternalService => &[("status", "an object", Value::is_object)],
+            ResourceType::MeshExternalService | ResourceType::MeshIdentity | ResourceType::MeshTrust => {
+                &[("status", "an object", Value::is_object)]
+            }
             _ => &[],
         };
         for &(field, shape, fits) in computed {
@@ -155,6 +157,8 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         ResourceType::MeshCircuitBreaker => typed(prefix, content).map(Spec::MeshCircuitBreaker),
         ResourceType::MeshFaultInjection => typed(prefix, content).map(Spec::MeshFaultInjection),
         ResourceType::MeshRateLimit => typed(prefix, content).map(Spec::MeshRateLimit),
+        ResourceType::MeshIdentity => typed(prefix, content).map(Spec::MeshIdentity),
+        ResourceType::MeshTrust => typed(prefix, content).map(Spec::MeshTrust),
         ResourceType::Secret | ResourceType::GlobalSecret => match Secret::from_given(content, &mut causes) {
             Some(secret) => Ok(Spec::Secret(secret)),
             None => return Err(fail(causes.0)),
@@ -185,6 +189,8 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         Spec::MeshCircuitBreaker(s) => s.check(&crate::mesh_circuit_breaker::shape(), &mut causes),
         Spec::MeshFaultInjection(s) => crate::mesh_fault_injection::check(s, &mut causes),
         Spec::MeshRateLimit(s) => crate::mesh_rate_limit::check(s, &mut causes),
+        Spec::MeshIdentity(s) => s.check(&mesh, &labels, &mut causes),
+        Spec::MeshTrust(s) => s.check(&mut causes),
         Spec::Secret(_) => {}
     }
     if !causes.0.is_empty() {
@@ -376,7 +382,7 @@ mod tests {
             ),
             (
                 "type: Gadget\nname: x\n",
-                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, Secret, GlobalSecret",
+                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, MeshIdentity, MeshTrust, Secret, GlobalSecret",
             ),
             (
                 "type: Mesh\nname: m\nmetrics:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: prometheus\n    conf: {envoy: {filterRegex: '(open'}}\n",

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::Dataplane, mesh::Mesh, mesh_circuit_breaker::MeshCircuitBreaker,
-    mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection,
-    mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService, mesh_timeout::MeshTimeout,
+    mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection, mesh_identity::MeshIdentity,
+    mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService, mesh_timeout::MeshTimeout, mesh_trust::MeshTrust,
     permission::MeshTrafficPermission, rules::Entries, secret::Secret, traffic_permission::TrafficPermission,
 };
 
@@ -21,6 +21,10 @@ pub enum ResourceType {
     Secret,
     /// Opaque bytes of no mesh.
     GlobalSecret,
+    /// The identity of selected dataplanes: SPIFFE ID template and issuing CA.
+    MeshIdentity,
+    /// CA certificates a mesh trusts for a trust domain.
+    MeshTrust,
     /// One service instance and its proxy.
     Dataplane,
     /// Which callers may reach which dataplanes (targetRef policy).
@@ -160,6 +164,22 @@ pub const TYPES: &[TypeInfo] = &[
         has_spec_field: true,
     },
     TypeInfo {
+        ty: ResourceType::MeshIdentity,
+        name: "MeshIdentity",
+        plural: "meshidentities",
+        aliases: &["meshidentity", "mid", "mesh-identities"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshTrust,
+        name: "MeshTrust",
+        plural: "meshtrusts",
+        aliases: &["meshtrust", "mesh-trusts"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
         ty: ResourceType::Secret,
         name: "Secret",
         plural: "secrets",
@@ -266,6 +286,10 @@ pub enum Spec {
     MeshFaultInjection(MeshFaultInjection),
     /// A MeshRateLimit.
     MeshRateLimit(MeshRateLimit),
+    /// A MeshIdentity.
+    MeshIdentity(MeshIdentity),
+    /// A MeshTrust.
+    MeshTrust(MeshTrust),
 }
 
 impl Spec {
@@ -333,13 +357,14 @@ impl Resource {
             Spec::Dataplane(s) => s.warnings(&mut warnings),
             Spec::MeshService(s) => s.warnings(&mut warnings),
             Spec::MeshExternalService(s) => s.warnings(&mut warnings),
+            Spec::MeshTrust(s) => s.warnings(&mut warnings),
             Spec::MeshTrafficPermission(_)
             | Spec::TrafficPermission(_)
             | Spec::Secret(_)
             | Spec::MeshTimeout(_)
             | Spec::MeshRetry(_)
             | Spec::MeshCircuitBreaker(_) => {}
-            Spec::MeshFaultInjection(_) | Spec::MeshRateLimit(_) => {}
+            Spec::MeshFaultInjection(_) | Spec::MeshRateLimit(_) | Spec::MeshIdentity(_) => {}
         }
         warnings.0
     }
@@ -359,6 +384,8 @@ impl Resource {
             Spec::MeshCircuitBreaker(s) => serde_json::to_value(s),
             Spec::MeshFaultInjection(s) => serde_json::to_value(s),
             Spec::MeshRateLimit(s) => serde_json::to_value(s),
+            Spec::MeshIdentity(s) => serde_json::to_value(s),
+            Spec::MeshTrust(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

@@ -106,6 +106,10 @@ fn valid_kuma_documents_ward_cannot_serve_are_refused_as_unsupported() {
         // on SPIFFE IDs or configure gateways.
         (&["meshfaultinjection"][..], 0.1),
         (&["meshratelimit"][..], 0.6),
+        // Most of Kuma's own MeshIdentity documents name Kubernetes namespaces and service
+        // accounts in their paths, or issue through SPIRE or an extension.
+        (&["meshidentity"][..], 0.3),
+        (&["meshtrust"][..], 0.98),
     ] {
         let count =
             |list: &[PathBuf]| list.iter().filter(|p| kind_of(p).is_some_and(|k| kinds.contains(&k.as_str()))).count();

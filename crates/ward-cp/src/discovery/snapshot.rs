@@ -132,7 +132,7 @@ impl MeshSnapshot {
                 | Spec::MeshRateLimit(_) => policies.push(r),
                 Spec::MeshService(_) => mesh_service_resources.push(r),
                 Spec::MeshExternalService(_) => external_resources.push(r),
-                Spec::Mesh(_) | Spec::Secret(_) => {}
+                Spec::Mesh(_) | Spec::Secret(_) | Spec::MeshIdentity(_) | Spec::MeshTrust(_) => {}
             }
         }
         let mut mesh_services = mesh_services::views(name, &mesh_service_resources, &dataplanes, &non_members, online);

@@ -224,6 +224,24 @@ fn table(ty: ResourceType, items: &[Value]) -> String {
                 age(v),
             ]
         }),
+        ResourceType::MeshIdentity => (&["MESH", "NAME", "SELECTOR", "PROVIDER", "AGE"], |v| {
+            let spec = &v["spec"];
+            let selector = match &spec["selector"]["dataplane"] {
+                Value::Null => "-".to_string(),
+                dataplane => match dataplane["matchLabels"].as_object() {
+                    Some(labels) if !labels.is_empty() => {
+                        labels.iter().map(|(k, l)| format!("{k}={}", text(l))).collect::<Vec<_>>().join(",")
+                    }
+                    _ => "all".to_string(),
+                },
+            };
+            vec![text(&v["mesh"]), text(&v["name"]), selector, text(&spec["provider"]["type"]), age(v)]
+        }),
+        ResourceType::MeshTrust => (&["MESH", "NAME", "TRUST DOMAIN", "BUNDLES", "AGE"], |v| {
+            let spec = &v["spec"];
+            let bundles = spec["caBundles"].as_array().map_or(0, Vec::len).to_string();
+            vec![text(&v["mesh"]), text(&v["name"]), text(&spec["trustDomain"]), bundles, age(v)]
+        }),
         ResourceType::Secret => (&["MESH", "NAME", "AGE"], |v| vec![text(&v["mesh"]), text(&v["name"]), age(v)]),
         ResourceType::GlobalSecret => (&["NAME", "AGE"], |v| vec![text(&v["name"]), age(v)]),
     };
