@@ -113,10 +113,11 @@ fn action(inner: &str) -> Result<Piece, TemplateError> {
     if body.is_empty() {
         return Err(TemplateError::Invalid(format!("couldn't parse template: missing value for command in {shown}")));
     }
-    if let Some(name) = body.strip_prefix('.') {
-        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Ok(Piece::Field(name.to_string()));
-        }
+    if let Some(name) = body.strip_prefix('.')
+        && !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Ok(Piece::Field(name.to_string()));
     }
     if let Some(arg) = body.strip_prefix("label").filter(|a| a.starts_with(char::is_whitespace)) {
         let key = arg.trim_start().strip_prefix('"').and_then(|a| a.strip_suffix('"'));

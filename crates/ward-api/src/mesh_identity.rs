@@ -41,9 +41,9 @@ pub struct MeshIdentity {
     /// Templates of the trust domain and of a workload's path.
     #[serde(rename = "spiffeID", default, skip_serializing_if = "Option::is_none")]
     pub spiffe_id: Option<SpiffeIdTemplates>,
-    /// Who issues the certificates.
+    /// Who issues the certificates (boxed: it is most of a MeshIdentity's size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<Provider>,
+    pub provider: Option<Box<Provider>>,
 }
 
 /// `spec.selector`.
@@ -267,9 +267,7 @@ impl MeshIdentity {
         [("certificate", &ca.certificate), ("privateKey", &ca.private_key)]
             .into_iter()
             .filter_map(|(member, source)| match source.as_ref()?.data_source() {
-                DataSource::Secret(name) => {
-                    Some((format!("spec.provider.bundled.ca.{member}.secretRef.name"), name))
-                }
+                DataSource::Secret(name) => Some((format!("spec.provider.bundled.ca.{member}.secretRef.name"), name)),
                 _ => None,
             })
             .collect()
@@ -379,7 +377,11 @@ impl MeshIdentity {
 
 impl Provider {
     fn check(&self, causes: &mut Causes) {
-        let members = [("bundled", self.bundled.is_some()), ("spire", self.spire.is_some()), ("extension", self.extension.is_some())];
+        let members = [
+            ("bundled", self.bundled.is_some()),
+            ("spire", self.spire.is_some()),
+            ("extension", self.extension.is_some()),
+        ];
         let own = match self.ty {
             ProviderType::Bundled => "bundled",
             ProviderType::Spire => "spire",
@@ -399,7 +401,8 @@ impl Provider {
                 if self.spire.is_none() {
                     causes.add("spec.provider.spire", "configuration needs to be defined");
                 }
-                causes.unsupported("spec.provider.type", "Ward issues every certificate itself, not SPIRE: use Bundled");
+                causes
+                    .unsupported("spec.provider.type", "Ward issues every certificate itself, not SPIRE: use Bundled");
             }
             ProviderType::Extension => {
                 match &self.extension {

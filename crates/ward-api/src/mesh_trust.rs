@@ -105,7 +105,10 @@ impl MeshTrust {
     /// Fields accepted that have no effect.
     pub fn warnings(&self, warnings: &mut Warnings) {
         if self.origin.is_some() {
-            warnings.add("spec.origin", "is deprecated in Kuma and has no effect: it only records where the resource came from");
+            warnings.add(
+                "spec.origin",
+                "is deprecated in Kuma and has no effect: it only records where the resource came from",
+            );
         }
     }
 }

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     dataplane::Dataplane, mesh::Mesh, mesh_circuit_breaker::MeshCircuitBreaker,
     mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection, mesh_identity::MeshIdentity,
-    mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService, mesh_timeout::MeshTimeout, mesh_trust::MeshTrust,
-    permission::MeshTrafficPermission, rules::Entries, secret::Secret, traffic_permission::TrafficPermission,
+    mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService, mesh_timeout::MeshTimeout,
+    mesh_trust::MeshTrust, permission::MeshTrafficPermission, rules::Entries, secret::Secret,
+    traffic_permission::TrafficPermission,
 };
 
 /// The kinds of resource Ward stores, in the order `ward apply` applies them: a Mesh before

@@ -108,7 +108,9 @@ impl SecureDataSource {
             SourceType::InsecureInline => {
                 DataSource::InlineString(self.insecure_inline.as_ref().map(|i| i.value.clone()).unwrap_or_default())
             }
-            SourceType::Secret => DataSource::Secret(self.secret_ref.as_ref().map(|s| s.name.clone()).unwrap_or_default()),
+            SourceType::Secret => {
+                DataSource::Secret(self.secret_ref.as_ref().map(|s| s.name.clone()).unwrap_or_default())
+            }
         }
     }
 

@@ -87,7 +87,11 @@ fn selection_and_best_match_follow_kuma() {
 #[test]
 fn refusals_name_the_field() {
     let cases: &[(&str, &str, bool)] = &[
-        ("  provider:\n    type: Bundled\n    bundled:\n      autogenerate:\n        enabled: true\n", "spec.provider.bundled.insecureAllowSelfSigned", false),
+        (
+            "  provider:\n    type: Bundled\n    bundled:\n      autogenerate:\n        enabled: true\n",
+            "spec.provider.bundled.insecureAllowSelfSigned",
+            false,
+        ),
         ("  provider:\n    type: Bundled\n    bundled: {}\n", "spec.provider.bundled.ca", false),
         ("  provider:\n    type: Bundled\n", "spec.provider.bundled", false),
         ("  provider:\n    type: Spire\n    spire: {}\n", "spec.provider.type", true),
@@ -98,17 +102,53 @@ fn refusals_name_the_field() {
         (&format!("  spiffeID:\n    path: '/{{{{ .Mesh }}}}'\n{GENERATED}"), "spec.spiffeID.path", false),
         (&format!("  spiffeID:\n    path: 'w/{{{{ .Workload }}}}'\n{GENERATED}"), "spec.spiffeID.path", false),
         (&format!("  spiffeID:\n    path: '/a//{{{{ .Workload }}}}'\n{GENERATED}"), "spec.spiffeID.path", false),
-        (&format!("  spiffeID:\n    trustDomain: 'Upper.{{{{ .Mesh }}}}'\n{GENERATED}"), "spec.spiffeID.trustDomain", false),
-        (&format!("  spiffeID:\n    trustDomain: '{{{{ label \"none\" }}}}'\n{GENERATED}"), "spec.spiffeID.trustDomain", false),
-        (&format!("  spiffeID:\n    trustDomain: '{{{{ .Workload }}}}'\n{GENERATED}"), "spec.spiffeID.trustDomain", false),
+        (
+            &format!("  spiffeID:\n    trustDomain: 'Upper.{{{{ .Mesh }}}}'\n{GENERATED}"),
+            "spec.spiffeID.trustDomain",
+            false,
+        ),
+        (
+            &format!("  spiffeID:\n    trustDomain: '{{{{ label \"none\" }}}}'\n{GENERATED}"),
+            "spec.spiffeID.trustDomain",
+            false,
+        ),
+        (
+            &format!("  spiffeID:\n    trustDomain: '{{{{ .Workload }}}}'\n{GENERATED}"),
+            "spec.spiffeID.trustDomain",
+            false,
+        ),
         (&format!("  spiffeID:\n    trustDomain: '{{{{ .Mesh '\n{GENERATED}"), "spec.spiffeID.trustDomain", false),
         (&format!("  spiffeID:\n    trustDomain: '{{{{- .Mesh }}}}'\n{GENERATED}"), "spec.spiffeID.trustDomain", true),
-        ("  provider:\n    type: Bundled\n    bundled:\n      ca:\n        certificate:\n          type: EnvVar\n          envVar:\n            name: X\n        privateKey:\n          type: File\n          file:\n            path: /k\n", "spec.provider.bundled.ca.certificate.type", true),
-        ("  provider:\n    type: Bundled\n    bundled:\n      ca:\n        certificate:\n          type: File\n          file:\n            path: rel/k\n        privateKey:\n          type: File\n          file:\n            path: /k\n", "spec.provider.bundled.ca.certificate.file.path", false),
-        ("  provider:\n    type: Bundled\n    bundled:\n      ca:\n        certificate:\n          type: File\n          file:\n            path: /c\n          insecureInline:\n            value: x\n        privateKey:\n          type: File\n          file:\n            path: /k\n", "spec.provider.bundled.ca.certificate.insecureInline", false),
-        ("  provider:\n    type: Bundled\n    bundled:\n      ca:\n        certificate:\n          type: Secret\n          secretRef:\n            kind: Other\n            name: c\n        privateKey:\n          type: File\n          file:\n            path: /k\n", "spec.provider.bundled.ca.certificate.secretRef.kind", false),
-        (&format!("{GENERATED}      certificateParameters:\n        expiry: 0s\n"), "spec.provider.bundled.certificateParameters.expiry", false),
-        (&format!("  selector:\n    dataplane:\n      matchLabels:\n        'bad key!': x\n{GENERATED}"), "spec.selector.dataplane.matchLabels", false),
+        (
+            "  provider:\n    type: Bundled\n    bundled:\n      ca:\n        certificate:\n          type: EnvVar\n          envVar:\n            name: X\n        privateKey:\n          type: File\n          file:\n            path: /k\n",
+            "spec.provider.bundled.ca.certificate.type",
+            true,
+        ),
+        (
+            "  provider:\n    type: Bundled\n    bundled:\n      ca:\n        certificate:\n          type: File\n          file:\n            path: rel/k\n        privateKey:\n          type: File\n          file:\n            path: /k\n",
+            "spec.provider.bundled.ca.certificate.file.path",
+            false,
+        ),
+        (
+            "  provider:\n    type: Bundled\n    bundled:\n      ca:\n        certificate:\n          type: File\n          file:\n            path: /c\n          insecureInline:\n            value: x\n        privateKey:\n          type: File\n          file:\n            path: /k\n",
+            "spec.provider.bundled.ca.certificate.insecureInline",
+            false,
+        ),
+        (
+            "  provider:\n    type: Bundled\n    bundled:\n      ca:\n        certificate:\n          type: Secret\n          secretRef:\n            kind: Other\n            name: c\n        privateKey:\n          type: File\n          file:\n            path: /k\n",
+            "spec.provider.bundled.ca.certificate.secretRef.kind",
+            false,
+        ),
+        (
+            &format!("{GENERATED}      certificateParameters:\n        expiry: 0s\n"),
+            "spec.provider.bundled.certificateParameters.expiry",
+            false,
+        ),
+        (
+            &format!("  selector:\n    dataplane:\n      matchLabels:\n        'bad key!': x\n{GENERATED}"),
+            "spec.selector.dataplane.matchLabels",
+            false,
+        ),
     ];
     for (spec, field, unsupported) in cases {
         let err = apply(spec).expect_err(spec);
