@@ -15,7 +15,7 @@ use crate::{
     labels::check_labels,
     mesh::DataSource,
     mesh_service::LabelSelector,
-    secure_data_source::SecureDataSource,
+    secure_data_source::{SecureDataSource, SourceType},
 };
 
 /// Kuma's trust domain template when none is given.
@@ -445,6 +445,13 @@ impl Bundled {
                             None => causes.add(format!("{AT}.ca.{member}"), "must be defined"),
                             Some(source) => source.check(&format!("{AT}.ca.{member}"), causes),
                         }
+                    }
+                    if ca.private_key.as_ref().is_some_and(|k| k.ty == SourceType::InsecureInline) {
+                        causes.unsupported(
+                            format!("{AT}.ca.privateKey.type"),
+                            "a private key given inline would be stored and shown as written; \
+                             put it in a Secret of the mesh (type: Secret) or a File",
+                        );
                     }
                 }
             }
