@@ -15,7 +15,7 @@ use crate::{
     labels::check_labels,
     mesh::DataSource,
     mesh_service::LabelSelector,
-    secure_data_source::{SecureDataSource, SourceType},
+    secure_data_source::{SecureDataSource, is_sealed_key},
 };
 
 /// Kuma's trust domain template when none is given.
@@ -267,10 +267,20 @@ impl MeshIdentity {
         [("certificate", &ca.certificate), ("privateKey", &ca.private_key)]
             .into_iter()
             .filter_map(|(member, source)| match source.as_ref()?.data_source() {
-                DataSource::Secret(name) => Some((format!("spec.provider.bundled.ca.{member}.secretRef.name"), name)),
+                DataSource::Secret(name) if !is_sealed_key(&name) => {
+                    Some((format!("spec.provider.bundled.ca.{member}.secretRef.name"), name))
+                }
                 _ => None,
             })
             .collect()
+    }
+
+    /// Replaces the CA's private key source with a reference to its sealed copy `sealed_name`,
+    /// so the stored resource never holds the key.
+    pub fn seal_private_key(&mut self, sealed_name: &str) {
+        if let Some(ca) = self.provider.as_mut().and_then(|p| p.bundled.as_mut()).and_then(|b| b.ca.as_mut()) {
+            ca.private_key = Some(SecureDataSource::secret(sealed_name));
+        }
     }
 
     fn label_selector(&self) -> Option<&LabelSelector> {
@@ -445,13 +455,6 @@ impl Bundled {
                             None => causes.add(format!("{AT}.ca.{member}"), "must be defined"),
                             Some(source) => source.check(&format!("{AT}.ca.{member}"), causes),
                         }
-                    }
-                    if ca.private_key.as_ref().is_some_and(|k| k.ty == SourceType::InsecureInline) {
-                        causes.unsupported(
-                            format!("{AT}.ca.privateKey.type"),
-                            "a private key given inline would be stored and shown as written; \
-                             put it in a Secret of the mesh (type: Secret) or a File",
-                        );
                     }
                 }
             }

@@ -100,7 +100,24 @@ pub struct SecretRef {
     pub name: String,
 }
 
+/// Whether `name` is the reference to a sealed CA key that an inline key becomes once applied
+/// (`mesh-ca/<mesh>/...`): the control plane opens only the one of the resource's own CA.
+pub fn is_sealed_key(name: &str) -> bool {
+    name.strip_prefix("mesh-ca/").is_some_and(|rest| rest.split('/').all(|segment| check_name(segment).is_ok()))
+}
+
 impl SecureDataSource {
+    /// A reference to Secret `name`.
+    pub fn secret(name: &str) -> Self {
+        SecureDataSource {
+            ty: SourceType::Secret,
+            file: None,
+            env_var: None,
+            insecure_inline: None,
+            secret_ref: Some(SecretRef { kind: "Secret".into(), name: name.into() }),
+        }
+    }
+
     /// The same source as a Mesh's CA backends name theirs, for the code that reads those.
     pub fn data_source(&self) -> DataSource {
         match self.ty {
@@ -155,7 +172,9 @@ impl SecureDataSource {
                     }
                     if r.name.is_empty() {
                         causes.add(format!("{at}.secretRef.name"), "must be defined");
-                    } else if let Err(e) = check_name(&r.name) {
+                    } else if let Err(e) = check_name(&r.name)
+                        && !is_sealed_key(&r.name)
+                    {
                         causes.add(format!("{at}.secretRef.name"), e);
                     }
                 }

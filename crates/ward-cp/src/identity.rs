@@ -19,13 +19,15 @@ use ward_api::{
     error::Causes,
     mesh::{BackendType, DataSource, ProvidedConf},
 };
-use ward_pki::{BuiltinCaOptions, Ca, CaError, CaInfo, CaMaterial, DataplaneClaims, SigningKey, TokenError, token};
+use ward_pki::{
+    BuiltinCaOptions, Ca, CaError, CaInfo, CaMaterial, DataplaneClaims, SigningKey, TokenError, TrustBundle, token,
+};
 
 use crate::{
     provided_files::{ProvidedCaDir, Requester},
     secret_resources::SecretResources,
     secrets::Kek,
-    store::{Actor, MeshCa, Store, StoreError},
+    store::{Actor, MeshCa, Store, StoreError, identity_backend},
 };
 
 /// Lifetime of a builtin CA when `conf.caCert.expiration` is absent.
@@ -174,6 +176,81 @@ impl Identity {
             }
         }
         if causes.0.is_empty() { Ok(out) } else { Err(ValidationError { resource: key, causes: causes.0 }) }
+    }
+
+    /// Completes a MeshIdentity before it is stored: generates its CA (kept while its trust domain
+    /// stays the same) or reads and checks the one it provides, sealing the key, and replaces an
+    /// inline private key with a reference to its sealed copy. Returns the CA to store with it.
+    pub async fn prepare_identity(
+        &self,
+        resource: &mut Resource,
+        requester: Requester,
+    ) -> Result<Vec<MeshCa>, ValidationError> {
+        let key = resource.meta.key();
+        let (mesh, name) = (resource.meta.mesh.clone(), resource.meta.name.clone());
+        let Spec::MeshIdentity(spec) = &mut resource.spec else { return Ok(vec![]) };
+        let refuse = |field: &str, reason: String| ValidationError::single(key.clone(), field, reason);
+        let trust_domain =
+            spec.trust_domain(&mesh, &resource.meta.labels).map_err(|r| refuse("spec.spiffeID.trustDomain", r))?;
+        let backend = identity_backend(&name);
+        let seal_name = ca_seal_name(&mesh, &backend);
+        let stored = self
+            .store
+            .mesh_cas(&mesh)
+            .await
+            .map_err(|e| refuse("", format!("cannot be stored: {e}")))?
+            .into_iter()
+            .find(|c| c.backend == backend);
+        let Some((cert, private_key)) = spec.provided_ca() else {
+            let same_domain = stored
+                .as_ref()
+                .and_then(|c| CaInfo::from_pem(&c.cert_pem).ok())
+                .is_some_and(|info| info.subject.rsplit(", ").next() == Some(format!("CN={trust_domain}").as_str()));
+            if same_domain {
+                return Ok(vec![]);
+            }
+            let options = BuiltinCaOptions { rsa_bits: None, lifetime: DEFAULT_CA_LIFETIME };
+            let domain = trust_domain.clone();
+            let (material, info) =
+                tokio::task::spawn_blocking(move || ward_pki::generate_builtin(&domain, &options, Utc::now()))
+                    .await
+                    .expect("CA generation does not panic")
+                    .map_err(|e| refuse("spec.spiffeID.trustDomain", e.to_string()))?;
+            tracing::info!(%mesh, identity = %name, %trust_domain, fingerprint = %info.fingerprint_sha256, "generated the CA of a MeshIdentity");
+            let sealed_key = self.kek.seal(&seal_name, material.key_pem.as_bytes());
+            return Ok(vec![MeshCa { backend, cert_pem: material.cert_pem, sealed_key, replace: true }]);
+        };
+        let at = "spec.provider.bundled.ca";
+        let mut causes = Causes::default();
+        let cert_at = format!("{at}.certificate");
+        let cert_pem = self.read_source(&mesh, &cert, None, requester, &cert_at, &mut causes).await;
+        let key_at = format!("{at}.privateKey");
+        let key_pem = self.read_source(&mesh, &private_key, stored.as_ref(), requester, &key_at, &mut causes).await;
+        let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) else {
+            return Err(ValidationError { resource: key, causes: causes.0 });
+        };
+        let material = CaMaterial { cert_pem, key_pem };
+        // Field names of the Mesh's provided backend (`cert`, `key`) become Kuma's here.
+        if let Err(e) = ward_pki::validate_provided(&material.cert_pem, &material.key_pem, Utc::now()) {
+            let text = e.to_string();
+            let (part, reason) = text.split_once(": ").unwrap_or(("cert", &text));
+            let field = if part == "key" { "privateKey" } else { "certificate" };
+            return Err(refuse(&format!("{at}.{field}"), reason.to_string()));
+        }
+        let self_signed = CaInfo::from_pem(&material.cert_pem).is_ok_and(|info| info.self_signed);
+        if self_signed && !spec.allows_self_signed() {
+            return Err(refuse(
+                "spec.provider.bundled.insecureAllowSelfSigned",
+                "self-signed certificates are not allowed: the CA is its own issuer; give one signed by \
+                 your root, or set insecureAllowSelfSigned: true"
+                    .into(),
+            ));
+        }
+        if matches!(private_key, DataSource::Inline(_) | DataSource::InlineString(_)) {
+            spec.seal_private_key(&seal_name);
+        }
+        let sealed_key = self.kek.seal(&seal_name, material.key_pem.as_bytes());
+        Ok(vec![MeshCa { backend, cert_pem: material.cert_pem, sealed_key, replace: true }])
     }
 
     /// Reads a provided backend's certificate and key, recording what cannot be read.
@@ -376,6 +453,20 @@ fn builtin_cause(e: &CaError) -> (&'static str, String) {
     };
     // The message starts with the option at fault ("lifetime: ..."), which the field now names.
     (field, text.split_once(": ").map_or(text.clone(), |(_, reason)| reason.to_string()))
+}
+
+/// Checks that every CA bundle of a MeshTrust is PEM of CA certificates.
+pub fn check_trust(resource: &Resource) -> Result<(), ValidationError> {
+    let Spec::MeshTrust(trust) = &resource.spec else { return Ok(()) };
+    let mut causes = Causes::default();
+    for (i, pem) in trust.pems().enumerate() {
+        let checked = TrustBundle::new(trust.trust_domain())
+            .and_then(|mut bundle| bundle.add_domain_pem(trust.trust_domain(), pem));
+        if let Err(e) = checked {
+            causes.add(format!("spec.caBundles[{i}].pem.value"), e.to_string());
+        }
+    }
+    if causes.0.is_empty() { Ok(()) } else { Err(ValidationError { resource: resource.meta.key(), causes: causes.0 }) }
 }
 
 /// The name a backend's CA key is sealed under (and referenced by, in a stored Mesh).

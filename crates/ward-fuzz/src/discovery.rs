@@ -41,7 +41,7 @@ pub fn run(data: &[u8]) {
             }
             control_message::Message::Certificate(certificate) => {
                 let f = fixture();
-                let _ = identity::accept(&f.pending, &certificate, &f.id, &f.bundle);
+                let _ = identity::accept(&f.pending, &certificate, &f.id, "backend", &f.bundle);
             }
             control_message::Message::CertificateRefused(_) => {}
         }

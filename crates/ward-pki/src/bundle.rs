@@ -11,7 +11,8 @@ use crate::ca::{CaError, CaInfo, check_is_ca, parse_cert};
 use crate::spiffe::{SpiffeId, SpiffeIdError};
 use crate::x509;
 
-/// A mesh's trusted CA certificates.
+/// A mesh's trusted CA certificates, each for one trust domain: the mesh's own (its name), and
+/// those a mesh's MeshIdentities and MeshTrusts name. A CA vouches only for IDs in its domain.
 #[derive(Debug, Clone)]
 pub struct TrustBundle {
     mesh: String,
@@ -20,6 +21,7 @@ pub struct TrustBundle {
 
 #[derive(Debug, Clone)]
 struct TrustedCa {
+    domain: String,
     der: CertificateDer<'static>,
     anchor: TrustAnchor<'static>,
     info: CaInfo,
@@ -126,7 +128,7 @@ pub enum VerifyError {
     WrongTrustDomain {
         /// The certificate's SPIFFE ID.
         id: SpiffeId,
-        /// The bundle's mesh.
+        /// The trust domain of the CA it chains to (the bundle's mesh when none).
         expected: String,
     },
 }
@@ -160,8 +162,17 @@ impl TrustBundle {
         &self.mesh
     }
 
-    /// Adds every CA certificate in a PEM string, all or none; returns how many were new.
+    /// Adds every CA certificate in a PEM string to the mesh's own trust domain, all or none;
+    /// returns how many were new.
     pub fn add_pem(&mut self, pem: &str) -> Result<usize, BundleError> {
+        let domain = self.mesh.clone();
+        self.add_domain_pem(&domain, pem)
+    }
+
+    /// Adds every CA certificate in a PEM string as a CA of trust domain `domain`, all or none;
+    /// returns how many were new.
+    pub fn add_domain_pem(&mut self, domain: &str, pem: &str) -> Result<usize, BundleError> {
+        SpiffeId::trust_domain(domain)?;
         let mut new = Vec::new();
         for (i, item) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
             let cert_error = |source| BundleError::Cert { index: i + 1, source };
@@ -172,14 +183,18 @@ impl TrustBundle {
             let anchor = webpki::anchor_from_trusted_cert(&der)
                 .map_err(|e| cert_error(CaError::CertParse { reason: e.to_string() }))?
                 .to_owned();
-            new.push(TrustedCa { der: der.clone(), anchor, info });
+            new.push(TrustedCa { domain: domain.to_string(), der: der.clone(), anchor, info });
         }
         if new.is_empty() {
             return Err(BundleError::Empty);
         }
         let before = self.cas.len();
         for ca in new {
-            if !self.cas.iter().any(|c| c.info.fingerprint_sha256 == ca.info.fingerprint_sha256) {
+            if !self
+                .cas
+                .iter()
+                .any(|c| c.domain == ca.domain && c.info.fingerprint_sha256 == ca.info.fingerprint_sha256)
+            {
                 self.cas.push(ca);
             }
         }
@@ -198,16 +213,26 @@ impl TrustBundle {
         self.cas.iter().map(|c| &c.info)
     }
 
-    /// All CA certificates as one PEM string, for distribution to proxies.
+    /// The trusted CAs, each with the trust domain it vouches for.
+    pub fn cas_by_domain(&self) -> impl Iterator<Item = (&str, &CaInfo)> {
+        self.cas.iter().map(|c| (c.domain.as_str(), &c.info))
+    }
+
+    /// The CA certificates of the mesh's own trust domain as one PEM string.
     pub fn to_pem(&self) -> String {
-        self.cas.iter().map(|c| x509::pem_encode("CERTIFICATE", &c.der)).collect()
+        self.domain_pem(&self.mesh)
+    }
+
+    /// The CA certificates of trust domain `domain` as one PEM string.
+    pub fn domain_pem(&self, domain: &str) -> String {
+        self.cas.iter().filter(|c| c.domain == domain).map(|c| x509::pem_encode("CERTIFICATE", &c.der)).collect()
     }
 
     /// Verifies a workload certificate against the bundle at `now` and returns its SPIFFE ID.
     ///
     /// Checks the signature chain to a trusted CA, the leaf's and the CA's validity periods,
     /// that the leaf is not a CA, clientAuth if an EKU is present, and exactly one URI SAN that
-    /// is a workload SPIFFE ID in this bundle's trust domain.
+    /// is a workload SPIFFE ID in the trust domain of a CA it chains to.
     pub fn verify_svid(&self, leaf_der: &[u8], now: DateTime<Utc>) -> Result<SpiffeId, VerifyError> {
         let leaf = parse_cert(leaf_der).map_err(|e| VerifyError::Malformed { reason: e.to_string() })?;
         let leaf_ref = CertificateDer::from(leaf_der);
@@ -227,16 +252,24 @@ impl TrustBundle {
             )
             .map_err(|e| self.chain_error(e, &leaf.issuer().to_string()))?;
         let anchor_spki = path.anchor().subject_public_key_info.as_ref();
-        if let Some(ca) = self.cas.iter().find(|c| c.anchor.subject_public_key_info.as_ref() == anchor_spki) {
+        let anchors: Vec<&TrustedCa> =
+            self.cas.iter().filter(|c| c.anchor.subject_public_key_info.as_ref() == anchor_spki).collect();
+        if let Some(ca) = anchors.first() {
             ca.info
                 .check_valid_at(now)
                 .map_err(|source| VerifyError::CaNotValid { subject: ca.info.subject.clone(), source })?;
         }
-        self.spiffe_id_of(&leaf)
+        let id = self.spiffe_id_of(&leaf)?;
+        // A CA vouches only for its own trust domain: a federated mesh's CA cannot name ours.
+        if !anchors.iter().any(|c| c.domain == id.mesh()) {
+            let expected = anchors.first().map_or_else(|| self.mesh.clone(), |c| c.domain.clone());
+            return Err(VerifyError::WrongTrustDomain { id, expected });
+        }
+        Ok(id)
     }
 
     /// The SPIFFE ID of a workload certificate this bundle already verified (a TLS peer's):
-    /// its one URI SAN, in this bundle's trust domain. Does not check the chain again.
+    /// its one URI SAN, in a trust domain of this bundle. Does not check the chain again.
     pub fn spiffe_id(&self, leaf_der: &[u8]) -> Result<SpiffeId, VerifyError> {
         let leaf = parse_cert(leaf_der).map_err(|e| VerifyError::Malformed { reason: e.to_string() })?;
         self.spiffe_id_of(&leaf)
@@ -291,7 +324,7 @@ impl TrustBundle {
         if id.service().is_none() {
             return Err(invalid("it has no path".into()));
         }
-        if id.mesh() != self.mesh {
+        if id.mesh() != self.mesh && !self.cas.iter().any(|c| c.domain == id.mesh()) {
             return Err(VerifyError::WrongTrustDomain { id, expected: self.mesh.clone() });
         }
         Ok(id)
@@ -333,6 +366,22 @@ mod tests {
         let err = bundle_b.verify_svid(&leaf_a, now()).unwrap_err();
         assert!(matches!(err, VerifyError::UnknownIssuer { .. }), "{err:?}");
         assert_eq!(err.to_string(), "certificate issuer `O=Ward, OU=Mesh, CN=a` is not a trusted CA of mesh `b`");
+    }
+
+    #[test]
+    fn a_federated_ca_vouches_only_for_its_own_trust_domain() {
+        let (own, federated) = (ca("a"), ca("b"));
+        let mut bundle = TrustBundle::from_pem("a", own.cert_pem()).unwrap();
+        assert_eq!(bundle.add_domain_pem("b.zone.mesh.local", federated.cert_pem()).unwrap(), 1);
+        let theirs = leaf(&federated, "spiffe://b.zone.mesh.local/workload/web", now());
+        assert_eq!(bundle.verify_svid(&theirs, now()).unwrap().as_str(), "spiffe://b.zone.mesh.local/workload/web");
+        for (signer, id) in [(&federated, "spiffe://a/users"), (&own, "spiffe://b.zone.mesh.local/workload/web")] {
+            let err = bundle.verify_svid(&leaf(signer, id, now()), now()).unwrap_err();
+            assert!(matches!(err, VerifyError::WrongTrustDomain { .. }), "{id}: {err:?}");
+        }
+        assert_eq!(bundle.to_pem(), own.cert_pem());
+        assert_eq!(bundle.domain_pem("b.zone.mesh.local"), federated.cert_pem());
+        assert!(matches!(bundle.add_domain_pem("B", federated.cert_pem()), Err(BundleError::Mesh(_))));
     }
 
     #[test]

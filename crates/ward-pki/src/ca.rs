@@ -56,6 +56,8 @@ pub struct CaInfo {
     pub not_after: DateTime<Utc>,
     /// Subject distinguished name, e.g. `O=Ward, OU=Mesh, CN=default`.
     pub subject: String,
+    /// Whether it is its own issuer and signed with its own key (a root).
+    pub self_signed: bool,
 }
 
 /// Why a CA could not be generated, loaded or used.
@@ -156,6 +158,7 @@ impl CaInfo {
             not_before: x509::from_asn1(cert.validity().not_before),
             not_after: x509::from_asn1(cert.validity().not_after),
             subject: cert.subject().to_string(),
+            self_signed: cert.subject() == cert.issuer() && cert.verify_signature(None).is_ok(),
         }
     }
 }

@@ -84,6 +84,10 @@ pub struct Config {
     pub bundle: TrustBundle,
     /// Lifetime of the certificates the mesh issues.
     pub certificate_lifetime: Duration,
+    /// The one identity every certificate of this proxy carries when a MeshIdentity selects its
+    /// dataplane; `None`: `spiffe://MESH/SERVICE` per service.
+    #[serde(serialize_with = "optional_spiffe_id")]
+    pub workload_id: Option<SpiffeId>,
     /// Decides callers of this dataplane.
     pub authorizer: Authorizer,
     /// The tags of callers' dataplanes by certificate serial, when the permissions look at tags.
@@ -143,6 +147,9 @@ pub enum ConfigError {
     /// A resource in it does not parse.
     #[error("{0}")]
     Resource(String),
+    /// The workload SPIFFE ID is not one.
+    #[error("workload SPIFFE ID: {0}")]
+    WorkloadId(String),
     /// The trust bundle is unusable.
     #[error("trust bundle: {0}")]
     Bundle(String),
@@ -191,6 +198,15 @@ impl Config {
             MtlsMode::Permissive => Mode::Permissive,
         };
         let mut bundle = TrustBundle::new(&proto.mesh).map_err(|e| ConfigError::Bundle(e.to_string()))?;
+        for domain in &proto.trust_domains {
+            bundle
+                .add_domain_pem(&domain.trust_domain, &domain.ca_pem)
+                .map_err(|e| ConfigError::Bundle(format!("trust domain {}: {e}", domain.trust_domain)))?;
+        }
+        let workload_id = match proto.workload_spiffe_id.as_str() {
+            "" => None,
+            id => Some(id.parse().map_err(|e: ward_pki::SpiffeIdError| ConfigError::WorkloadId(e.to_string()))?),
+        };
         if !proto.trust_bundle_pem.is_empty() {
             bundle.add_pem(&proto.trust_bundle_pem).map_err(|e| ConfigError::Bundle(e.to_string()))?;
         }
@@ -344,6 +360,7 @@ impl Config {
             mode,
             bundle,
             certificate_lifetime: Duration::from_secs(proto.certificate_lifetime_seconds),
+            workload_id,
             services,
             passthrough: proto.passthrough,
             prometheus,
@@ -473,8 +490,12 @@ fn spiffe_id<S: serde::Serializer>(id: &SpiffeId, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(id.as_str())
 }
 
+fn optional_spiffe_id<S: serde::Serializer>(id: &Option<SpiffeId>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(id.as_ref().map_or("", |id| id.as_str()))
+}
+
 fn bundle_pem<S: serde::Serializer>(b: &TrustBundle, s: S) -> Result<S::Ok, S::Error> {
-    let cas: Vec<_> = b.cas().map(|c| serde_json::json!({ "subject": c.subject, "fingerprintSha256": c.fingerprint_sha256, "notAfter": c.not_after })).collect();
+    let cas: Vec<_> = b.cas_by_domain().map(|(domain, c)| serde_json::json!({ "trustDomain": domain, "subject": c.subject, "fingerprintSha256": c.fingerprint_sha256, "notAfter": c.not_after })).collect();
     serde::Serialize::serialize(&cas, s)
 }
 

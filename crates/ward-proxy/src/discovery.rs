@@ -98,6 +98,25 @@ struct Renewal {
 }
 
 impl Renewal {
+    /// Takes the identities a new configuration gives: one workload ID for every service when a
+    /// MeshIdentity selects the dataplane, else one per service; a changed one is asked for at once.
+    fn adopt(&mut self, config: &Config) {
+        for held in &mut self.held {
+            let wanted = match &config.workload_id {
+                Some(id) => id.clone(),
+                None => match SpiffeId::for_service(&config.mesh, &held.service) {
+                    Ok(id) => id,
+                    Err(_) => continue,
+                },
+            };
+            if wanted != held.id {
+                tracing::info!(service = %held.service, from = %held.id, to = %wanted, "the dataplane's identity changed; asking for a certificate of the new one");
+                held.id = wanted;
+                held.due = tokio::time::Instant::now();
+            }
+        }
+    }
+
     /// Which certificate to ask for next, and when: the pending one again after its timeout,
     /// else the one due first.
     fn next(&self) -> (usize, tokio::time::Instant) {
@@ -262,6 +281,7 @@ fn handle(state: &State, renewal: &mut Renewal, message: ControlMessage) {
     match message.message {
         Some(control_message::Message::Config(proto)) => match Config::from_proto(&proto) {
             Ok(config) => {
+                renewal.adopt(&config);
                 if config.mode != Mode::Disabled {
                     reschedule(state, renewal, &config, &proto.enabled_backend);
                 }
@@ -281,7 +301,7 @@ fn handle(state: &State, renewal: &mut Renewal, message: ControlMessage) {
                 held.retry_later();
                 return;
             };
-            match identity::accept(&pending, &certificate, &held.id, &config.bundle) {
+            match identity::accept(&pending, &certificate, &held.id, &held.service, &config.bundle) {
                 Ok(svid) => {
                     // Half of the life left from now (NotBefore is backdated for clock skew).
                     let renew_at = ward_pki::renew_at(Utc::now(), svid.not_after, rand::random());

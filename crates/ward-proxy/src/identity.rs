@@ -16,6 +16,8 @@ pub struct Svid {
     pub certified: Arc<CertifiedKey>,
     /// The identity it proves.
     pub spiffe_id: SpiffeId,
+    /// The service it was asked for, whose inbounds present it.
+    pub service: String,
     /// Serial number, hex.
     pub serial: String,
     /// Start of validity.
@@ -76,12 +78,13 @@ pub fn request(id: &SpiffeId) -> Result<PendingKey, SvidRejected> {
     Ok(PendingKey { key, csr_pem })
 }
 
-/// Checks a signed certificate against the pending key, the requested identity and the trust
-/// bundle, and pairs it with the key.
+/// Checks a signed certificate against the pending key, the identity requested for `service`
+/// and the trust bundle, and pairs it with the key.
 pub fn accept(
     pending: &PendingKey,
     certificate: &Certificate,
     expected: &SpiffeId,
+    service: &str,
     bundle: &TrustBundle,
 ) -> Result<Svid, SvidRejected> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(certificate.chain_pem.as_bytes())
@@ -103,6 +106,7 @@ pub fn accept(
     Ok(Svid {
         certified: Arc::new(certified),
         spiffe_id: got,
+        service: service.to_string(),
         serial: certificate.serial.clone(),
         not_before: at(certificate.not_before_unix),
         not_after: at(certificate.not_after_unix),

@@ -58,7 +58,7 @@ impl State {
     /// service's, else the one held for it (a dataplane whose inbounds serve several services).
     pub fn svid_for(&self, service: &str) -> Option<Arc<Svid>> {
         match self.svid.load_full() {
-            Some(main) if main.spiffe_id.service() == Some(service) => Some(main),
+            Some(main) if main.service == service => Some(main),
             _ => self.more_svids.load().get(service).cloned(),
         }
     }
@@ -80,11 +80,11 @@ impl State {
         if main {
             self.metrics.certificate_expiry.set(svid.not_after.timestamp());
             self.svid.store(Some(Arc::new(svid)));
-        } else if let Some(service) = svid.spiffe_id.service().map(String::from) {
+        } else {
             let svid = Arc::new(svid);
             self.more_svids.rcu(|held| {
                 let mut held = BTreeMap::clone(held);
-                held.insert(service.clone(), svid.clone());
+                held.insert(svid.service.clone(), svid.clone());
                 held
             });
         }

@@ -125,11 +125,6 @@ fn refusals_name_the_field() {
             true,
         ),
         (
-            "  provider:\n    type: Bundled\n    bundled:\n      ca:\n        certificate:\n          type: File\n          file:\n            path: /c\n        privateKey:\n          type: InsecureInline\n          insecureInline:\n            value: KEY\n",
-            "spec.provider.bundled.ca.privateKey.type",
-            true,
-        ),
-        (
             "  provider:\n    type: Bundled\n    bundled:\n      ca:\n        certificate:\n          type: File\n          file:\n            path: rel/k\n        privateKey:\n          type: File\n          file:\n            path: /k\n",
             "spec.provider.bundled.ca.certificate.file.path",
             false,

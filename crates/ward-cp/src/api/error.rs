@@ -102,6 +102,7 @@ impl From<StoreError> for ApiError {
             StoreError::MissingSecret { key, field, name } => {
                 ValidationError::single(key, field, format!("Secret {name:?} does not exist in the mesh")).into()
             }
+            StoreError::MixedIdentity { key, field, reason } => ValidationError::single(key, field, reason).into(),
             StoreError::NotAMember { key, refusal } => {
                 ValidationError::single(key, &refusal.field, &refusal.reason).into()
             }

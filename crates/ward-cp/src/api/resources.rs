@@ -18,6 +18,7 @@ use ward_api::{Cause, Resource, ResourceType, Spec, SpiffeId, membership, mesh::
 
 use super::{ApiError, ApiState, Caller, MAX_BODY_BYTES};
 use crate::discovery::snapshot::SharedSnapshot;
+use crate::identity;
 use crate::store::{Commit, MeshCa, Written};
 
 /// Largest page a list returns.
@@ -352,8 +353,10 @@ pub async fn put_in_mesh(
     let ty = mesh_scoped_type(&plural)?;
     caller.write(&mesh)?;
     let doc = read_document(&headers, body).await?;
-    let resource = resource_for_path(doc, ty, &mesh, &name)?;
-    write(&state, &caller, resource, &[], options).await
+    let mut resource = resource_for_path(doc, ty, &mesh, &name)?;
+    identity::check_trust(&resource)?;
+    let cas = state.identity.prepare_identity(&mut resource, caller.requester()).await?;
+    write(&state, &caller, resource, &cas, options).await
 }
 
 /// `DELETE /meshes/{name}`: the mesh and everything in it.

@@ -7,6 +7,7 @@ pub mod online;
 pub mod session;
 pub mod snapshot;
 pub mod tls;
+pub mod workload_ids;
 
 use std::time::Duration;
 

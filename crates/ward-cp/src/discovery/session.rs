@@ -14,7 +14,7 @@ use ward_proto::discovery::{
     control_message, proxy_message,
 };
 
-use super::{Discovery, online::SessionInfo, snapshot::SharedSnapshot};
+use super::{Discovery, online::SessionInfo, snapshot::SharedSnapshot, workload_ids::WORKLOAD_LABEL};
 use crate::store::{Actor, DataplaneCert, IssuedCert, StoreError};
 
 /// How long a new stream may take to send its Register message.
@@ -221,7 +221,7 @@ impl Session {
         if let Some(reason) = snapshot.non_members.get(&claims.name) {
             return refuse(format!("not a member of mesh {}: {reason}", claims.mesh));
         }
-        let Some(Resource { spec: Spec::Dataplane(dp), .. }) = snapshot.dataplanes.get(&claims.name) else {
+        let Some(resource @ Resource { spec: Spec::Dataplane(dp), .. }) = snapshot.dataplanes.get(&claims.name) else {
             return refuse(format!("dataplane {} is not in mesh {}", claims.name, claims.mesh));
         };
         let services = dp.services();
@@ -236,16 +236,39 @@ impl Session {
         {
             return refuse(format!("dataplane token refused: {e}"));
         }
-        let (Some(signer), Some(backend)) =
-            (&snapshot.signer, snapshot.mesh.as_ref().and_then(|m| m.enabled_backend()))
-        else {
-            return refuse(format!("mesh {} has mTLS disabled: there is no CA to sign with", claims.mesh));
+        let (ca, id, lifetime, backend) = if snapshot.issuers.in_use() {
+            let (id, issuer) = match snapshot.issuers.of(&claims.name) {
+                Ok(found) => found,
+                Err(reason) => return refuse(reason),
+            };
+            // A workload named in an identity must be one the token vouches for: a dataplane sets
+            // its own labels when it registers.
+            if let Some(workload) = resource.meta.labels.get(WORKLOAD_LABEL)
+                && workload != &claims.service
+                && !claims.more_services.contains(workload)
+            {
+                return refuse(format!(
+                    "label {WORKLOAD_LABEL}: {workload:?} is not a service the dataplane token is for; \
+                     a MeshIdentity renders it into the dataplane's SPIFFE ID"
+                ));
+            }
+            let Some(ca) = &issuer.ca else {
+                return refuse(format!("MeshIdentity {} has no CA yet; apply it again", issuer.name));
+            };
+            (Arc::clone(ca), id.clone(), issuer.spec.cert_lifetime(), issuer.backend())
+        } else {
+            let (Some(signer), Some(backend)) =
+                (&snapshot.signer, snapshot.mesh.as_ref().and_then(|m| m.enabled_backend()))
+            else {
+                return refuse(format!("mesh {} has mTLS disabled: there is no CA to sign with", claims.mesh));
+            };
+            let id = match SpiffeId::for_service(&claims.mesh, service) {
+                Ok(id) => id,
+                Err(e) => return refuse(format!("no SPIFFE ID for this dataplane: {e}")),
+            };
+            (Arc::clone(&signer.ca), id, backend.cert_lifetime(), signer.backend.clone())
         };
-        let id = match SpiffeId::for_service(&claims.mesh, service) {
-            Ok(id) => id,
-            Err(e) => return refuse(format!("no SPIFFE ID for this dataplane: {e}")),
-        };
-        let (ca, csr, lifetime) = (Arc::clone(&signer.ca), csr_pem.to_string(), backend.cert_lifetime());
+        let csr = csr_pem.to_string();
         let signed = tokio::task::spawn_blocking(move || ca.sign_svid(&csr, &id, lifetime, Utc::now()))
             .await
             .expect("signing does not panic");
@@ -261,7 +284,7 @@ impl Session {
             serial: svid.serial_hex.clone(),
             not_before: svid.not_before.to_rfc3339(),
             not_after: svid.not_after.to_rfc3339(),
-            backend: signer.backend.clone(),
+            backend: backend.clone(),
         };
         let issued = IssuedCert {
             serial: svid.serial_hex.clone(),
@@ -284,7 +307,7 @@ impl Session {
             serial: svid.serial_hex,
             not_before_unix: svid.not_before.timestamp(),
             not_after_unix: svid.not_after.timestamp(),
-            backend: signer.backend.clone(),
+            backend,
         })
     }
 }
@@ -342,7 +365,8 @@ fn store_status(e: StoreError) -> Status {
         StoreError::Conflict { .. }
         | StoreError::NotFound(_)
         | StoreError::MissingSecret { .. }
-        | StoreError::InUse { .. } => Status::aborted(e.to_string()),
+        | StoreError::InUse { .. }
+        | StoreError::MixedIdentity { .. } => Status::aborted(e.to_string()),
         StoreError::NotAMember { .. } => Status::permission_denied(e.to_string()),
         StoreError::Database(_) | StoreError::Corrupt { .. } => Status::internal(e.to_string()),
     }

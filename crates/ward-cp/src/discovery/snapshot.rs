@@ -24,10 +24,11 @@ use ward_proto::discovery::{
 use super::{
     external_services::{self, ExternalServiceView},
     mesh_services::{self, MeshServiceView},
+    workload_ids::Issuers,
 };
 use crate::{
     identity::{BackendCa, Identity, IdentityError},
-    store::{IssuedCert, Store},
+    store::{IssuedCert, Store, is_identity_backend},
 };
 
 /// One mesh at one moment.
@@ -41,6 +42,9 @@ pub struct MeshSnapshot {
     pub signer: Option<BackendCa>,
     /// Every backend's CA certificate, PEM.
     pub trust_bundle_pem: String,
+    /// The mesh's MeshIdentities, the identity each gives its dataplanes, and the trust
+    /// domains proxies trust (unused when the mesh's identities come from its mtls backends).
+    pub issuers: Issuers,
     /// MeshTrafficPermissions and TrafficPermissions.
     pub permissions: Vec<Resource>,
     /// The policies the rules engine merges (MeshTimeout, ...).
@@ -77,10 +81,14 @@ impl MeshSnapshot {
             return Ok(MeshSnapshot { version, ..Default::default() });
         };
         let Spec::Mesh(mesh) = resource.spec else { return Ok(MeshSnapshot { version, ..Default::default() }) };
-        let cas = identity.signing_cas(name).await?;
+        // A MeshIdentity's CA vouches for its own trust domain only, never for the mesh's.
+        let (identity_cas, cas): (Vec<BackendCa>, Vec<BackendCa>) =
+            identity.signing_cas(name).await?.into_iter().partition(|c| is_identity_backend(&c.backend));
         let enabled = mesh.enabled_backend().map(|b| b.name.clone());
         let signer = cas.iter().find(|c| Some(&c.backend) == enabled.as_ref()).cloned();
         let trust_bundle_pem = cas.iter().map(|c| c.ca.cert_pem()).collect();
+        let mut identity_resources = Vec::new();
+        let mut trust_resources = Vec::new();
 
         let mut permissions = Vec::new();
         let mut policies = Vec::new();
@@ -130,12 +138,17 @@ impl MeshSnapshot {
                 | Spec::MeshCircuitBreaker(_)
                 | Spec::MeshFaultInjection(_)
                 | Spec::MeshRateLimit(_) => policies.push(r),
+                Spec::MeshIdentity(_) => identity_resources.push(r),
+                Spec::MeshTrust(_) => trust_resources.push(r),
                 Spec::MeshService(_) => mesh_service_resources.push(r),
                 Spec::MeshExternalService(_) => external_resources.push(r),
-                Spec::Mesh(_) | Spec::Secret(_) | Spec::MeshIdentity(_) | Spec::MeshTrust(_) => {}
+                Spec::Mesh(_) | Spec::Secret(_) => {}
             }
         }
+        let issuers = Issuers::new(name, &identity_resources, &trust_resources, &identity_cas, &dataplanes);
+        issuers.name_endpoints(services.values_mut());
         let mut mesh_services = mesh_services::views(name, &mesh_service_resources, &dataplanes, &non_members, online);
+        issuers.name_endpoints(mesh_services.values_mut().flat_map(|v| v.destinations.values_mut()));
         let mut named_secrets = external_services::NamedSecrets::new();
         for r in &external_resources {
             let Spec::MeshExternalService(spec) = &r.spec else { continue };
@@ -174,6 +187,7 @@ impl MeshSnapshot {
             mesh: Some(mesh),
             signer,
             trust_bundle_pem,
+            issuers,
             permissions,
             policies,
             dataplanes,
@@ -192,7 +206,16 @@ impl MeshSnapshot {
         let resource = self.dataplanes.get(name)?;
         let Spec::Dataplane(dp) = &resource.spec else { return None };
         let backend = mesh.enabled_backend();
+        let workload = self.issuers.of(name).ok();
         let mtls_mode = match backend {
+            // A dataplane no MeshIdentity selects has no identity, so no mTLS.
+            _ if self.issuers.in_use() => {
+                if workload.is_some() {
+                    MtlsMode::Strict
+                } else {
+                    MtlsMode::Disabled
+                }
+            }
             None => MtlsMode::Disabled,
             Some(b) if b.is_permissive() => MtlsMode::Permissive,
             Some(_) => MtlsMode::Strict,
@@ -214,11 +237,18 @@ impl MeshSnapshot {
             dataplane_json: resource.to_json().to_string(),
             mtls_mode: mtls_mode.into(),
             trust_bundle_pem: self.trust_bundle_pem.clone(),
-            certificate_lifetime_seconds: backend.map_or(Duration::ZERO, |b| b.cert_lifetime()).as_secs(),
+            certificate_lifetime_seconds: match workload {
+                Some((_, issuer)) => issuer.spec.cert_lifetime(),
+                None => backend.map_or(Duration::ZERO, |b| b.cert_lifetime()),
+            }
+            .as_secs(),
             permissions_json,
             services,
             passthrough: mesh.passthrough(),
-            enabled_backend: backend.map(|b| b.name.clone()).unwrap_or_default(),
+            enabled_backend: match workload {
+                Some((_, issuer)) => issuer.backend(),
+                None => backend.map(|b| b.name.clone()).unwrap_or_default(),
+            },
             peer_certificates: self.peer_certificates(&permissions),
             revoked_serials: self.revoked_serials.clone(),
             prometheus_json: prometheus
@@ -231,6 +261,8 @@ impl MeshSnapshot {
             } else {
                 serde_json::to_string(&rules).expect("rules serialize")
             },
+            workload_spiffe_id: workload.map(|(id, _)| id.to_string()).unwrap_or_default(),
+            trust_domains: if workload.is_some() { self.issuers.trust_domains.clone() } else { Vec::new() },
         })
     }
 
@@ -321,7 +353,11 @@ impl MeshSnapshot {
             (None, None) => Some(Vec::new()),
         };
         let service = dp.service();
-        let caller = match SpiffeId::for_service(&resource.meta.mesh, service) {
+        let id = match self.issuers.of(&resource.meta.name) {
+            Ok((id, _)) => Ok(id.clone()),
+            Err(_) => SpiffeId::for_service(&resource.meta.mesh, service),
+        };
+        let caller = match id {
             Ok(id) => policy::Caller::Workload { id, tags: Some(policy::caller_tags(dp, service)) },
             Err(_) => policy::Caller::Anonymous,
         };
@@ -339,7 +375,7 @@ impl MeshSnapshot {
             .map(|(name, view)| {
                 let mut destination = view.destination.clone();
                 // Without mTLS no permission is enforced, for inbounds as for these.
-                if !destination.denied.is_empty() || mesh.enabled_backend().is_none() {
+                if !destination.denied.is_empty() || (mesh.enabled_backend().is_none() && !self.issuers.in_use()) {
                     return destination;
                 }
                 let decision = policy::decide_external(&self.permissions, &caller, &resource.meta.mesh, name);

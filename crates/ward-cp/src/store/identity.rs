@@ -56,13 +56,43 @@ pub(super) async fn sync_mesh_cas(
     let listed: Vec<&str> = mesh.mtls.iter().flat_map(|m| &m.backends).map(|b| b.name.as_str()).collect();
     let stored: Vec<String> =
         sqlx::query_scalar("SELECT backend FROM mesh_cas WHERE mesh = ?").bind(mesh_name).fetch_all(&mut *tx).await?;
-    for gone in stored.iter().filter(|b| !listed.contains(&b.as_str())) {
+    // MeshIdentities' CAs live and go with their MeshIdentity.
+    let backends = stored.iter().filter(|b| !is_identity_backend(b));
+    for gone in backends.filter(|b| !listed.contains(&b.as_str())) {
         sqlx::query("DELETE FROM mesh_cas WHERE mesh = ? AND backend = ?")
             .bind(mesh_name)
             .bind(gone)
             .execute(&mut *tx)
             .await?;
     }
+    put_cas(tx, mesh_name, cas).await
+}
+
+/// What a MeshIdentity's CA is kept under, beside the Mesh's backends (whose names cannot hold a `/`).
+const IDENTITY_PREFIX: &str = "meshidentity/";
+
+/// Whether `backend` names a MeshIdentity's CA.
+pub fn is_identity_backend(backend: &str) -> bool {
+    backend.starts_with(IDENTITY_PREFIX)
+}
+
+/// The backend name of MeshIdentity `name`'s CA.
+pub fn identity_backend(name: &str) -> String {
+    format!("{IDENTITY_PREFIX}{name}")
+}
+
+/// Drops the CA of MeshIdentity `name` (inside its delete).
+pub(super) async fn delete_identity_ca(tx: &mut SqliteConnection, mesh: &str, name: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM mesh_cas WHERE mesh = ? AND backend = ?")
+        .bind(mesh)
+        .bind(identity_backend(name))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Writes `cas` of a mesh: replacing a stored CA of the same backend when asked, else keeping it.
+pub(super) async fn put_cas(tx: &mut SqliteConnection, mesh_name: &str, cas: &[MeshCa]) -> Result<(), StoreError> {
     for ca in cas {
         let on_conflict = if ca.replace {
             "DO UPDATE SET cert_pem = excluded.cert_pem, sealed_key = excluded.sealed_key, created_at = excluded.created_at"

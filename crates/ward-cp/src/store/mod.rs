@@ -19,7 +19,7 @@ mod issued_certs;
 mod secret_refs;
 mod virtual_ips;
 
-pub use identity::{DataplaneCert, MeshCa, StoredSigningKey};
+pub use identity::{DataplaneCert, MeshCa, StoredSigningKey, identity_backend, is_identity_backend};
 pub use issued_certs::IssuedCert;
 
 /// Why a store operation failed.
@@ -71,6 +71,16 @@ pub enum StoreError {
         key: String,
         /// The field at fault and why.
         refusal: ward_api::membership::NotAMember,
+    },
+    /// A mesh would issue identities both from Mesh `mtls` and from a MeshIdentity.
+    #[error("{key}: {field}: {reason}")]
+    MixedIdentity {
+        /// The resource written.
+        key: String,
+        /// The field at fault.
+        field: String,
+        /// Why.
+        reason: String,
     },
     /// A stored row no longer reads as a valid resource.
     #[error("stored {key} is unreadable: {reason}")]
@@ -275,10 +285,43 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(mesh) = mesh else { return Err(StoreError::UnknownMesh(meta.mesh.clone())) };
-            if let (Spec::Dataplane(dp), Spec::Mesh(mesh)) = (&resource.spec, decode(ResourceType::Mesh, &mesh)?.spec)
+            let Spec::Mesh(mesh) = decode(ResourceType::Mesh, &mesh)?.spec else {
+                return Err(StoreError::UnknownMesh(meta.mesh.clone()));
+            };
+            if let Spec::Dataplane(dp) = &resource.spec
                 && let Err(refusal) = ward_api::membership::check(&meta.mesh, &mesh, dp)
             {
                 return Err(StoreError::NotAMember { key: meta.key(), refusal });
+            }
+            if matches!(resource.spec, Spec::MeshIdentity(_)) && mesh.enabled_backend().is_some() {
+                return Err(StoreError::MixedIdentity {
+                    key: meta.key(),
+                    field: "spec".into(),
+                    reason: format!(
+                        "mesh {:?} issues identities from its mtls backends; a mesh uses either Mesh mtls or \
+                         MeshIdentity: remove mtls.enabledBackend first",
+                        meta.mesh
+                    ),
+                });
+            }
+        }
+        if let Spec::Mesh(mesh) = &resource.spec
+            && mesh.enabled_backend().is_some()
+        {
+            let identities: Option<String> =
+                sqlx::query_scalar("SELECT name FROM resources WHERE type = 'MeshIdentity' AND mesh = ? LIMIT 1")
+                    .bind(&meta.name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(identity) = identities {
+                return Err(StoreError::MixedIdentity {
+                    key: meta.key(),
+                    field: "mtls.enabledBackend".into(),
+                    reason: format!(
+                        "MeshIdentity {identity:?} issues this mesh's identities; a mesh uses either Mesh mtls or \
+                         MeshIdentity: delete its MeshIdentities first"
+                    ),
+                });
             }
         }
         let stored: Option<(i64, String)> =
@@ -313,8 +356,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         secret_refs::check_named(&mut tx, &meta.mesh, &meta.key(), &resource.spec).await?;
-        if let Spec::Mesh(mesh) = &resource.spec {
-            identity::sync_mesh_cas(&mut tx, &meta.name, mesh, cas).await?;
+        match &resource.spec {
+            Spec::Mesh(mesh) => identity::sync_mesh_cas(&mut tx, &meta.name, mesh, cas).await?,
+            Spec::MeshIdentity(_) => identity::put_cas(&mut tx, &meta.mesh, cas).await?,
+            _ => {}
         }
         let op = if stored.is_some() { Op::Updated } else { Op::Created };
         audit(&mut tx, actor, op, &resource, stored.map(|(v, _)| v), Some(version as i64)).await?;
@@ -352,6 +397,9 @@ impl Store {
                 .await?;
             if ty == ResourceType::Dataplane {
                 identity::delete_dataplane(&mut tx, mesh, name).await?;
+            }
+            if ty == ResourceType::MeshIdentity {
+                identity::delete_identity_ca(&mut tx, mesh, name).await?;
             }
             if ty == ResourceType::Secret {
                 secret_refs::check_unnamed(&mut tx, mesh, name).await?;

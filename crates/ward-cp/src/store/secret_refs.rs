@@ -1,4 +1,4 @@
-//! References to a mesh's Secrets, from its Mesh's provided backends and from its
+//! References to a mesh's Secrets, from its Mesh's provided backends, its MeshIdentities' CAs and its
 //! MeshExternalServices' TLS, checked inside the write that could break them: a resource is not
 //! stored naming a missing Secret, and a Secret something names is not deleted.
 
@@ -12,6 +12,7 @@ fn named(spec: &Spec) -> Vec<(String, String)> {
     match spec {
         Spec::Mesh(mesh) => mesh.named_secrets(),
         Spec::MeshExternalService(external) => external.named_secrets(),
+        Spec::MeshIdentity(identity) => identity.named_secrets(),
         _ => Vec::new(),
     }
 }
@@ -41,7 +42,8 @@ pub(super) async fn check_named(
 /// names it.
 pub(super) async fn check_unnamed(tx: &mut SqliteConnection, mesh: &str, name: &str) -> Result<(), StoreError> {
     let rows = sqlx::query(
-        "SELECT * FROM resources WHERE (type = 'Mesh' AND name = ?) OR (type = 'MeshExternalService' AND mesh = ?)",
+        "SELECT * FROM resources WHERE (type = 'Mesh' AND name = ?) OR \
+         (type IN ('MeshExternalService', 'MeshIdentity') AND mesh = ?)",
     )
     .bind(mesh)
     .bind(mesh)
@@ -49,7 +51,7 @@ pub(super) async fn check_unnamed(tx: &mut SqliteConnection, mesh: &str, name: &
     .await?;
     for row in rows {
         let ty: String = sqlx::Row::get(&row, "type");
-        let ty = if ty == "Mesh" { ResourceType::Mesh } else { ResourceType::MeshExternalService };
+        let Some(ty) = ResourceType::from_kind(&ty) else { continue };
         let resource = decode(ty, &row)?;
         if let Some((field, _)) = named(&resource.spec).into_iter().find(|(_, named)| named == name) {
             return Err(StoreError::InUse { key: format!("secrets/{name}"), by: resource.meta.key(), field });

@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod marketplace;
 pub mod mesh;
+pub mod mtls;
 pub mod policy_lab;
 
 use std::{

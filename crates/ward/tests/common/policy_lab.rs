@@ -18,6 +18,8 @@ pub struct Extras {
     pub broken_webs: usize,
     /// Whether a `db` TCP echo service runs, reached at [`Lab::db_outbound`].
     pub db: bool,
+    /// The Mesh `lab` and its permissions, instead of [`MESH`].
+    pub mesh: Option<&'static str>,
 }
 
 /// The running lab; every process stops when it is dropped.
@@ -59,7 +61,7 @@ impl Lab {
     pub async fn start_with(extras: Extras) -> Lab {
         let root = tempfile::tempdir().unwrap();
         let cp = ControlPlane::start(root.path());
-        cp.apply(MESH);
+        cp.apply(extras.mesh.unwrap_or(MESH));
         let app = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "web").await;
         let web =
             cp.spawn_proxy(root.path(), "web-1", &server_dataplane("web-1", "web", "http", app.address.port()), &[]);
