@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     dataplane::Dataplane, mesh::Mesh, mesh_circuit_breaker::MeshCircuitBreaker,
     mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection,
+    mesh_health_check::MeshHealthCheck, mesh_load_balancing_strategy::MeshLoadBalancingStrategy,
     mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService, mesh_timeout::MeshTimeout,
     permission::MeshTrafficPermission, rules::Entries, secret::Secret, traffic_permission::TrafficPermission,
 };
@@ -41,6 +42,10 @@ pub enum ResourceType {
     MeshFaultInjection,
     /// Local rate limits of inbound requests and connections (targetRef policy).
     MeshRateLimit,
+    /// Active health probes of outbound destinations (targetRef policy).
+    MeshHealthCheck,
+    /// The choice of an instance of outbound destinations (targetRef policy).
+    MeshLoadBalancingStrategy,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -160,6 +165,22 @@ pub const TYPES: &[TypeInfo] = &[
         has_spec_field: true,
     },
     TypeInfo {
+        ty: ResourceType::MeshHealthCheck,
+        name: "MeshHealthCheck",
+        plural: "meshhealthchecks",
+        aliases: &["meshhealthcheck", "mhc", "mesh-health-checks"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshLoadBalancingStrategy,
+        name: "MeshLoadBalancingStrategy",
+        plural: "meshloadbalancingstrategies",
+        aliases: &["meshloadbalancingstrategy", "mlbs", "mesh-load-balancing-strategies"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
         ty: ResourceType::Secret,
         name: "Secret",
         plural: "secrets",
@@ -266,6 +287,10 @@ pub enum Spec {
     MeshFaultInjection(MeshFaultInjection),
     /// A MeshRateLimit.
     MeshRateLimit(MeshRateLimit),
+    /// A MeshHealthCheck.
+    MeshHealthCheck(MeshHealthCheck),
+    /// A MeshLoadBalancingStrategy.
+    MeshLoadBalancingStrategy(MeshLoadBalancingStrategy),
 }
 
 impl Spec {
@@ -277,6 +302,8 @@ impl Spec {
             Spec::MeshCircuitBreaker(p) => Some(p.entries()),
             Spec::MeshFaultInjection(p) => Some(p.entries()),
             Spec::MeshRateLimit(p) => Some(p.entries()),
+            Spec::MeshHealthCheck(p) => Some(p.entries()),
+            Spec::MeshLoadBalancingStrategy(p) => Some(p.entries()),
             _ => None,
         }
     }
@@ -339,7 +366,10 @@ impl Resource {
             | Spec::MeshTimeout(_)
             | Spec::MeshRetry(_)
             | Spec::MeshCircuitBreaker(_) => {}
-            Spec::MeshFaultInjection(_) | Spec::MeshRateLimit(_) => {}
+            Spec::MeshFaultInjection(_)
+            | Spec::MeshRateLimit(_)
+            | Spec::MeshHealthCheck(_)
+            | Spec::MeshLoadBalancingStrategy(_) => {}
         }
         warnings.0
     }
@@ -359,6 +389,8 @@ impl Resource {
             Spec::MeshCircuitBreaker(s) => serde_json::to_value(s),
             Spec::MeshFaultInjection(s) => serde_json::to_value(s),
             Spec::MeshRateLimit(s) => serde_json::to_value(s),
+            Spec::MeshHealthCheck(s) => serde_json::to_value(s),
+            Spec::MeshLoadBalancingStrategy(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")
