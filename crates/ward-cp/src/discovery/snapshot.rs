@@ -129,7 +129,9 @@ impl MeshSnapshot {
                 | Spec::MeshRetry(_)
                 | Spec::MeshCircuitBreaker(_)
                 | Spec::MeshFaultInjection(_)
-                | Spec::MeshRateLimit(_) => policies.push(r),
+                | Spec::MeshRateLimit(_)
+                | Spec::MeshHealthCheck(_)
+                | Spec::MeshLoadBalancingStrategy(_) => policies.push(r),
                 Spec::MeshService(_) => mesh_service_resources.push(r),
                 Spec::MeshExternalService(_) => external_resources.push(r),
                 Spec::Mesh(_) | Spec::Secret(_) => {}

@@ -493,6 +493,8 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::MeshCircuitBreaker => parse::typed("spec", spec).map(Spec::MeshCircuitBreaker),
         ResourceType::MeshFaultInjection => parse::typed("spec", spec).map(Spec::MeshFaultInjection),
         ResourceType::MeshRateLimit => parse::typed("spec", spec).map(Spec::MeshRateLimit),
+        ResourceType::MeshHealthCheck => parse::typed("spec", spec).map(Spec::MeshHealthCheck),
+        ResourceType::MeshLoadBalancingStrategy => parse::typed("spec", spec).map(Spec::MeshLoadBalancingStrategy),
         ResourceType::Secret | ResourceType::GlobalSecret => {
             Secret::from_stored(spec).map(Spec::Secret).map_err(|reason| ward_api::Cause::new("spec", reason))
         }
