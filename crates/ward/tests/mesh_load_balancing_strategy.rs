@@ -5,7 +5,7 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use common::policy_lab::{Extras, Lab, answered_by, outbound_has};
@@ -21,6 +21,16 @@ async fn apply(lab: &Lab, load_balancer: &str) {
     );
     let kind = load_balancer.split("type: ").nth(1).and_then(|t| t.split([',', '}']).next()).unwrap().to_string();
     lab.apply(&policy, &lab.client, |r| outbound_has(r, "MeshLoadBalancingStrategy", &kind)).await;
+}
+
+/// Connections open now at `proxy`'s inbound.
+fn inbound_connections(proxy: &common::mesh::Proxy) -> u64 {
+    let (_, metrics) = tokio::task::block_in_place(|| proxy.admin_get("/metrics"));
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("ward_open_connections{") && l.contains("inbound"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Who answers a request to `path` with `headers`.
@@ -77,25 +87,27 @@ async fn least_request_keeps_away_from_a_busy_instance() {
     // Drawing all three, the proxy always takes one without a request in flight.
     apply(&lab, "{type: LeastRequest, leastRequest: {choiceCount: 3}}").await;
     let http = common::http_client();
-    // Slow requests: while one runs on an instance, the next ones go to the others. Twelve
-    // slow requests in a row, each started while the earlier ones run.
-    let mut calls = Vec::new();
-    for _ in 0..12 {
+    // One slow request keeps its instance busy; meanwhile every quick one goes elsewhere (round
+    // robin would send a third of them to it).
+    let slow = tokio::spawn({
         let (http, url) = (http.clone(), lab.url("/?ms=3000"));
-        calls.push(tokio::spawn(async move {
-            let response = http.get(url).send().await.unwrap();
-            answered_by(&response.text().await.unwrap())
-        }));
+        async move { answered_by(&http.get(url).send().await.unwrap().text().await.unwrap()) }
+    });
+    // It is in flight once an instance's proxy has a connection from the client: there was no
+    // traffic to any of them before.
+    let proxies = std::iter::once(&lab.web).chain(lab.named.iter().map(|n| &n.proxy)).collect::<Vec<_>>();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxies.iter().any(|p| inbound_connections(p) > 0) {
+        assert!(Instant::now() < deadline, "the slow request never reached an instance");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for call in calls {
-        *seen.entry(call.await.unwrap()).or_default() += 1;
+    let mut quick: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..12 {
+        *quick.entry(who(&http, &lab, "/", &[]).await).or_default() += 1;
     }
-    // web-1 (the echo) ignores `ms` and answers at once; web-2 and web-3 hold their requests.
-    assert!(seen.get("web-2").copied().unwrap_or(0) <= 1, "{seen:?}");
-    assert!(seen.get("web-3").copied().unwrap_or(0) <= 1, "{seen:?}");
-    assert!(seen.get("web-1").copied().unwrap_or(0) >= 10, "{seen:?}");
+    let busy = slow.await.unwrap();
+    assert!(!quick.contains_key(&busy), "{busy} was busy, yet took {quick:?}");
+    assert_eq!(quick.len(), 2, "the two others share the quick requests: {quick:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
