@@ -144,6 +144,10 @@ impl HashKey {
     }
 }
 
+/// A ring (sorted hashes) or Maglev table (slots) of (hash or slot, instance index), with the
+/// instances it was built for.
+type KeptTable = (Vec<SocketAddr>, Arc<Vec<(u64, usize)>>);
+
 /// Chooses instances of one destination and counts what is in flight to each.
 #[derive(Debug, Default)]
 pub struct Balancer {
@@ -151,7 +155,7 @@ pub struct Balancer {
     next: AtomicUsize,
     in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
     /// The ring or table, with the instances it was built for.
-    table: Mutex<Option<(Vec<SocketAddr>, Arc<Vec<(u64, usize)>>)>>,
+    table: Mutex<Option<KeptTable>>,
 }
 
 /// Marks a request in flight to an endpoint until dropped.
