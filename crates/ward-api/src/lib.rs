@@ -14,6 +14,8 @@ pub mod mesh_circuit_breaker;
 pub mod mesh_external_service;
 pub mod mesh_fault_injection;
 pub mod mesh_identity;
+pub mod mesh_health_check;
+pub mod mesh_load_balancing_strategy;
 pub mod mesh_rate_limit;
 pub mod mesh_retry;
 pub mod mesh_service;

@@ -159,6 +159,8 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         ResourceType::MeshRateLimit => typed(prefix, content).map(Spec::MeshRateLimit),
         ResourceType::MeshIdentity => typed(prefix, content).map(Spec::MeshIdentity),
         ResourceType::MeshTrust => typed(prefix, content).map(Spec::MeshTrust),
+        ResourceType::MeshHealthCheck => typed(prefix, content).map(Spec::MeshHealthCheck),
+        ResourceType::MeshLoadBalancingStrategy => typed(prefix, content).map(Spec::MeshLoadBalancingStrategy),
         ResourceType::Secret | ResourceType::GlobalSecret => match Secret::from_given(content, &mut causes) {
             Some(secret) => Ok(Spec::Secret(secret)),
             None => return Err(fail(causes.0)),
@@ -191,6 +193,8 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         Spec::MeshRateLimit(s) => crate::mesh_rate_limit::check(s, &mut causes),
         Spec::MeshIdentity(s) => s.check(&mesh, &labels, &mut causes),
         Spec::MeshTrust(s) => s.check(&mut causes),
+        Spec::MeshHealthCheck(s) => s.check(&crate::mesh_health_check::shape(), &mut causes),
+        Spec::MeshLoadBalancingStrategy(s) => crate::mesh_load_balancing_strategy::check(s, &mut causes),
         Spec::Secret(_) => {}
     }
     if !causes.0.is_empty() {
@@ -382,7 +386,7 @@ mod tests {
             ),
             (
                 "type: Gadget\nname: x\n",
-                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, MeshIdentity, MeshTrust, Secret, GlobalSecret",
+                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, MeshIdentity, MeshTrust, MeshHealthCheck, MeshLoadBalancingStrategy, Secret, GlobalSecret",
             ),
             (
                 "type: Mesh\nname: m\nmetrics:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: prometheus\n    conf: {envoy: {filterRegex: '(open'}}\n",

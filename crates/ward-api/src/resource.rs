@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     dataplane::Dataplane, mesh::Mesh, mesh_circuit_breaker::MeshCircuitBreaker,
     mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection, mesh_identity::MeshIdentity,
+    mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection,
+    mesh_health_check::MeshHealthCheck, mesh_load_balancing_strategy::MeshLoadBalancingStrategy,
     mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService, mesh_timeout::MeshTimeout,
     mesh_trust::MeshTrust, permission::MeshTrafficPermission, rules::Entries, secret::Secret,
     traffic_permission::TrafficPermission,
@@ -46,6 +48,10 @@ pub enum ResourceType {
     MeshFaultInjection,
     /// Local rate limits of inbound requests and connections (targetRef policy).
     MeshRateLimit,
+    /// Active health probes of outbound destinations (targetRef policy).
+    MeshHealthCheck,
+    /// The choice of an instance of outbound destinations (targetRef policy).
+    MeshLoadBalancingStrategy,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -181,6 +187,22 @@ pub const TYPES: &[TypeInfo] = &[
         has_spec_field: true,
     },
     TypeInfo {
+        ty: ResourceType::MeshHealthCheck,
+        name: "MeshHealthCheck",
+        plural: "meshhealthchecks",
+        aliases: &["meshhealthcheck", "mhc", "mesh-health-checks"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshLoadBalancingStrategy,
+        name: "MeshLoadBalancingStrategy",
+        plural: "meshloadbalancingstrategies",
+        aliases: &["meshloadbalancingstrategy", "mlbs", "mesh-load-balancing-strategies"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
         ty: ResourceType::Secret,
         name: "Secret",
         plural: "secrets",
@@ -291,6 +313,10 @@ pub enum Spec {
     MeshIdentity(MeshIdentity),
     /// A MeshTrust.
     MeshTrust(MeshTrust),
+    /// A MeshHealthCheck.
+    MeshHealthCheck(MeshHealthCheck),
+    /// A MeshLoadBalancingStrategy.
+    MeshLoadBalancingStrategy(MeshLoadBalancingStrategy),
 }
 
 impl Spec {
@@ -302,6 +328,8 @@ impl Spec {
             Spec::MeshCircuitBreaker(p) => Some(p.entries()),
             Spec::MeshFaultInjection(p) => Some(p.entries()),
             Spec::MeshRateLimit(p) => Some(p.entries()),
+            Spec::MeshHealthCheck(p) => Some(p.entries()),
+            Spec::MeshLoadBalancingStrategy(p) => Some(p.entries()),
             _ => None,
         }
     }
@@ -365,7 +393,11 @@ impl Resource {
             | Spec::MeshTimeout(_)
             | Spec::MeshRetry(_)
             | Spec::MeshCircuitBreaker(_) => {}
-            Spec::MeshFaultInjection(_) | Spec::MeshRateLimit(_) | Spec::MeshIdentity(_) => {}
+            Spec::MeshFaultInjection(_)
+            | Spec::MeshRateLimit(_)
+            | Spec::MeshIdentity(_)
+            | Spec::MeshHealthCheck(_)
+            | Spec::MeshLoadBalancingStrategy(_) => {}
         }
         warnings.0
     }
@@ -387,6 +419,8 @@ impl Resource {
             Spec::MeshRateLimit(s) => serde_json::to_value(s),
             Spec::MeshIdentity(s) => serde_json::to_value(s),
             Spec::MeshTrust(s) => serde_json::to_value(s),
+            Spec::MeshHealthCheck(s) => serde_json::to_value(s),
+            Spec::MeshLoadBalancingStrategy(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

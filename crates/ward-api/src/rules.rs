@@ -31,7 +31,7 @@ use crate::{
 
 /// A policy of Kuma's targetRef form whose entries carry a `default` conf of type `C`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", bound(deserialize = "C: DeserializeOwned"))]
+#[serde(deny_unknown_fields, rename_all = "camelCase", bound(deserialize = "C: DeserializeOwned + Default"))]
 pub struct Targeted<C> {
     /// The dataplanes it configures (default: the whole mesh).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,11 +49,12 @@ pub struct Targeted<C> {
 
 /// One `to[]` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", bound(deserialize = "C: DeserializeOwned"))]
+#[serde(deny_unknown_fields, rename_all = "camelCase", bound(deserialize = "C: DeserializeOwned + Default"))]
 pub struct ToEntry<C> {
     /// The destinations.
     pub target_ref: TargetRef,
-    /// The conf.
+    /// The conf (absent: an empty one, as Kuma reads it).
+    #[serde(default)]
     pub default: C,
 }
 

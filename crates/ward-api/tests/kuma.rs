@@ -110,6 +110,12 @@ fn valid_kuma_documents_ward_cannot_serve_are_refused_as_unsupported() {
         // accounts in their paths, or issue through SPIRE or an extension.
         (&["meshidentity"][..], 0.3),
         (&["meshtrust"][..], 0.98),
+        // Kuma's MeshHealthCheck documents mostly probe gateways, external or multi-zone
+        // services, or log events to a file.
+        (&["meshhealthcheck"][..], 0.1),
+        // Kuma's MeshLoadBalancingStrategy documents that do not apply prefer localities,
+        // target routes or gateways, or have the proxy set cookies.
+        (&["meshloadbalancingstrategy"][..], 0.5),
     ] {
         let count =
             |list: &[PathBuf]| list.iter().filter(|p| kind_of(p).is_some_and(|k| kinds.contains(&k.as_str()))).count();

@@ -94,7 +94,7 @@ pub enum Error {
 pub fn validate(text: &str, mesh_member: bool) -> Result<(), ConfigErrors> {
     let mesh = mesh_member.then(|| {
         let detached = ward_proxy::state::State::new();
-        Arc::new(ward_proxy::member::Member::new(detached, false, Default::default()))
+        Arc::new(ward_proxy::member::Member::new(detached, false))
     });
     compiled::compile(text, &runtime::Shared { mesh, ..Default::default() }).map(|_| ())
 }

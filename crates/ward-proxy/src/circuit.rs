@@ -10,7 +10,7 @@
 //! per `interval`, over the requests of that interval.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -21,7 +21,7 @@ use std::{
 
 use ward_api::mesh_circuit_breaker::{Conf, Percent};
 
-use crate::config::Endpoint;
+use crate::{config::Endpoint, health::Health};
 
 /// How a try toward an instance ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,8 @@ struct Detection {
     success_rate: Option<(usize, u32, f64)>,
     /// (minimum hosts, request volume, threshold percent).
     failure_percentage: Option<(usize, u32, f64)>,
-    panic_threshold: f64,
+    /// `healthyPanicThreshold`, when set here.
+    panic_threshold: Option<f64>,
 }
 
 /// What is known of one instance.
@@ -133,7 +134,6 @@ impl Breaker {
         let limits = conf.connection_limits.unwrap_or_default();
         let detection = conf.outlier_detection.filter(|o| o.disabled != Some(true)).map(|o| {
             let d = o.detectors.unwrap_or_default();
-            let percent = |p: Option<&Percent>, default: f64| p.and_then(Percent::value).unwrap_or(default);
             Detection {
                 interval: o.interval.map_or(Duration::from_secs(10), |d| d.get()),
                 base_ejection: o.base_ejection_time.map_or(Duration::from_secs(30), |d| d.get()),
@@ -150,7 +150,7 @@ impl Breaker {
                     let threshold = f64::from(f.threshold.unwrap_or(85));
                     (f.minimum_hosts.unwrap_or(5) as usize, f.request_volume.unwrap_or(50), threshold)
                 }),
-                panic_threshold: percent(o.healthy_panic_threshold.as_ref(), 50.0),
+                panic_threshold: o.healthy_panic_threshold.as_ref().and_then(Percent::value),
             }
         });
         Ok(Breaker {
@@ -173,17 +173,13 @@ impl Breaker {
         take(&self.retries, self.max_retries)
     }
 
-    /// The instances of `endpoints` that may take traffic: those not ejected, or all of them
-    /// while too few are not ejected (panic).
-    pub fn usable(&self, endpoints: &[Endpoint]) -> Vec<Endpoint> {
-        let Some(detection) = &self.detection else { return endpoints.to_vec() };
+    /// The instances ejected now.
+    fn ejected(&self) -> HashSet<SocketAddr> {
+        let Some(detection) = &self.detection else { return HashSet::new() };
         let now = Instant::now();
         let mut guard = self.hosts.lock().expect("outlier state lock");
         self.sweep(&mut guard, detection, now);
-        let ejected = |e: &Endpoint| guard.0.get(&e.address).and_then(|h| h.ejected_until).is_some_and(|t| t > now);
-        let healthy: Vec<Endpoint> = endpoints.iter().filter(|e| !ejected(e)).cloned().collect();
-        let share = if endpoints.is_empty() { 100.0 } else { 100.0 * healthy.len() as f64 / endpoints.len() as f64 };
-        if share < detection.panic_threshold { endpoints.to_vec() } else { healthy }
+        guard.0.iter().filter(|(_, h)| h.ejected_until.is_some_and(|t| t > now)).map(|(a, _)| *a).collect()
     }
 
     /// Records how a try toward `host` ended, out of `total` instances, ejecting it when a
@@ -300,6 +296,38 @@ fn eject(hosts: &mut HashMap<SocketAddr, Host>, host: SocketAddr, d: &Detection,
     tracing::info!(%host, until = ?d.base_ejection * h.ejections, "instance ejected by outlier detection");
 }
 
+/// The one answer to "which instances of a destination may take this try": those that pass
+/// their MeshHealthCheck probes (`health`) and are not ejected by the MeshCircuitBreaker's
+/// outlier detection (`breaker`). While fewer than the healthy panic threshold percent of the
+/// instances are left (the MeshCircuitBreaker's, else the MeshHealthCheck's, else 50, as
+/// Envoy's cluster has one), every instance takes traffic, or none when the MeshHealthCheck
+/// says `failTrafficOnPanic`.
+pub fn choosable(endpoints: &[Endpoint], breaker: Option<&Breaker>, health: Option<&Health>) -> Vec<Endpoint> {
+    let detection = breaker.and_then(|b| b.detection.as_ref());
+    if detection.is_none() && health.is_none() {
+        return endpoints.to_vec();
+    }
+    let ejected = breaker.map(Breaker::ejected).unwrap_or_default();
+    let unhealthy = health.map(Health::unhealthy).unwrap_or_default();
+    let healthy: Vec<Endpoint> = endpoints
+        .iter()
+        .filter(|e| !ejected.contains(&e.address) && !unhealthy.contains(&e.address))
+        .cloned()
+        .collect();
+    let share = if endpoints.is_empty() { 100.0 } else { 100.0 * healthy.len() as f64 / endpoints.len() as f64 };
+    let threshold = detection
+        .and_then(|d| d.panic_threshold)
+        .or_else(|| health.and_then(|h| h.settings.panic_threshold))
+        .unwrap_or(50.0);
+    if share >= threshold {
+        healthy
+    } else if health.is_some_and(|h| h.settings.fail_on_panic) {
+        Vec::new()
+    } else {
+        endpoints.to_vec()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -331,9 +359,9 @@ mod tests {
         b.record(bad, Outcome::Answered(200), 2);
         b.record(bad, Outcome::Answered(504), 2);
         b.record(bad, Outcome::Answered(502), 2);
-        assert_eq!(b.usable(&all).len(), 2, "a success in between resets the count");
+        assert_eq!(choosable(&all, Some(&b), None).len(), 2, "a success in between resets the count");
         b.record(bad, Outcome::Unreachable, 2);
-        let usable = b.usable(&all);
+        let usable = choosable(&all, Some(&b), None);
         assert_eq!(usable.len(), 1);
         assert_eq!(usable[0].address, all[1].address);
     }
@@ -348,12 +376,16 @@ mod tests {
         let b = breaker(conf(50));
         b.record(all[0].address, Outcome::Answered(500), 2);
         b.record(all[1].address, Outcome::Answered(500), 2);
-        let usable = b.usable(&all);
+        let usable = choosable(&all, Some(&b), None);
         assert_eq!(usable.len(), 1, "the second ejection would pass 50% of the instances");
         assert_eq!(usable[0].address, all[1].address);
         let panicking = breaker(conf(60));
         panicking.record(all[0].address, Outcome::Answered(500), 2);
-        assert_eq!(panicking.usable(&all).len(), 2, "50% healthy is below the 60% threshold: all take traffic");
+        assert_eq!(
+            choosable(&all, Some(&panicking), None).len(),
+            2,
+            "50% healthy is below the 60% threshold: all take traffic"
+        );
     }
 
     #[test]
@@ -378,8 +410,8 @@ mod tests {
         let host = all[0].address;
         b.record(host, Outcome::Answered(503), 1);
         b.record(host, Outcome::Unreachable, 1);
-        assert_eq!(b.usable(&all).len(), 1);
+        assert_eq!(choosable(&all, Some(&b), None).len(), 1);
         b.record(host, Outcome::Unreachable, 1);
-        assert!(b.usable(&all).is_empty(), "two failures to reach it in a row");
+        assert!(choosable(&all, Some(&b), None).is_empty(), "two failures to reach it in a row");
     }
 }

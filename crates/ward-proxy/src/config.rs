@@ -22,7 +22,7 @@ use ward_pki::{SpiffeId, TrustBundle};
 use ward_proto::discovery::{MtlsMode, ProxyConfig};
 
 use crate::{
-    authorization::Authorizer, circuit::Breaker, external::External, inbound::InboundSpec,
+    authorization::Authorizer, balancer::Strategy, circuit::Breaker, external::External, health, inbound::InboundSpec,
     metrics_endpoint::EndpointSpec, retry::RetryPolicy,
 };
 
@@ -133,6 +133,12 @@ pub struct Config {
     /// MeshCircuitBreaker confs by destination key, each checked to make a breaker.
     #[serde(skip)]
     pub outbound_circuits: HashMap<String, Arc<serde_json::Value>>,
+    /// MeshLoadBalancingStrategy for each destination, by destination key; absent: round robin.
+    #[serde(skip)]
+    pub outbound_balancers: HashMap<String, Arc<Strategy>>,
+    /// MeshHealthCheck settings for each destination that has one, by destination key.
+    #[serde(skip)]
+    pub outbound_health_checks: HashMap<String, Arc<health::Settings>>,
     /// MeshRateLimit at each inbound, by index.
     #[serde(skip)]
     pub inbound_rate_limits: Vec<Option<Arc<RateLimits>>>,
@@ -301,6 +307,19 @@ impl Config {
                 outbound_circuits.insert(key.clone(), Arc::new(conf.clone()));
             }
         }
+        let mut outbound_balancers = HashMap::new();
+        let mut outbound_health_checks = HashMap::new();
+        for o in &rules.outbounds {
+            let key = &o.destination.key;
+            if let Some(conf) = rules.outbound(key, ResourceType::MeshLoadBalancingStrategy) {
+                outbound_balancers
+                    .insert(key.clone(), Arc::new(Strategy::from_conf(conf).map_err(ConfigError::Rules)?));
+            }
+            if let Some(conf) = rules.outbound(key, ResourceType::MeshHealthCheck) {
+                let settings = health::Settings::from_conf(conf).map_err(ConfigError::Rules)?;
+                outbound_health_checks.insert(key.clone(), Arc::new(settings));
+            }
+        }
         let inbound_rate_limits = (0..spec.networking.inbound.len())
             .map(|i| rules.inbound(i, ResourceType::MeshRateLimit).map(RateLimits::from_conf).transpose())
             .map(|l| l.map(|l| l.map(Arc::new)))
@@ -375,6 +394,8 @@ impl Config {
             outbound_timeouts,
             outbound_retries,
             outbound_circuits,
+            outbound_balancers,
+            outbound_health_checks,
             inbound_rate_limits,
             inbound_faults,
         })
@@ -403,6 +424,16 @@ impl Config {
     /// The MeshRetry for the destination `key`, if one retries anything.
     pub fn outbound_retry(&self, key: &str) -> Option<Arc<RetryPolicy>> {
         self.outbound_retries.get(key).cloned()
+    }
+
+    /// The MeshLoadBalancingStrategy for the destination `key`, if one applies.
+    pub fn outbound_balancer(&self, key: &str) -> Option<&Arc<Strategy>> {
+        self.outbound_balancers.get(key)
+    }
+
+    /// The MeshHealthCheck settings for the destination `key`, if one applies.
+    pub fn outbound_health_check(&self, key: &str) -> Option<&Arc<health::Settings>> {
+        self.outbound_health_checks.get(key)
     }
 
     /// The MeshCircuitBreaker conf for the destination `key`, if one applies.

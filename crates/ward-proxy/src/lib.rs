@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod dns;
 pub mod external;
 pub mod forward;
+pub mod health;
 pub mod identity;
 pub mod inbound;
 pub mod inbound_policies;
@@ -43,7 +44,7 @@ use http::HeaderName;
 use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{app_client::AppClient, balancer::Strategy, discovery::DiscoveryOptions, member::Member, state::State};
+use crate::{app_client::AppClient, discovery::DiscoveryOptions, member::Member, state::State};
 use ward_http::Limits;
 
 /// Header carrying the caller's SPIFFE ID to the application; removed, under every spelling,
@@ -72,8 +73,6 @@ pub struct ProxyOptions {
     pub limits: Limits,
     /// Whether TLS 1.2 is allowed between proxies besides 1.3.
     pub allow_tls12: bool,
-    /// How outbound traffic picks an endpoint.
-    pub strategy: Strategy,
     /// Certificate and key (PEM files) of the metrics endpoint when its conf says `providedTLS`.
     pub metrics_tls_files: Option<(PathBuf, PathBuf)>,
 }
@@ -81,7 +80,7 @@ pub struct ProxyOptions {
 /// What every listener and connection of a running proxy shares.
 pub struct Proxy {
     /// The proxy's membership of its mesh: configuration, certificate, connections to peers.
-    pub member: Member,
+    pub member: Arc<Member>,
     /// Limits of every listener and connection.
     pub limits: Limits,
     /// Inbound mTLS, one configuration per service the Dataplane serves (each presents its own
@@ -151,7 +150,7 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
         metrics_tls,
         http_server: ward_http::server::builder(&options.limits),
         app: AppClient::new(),
-        member: Member::new(state.clone(), options.allow_tls12, options.strategy),
+        member: Arc::new(Member::new(state.clone(), options.allow_tls12)),
         connections: TaskTracker::new(),
         draining: CancellationToken::new(),
         listener_errors: Mutex::default(),
@@ -185,6 +184,7 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
     let discovery = tokio::spawn(discovery::run(state.clone(), discovery_options, stop.clone()));
     tokio::spawn(discovery::watch_expiry(state.clone(), stop.clone()));
     tokio::spawn(listener::reconcile(proxy.clone(), stop.clone()));
+    tokio::spawn(member::keep_health_checks(proxy.member.clone(), stop.clone()));
     for probe in probes {
         tokio::spawn(probe::run(probe, state.clone(), stop.clone()));
     }

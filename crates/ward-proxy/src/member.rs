@@ -18,8 +18,9 @@ use ward_http::{Body, BoxError, body::boxed};
 
 use crate::{
     balancer::{Balancer, Strategy},
-    circuit::{Breaker, Outcome},
+    circuit::{Breaker, Outcome, choosable},
     discovery::{self, DiscoveryOptions},
+    health::{self, Health},
     mesh_client::{MeshClient, MeshError},
     state::State,
 };
@@ -65,35 +66,63 @@ impl SendError {
 /// A destination's breaker, with the merged conf it was made from.
 type KeptBreaker = (Arc<serde_json::Value>, Arc<Breaker>);
 
+/// A destination's probes and what they found, with the settings they run with.
+type KeptHealth = (Arc<health::Settings>, Arc<Health>);
+
 /// A member of a mesh.
 pub struct Member {
     /// Configuration, certificate, metrics.
     pub state: Arc<State>,
     /// Connections to other members.
     pub mesh: MeshClient,
-    strategy: Strategy,
     balancers: Mutex<HashMap<String, Arc<Balancer>>>,
     /// Circuit breakers by destination, with the conf each was made from: outlier state lives
     /// across configuration changes that leave a destination's MeshCircuitBreaker as it was.
     breakers: Mutex<HashMap<String, KeptBreaker>>,
+    /// MeshHealthCheck probes by destination, kept while the destination's settings stay.
+    health: Mutex<HashMap<String, KeptHealth>>,
 }
 
 impl Member {
-    /// A member over `state`, balancing with `strategy`.
-    pub fn new(state: Arc<State>, allow_tls12: bool, strategy: Strategy) -> Self {
+    /// A member over `state`.
+    pub fn new(state: Arc<State>, allow_tls12: bool) -> Self {
         Member {
             mesh: MeshClient::new(state.clone(), allow_tls12),
             state,
-            strategy,
             balancers: Mutex::default(),
             breakers: Mutex::default(),
+            health: Mutex::default(),
         }
     }
 
-    /// The balancer of `service`'s endpoints.
+    /// The balancer of `service`'s endpoints, with the strategy its MeshLoadBalancingStrategy
+    /// gives (round robin without one); it keeps its state while the strategy stays the same.
     pub fn balancer(&self, service: &str) -> Arc<Balancer> {
+        let config = self.state.config();
+        let wanted = config.as_ref().and_then(|c| c.outbound_balancer(service));
+        let default = Strategy::default();
+        let wanted = wanted.map_or(&default, |s| s.as_ref());
         let mut balancers = self.balancers.lock().expect("balancers lock");
-        balancers.entry(service.to_string()).or_insert_with(|| Arc::new(Balancer::new(self.strategy))).clone()
+        match balancers.get(service) {
+            Some(balancer) if balancer.strategy() == wanted => balancer.clone(),
+            _ => {
+                let balancer = Arc::new(Balancer::new(wanted.clone()));
+                balancers.insert(service.to_string(), balancer.clone());
+                balancer
+            }
+        }
+    }
+
+    /// The MeshHealthCheck state of destination `key`, while it has one.
+    pub fn health(&self, key: &str) -> Option<Arc<Health>> {
+        self.health.lock().expect("health lock").get(key).map(|(_, h)| h.clone())
+    }
+
+    /// The instances of `service` a try may go to (health and outlier detection, see
+    /// [`choosable`]), and how many it has in all.
+    pub fn usable(&self, service: &str, breaker: Option<&Breaker>) -> (Vec<crate::config::Endpoint>, usize) {
+        let all = self.endpoints(service);
+        (choosable(&all, breaker, self.health(service).as_deref()), all.len())
     }
 
     /// The circuit breaker of destination `key` for its merged MeshCircuitBreaker `conf`: the
@@ -133,16 +162,14 @@ impl Member {
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let mut endpoints = self.endpoints(service);
-        let total = endpoints.len();
-        if let Some(breaker) = how.breaker {
-            endpoints = breaker.usable(&endpoints);
-        }
+        let (mut endpoints, total) = self.usable(service, how.breaker);
         if endpoints.iter().any(|e| !how.avoid.contains(&e.address)) {
             endpoints.retain(|e| !how.avoid.contains(&e.address));
         }
-        let (endpoint, _in_flight) =
-            self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
+        let balancer = self.balancer(service);
+        let (endpoint, _in_flight) = balancer
+            .pick_hashed(&endpoints, balancer.hash(&request))
+            .ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
         let request = ward_http::headers::to_http2_form(request, service).map(boxed);
         let result = self.mesh.send(endpoint, request, &how.timeouts).await;
         if let Some(breaker) = how.breaker {
@@ -163,15 +190,41 @@ impl Member {
         request: Request<Body>,
         timeouts: &Timeouts,
     ) -> Result<(Response<Incoming>, impl Future<Output = ()> + Send + 'static), SendError> {
-        let endpoints = self.endpoints(service);
-        let (endpoint, _in_flight) =
-            self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
+        let (endpoints, _) = self.usable(service, None);
+        let balancer = self.balancer(service);
+        let (endpoint, _in_flight) = balancer
+            .pick_hashed(&endpoints, balancer.hash(&request))
+            .ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
         Ok(self.mesh.send_upgrade(endpoint, request, timeouts.connect).await?)
     }
 
     fn endpoints(&self, service: &str) -> Vec<crate::config::Endpoint> {
         self.state.config().and_then(|c| c.services.get(service).map(|s| s.endpoints.clone())).unwrap_or_default()
     }
+}
+
+/// Keeps a MeshHealthCheck's probes running for each destination that has one, as the
+/// configuration changes, until `stop`: new settings restart a destination's probes, and a
+/// destination without a policy any more stops being probed.
+pub async fn keep_health_checks(member: Arc<Member>, stop: CancellationToken) {
+    let mut changes = member.state.changes();
+    loop {
+        if let Some(config) = member.state.config() {
+            let mut kept = member.health.lock().expect("health lock");
+            kept.retain(|key, (settings, _)| config.outbound_health_check(key).is_some_and(|s| **s == **settings));
+            for (key, settings) in config.outbound_health_checks.iter() {
+                if !kept.contains_key(key) {
+                    let health = health::start(&member, key, (**settings).clone());
+                    kept.insert(key.clone(), (settings.clone(), health));
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            changed = changes.changed() => if changed.is_err() { break },
+        }
+    }
+    member.health.lock().expect("health lock").clear();
 }
 
 /// How a member without listeners (the edge gateway) joins a mesh.
@@ -192,7 +245,8 @@ pub fn join(options: JoinOptions, stop: CancellationToken) -> anyhow::Result<Arc
     let ca_cert_pem = read_ca_cert(&options.ca_cert)?;
     check_token_file(&options.token_file)?;
     let state = State::new();
-    let member = Arc::new(Member::new(state.clone(), false, Strategy::RoundRobin));
+    let member = Arc::new(Member::new(state.clone(), false));
+    tokio::spawn(keep_health_checks(member.clone(), stop.clone()));
     let discovery_options = DiscoveryOptions {
         cp_address: options.cp_address,
         ca_cert_pem,

@@ -137,7 +137,7 @@ async fn connect_tcp(
 ) -> Option<(crate::config::Endpoint, tokio_rustls::client::TlsStream<TcpStream>)> {
     let all = config.services.get(service).map(|s| s.endpoints.clone()).unwrap_or_default();
     let breaker = proxy.member.breaker(service, config.outbound_circuit(service));
-    let endpoints = breaker.as_ref().map_or_else(|| all.clone(), |b| b.usable(&all));
+    let endpoints = crate::circuit::choosable(&all, breaker.as_deref(), proxy.member.health(service).as_deref());
     let mut tried: Vec<SocketAddr> = Vec::new();
     for _ in 0..attempts {
         let fresh: Vec<_> = endpoints.iter().filter(|e| !tried.contains(&e.address)).cloned().collect();

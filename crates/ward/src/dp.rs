@@ -3,19 +3,10 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use ward_api::duration::KumaDuration;
 use ward_http::Limits;
-use ward_proxy::{ProxyOptions, balancer::Strategy};
-
-/// How outbound traffic picks an instance.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LoadBalancer {
-    /// Each instance in turn.
-    RoundRobin,
-    /// The less busy of two instances drawn at random.
-    LeastRequest,
-}
+use ward_proxy::ProxyOptions;
 
 /// `ward dp ...`.
 #[derive(Debug, Subcommand)]
@@ -66,9 +57,6 @@ pub enum DpCommand {
         /// Accept TLS 1.2 between proxies as well as 1.3.
         #[arg(long)]
         allow_tls12: bool,
-        /// How outbound traffic picks an instance of a service.
-        #[arg(long, value_enum, default_value = "round-robin")]
-        load_balancer: LoadBalancer,
         /// Certificate (PEM) of the metrics endpoint when the mesh's metrics say `tls.mode:
         /// providedTLS` (as kuma-dp's flag).
         #[arg(long, requires = "metrics_key_path")]
@@ -100,7 +88,6 @@ pub async fn run(cp_address: Option<String>, command: DpCommand) -> anyhow::Resu
         max_connections_per_client,
         allow_underscores_in_headers,
         allow_tls12,
-        load_balancer,
         metrics_cert_path,
         metrics_key_path,
     } = command;
@@ -123,10 +110,6 @@ pub async fn run(cp_address: Option<String>, command: DpCommand) -> anyhow::Resu
             allow_underscores_in_headers,
         },
         allow_tls12,
-        strategy: match load_balancer {
-            LoadBalancer::RoundRobin => Strategy::RoundRobin,
-            LoadBalancer::LeastRequest => Strategy::LeastRequest,
-        },
         metrics_tls_files: metrics_cert_path.zip(metrics_key_path),
     };
     ward_proxy::run(options, crate::cp::shutdown_signal()).await

@@ -137,7 +137,9 @@ impl MeshSnapshot {
                 | Spec::MeshRetry(_)
                 | Spec::MeshCircuitBreaker(_)
                 | Spec::MeshFaultInjection(_)
-                | Spec::MeshRateLimit(_) => policies.push(r),
+                | Spec::MeshRateLimit(_)
+                | Spec::MeshHealthCheck(_)
+                | Spec::MeshLoadBalancingStrategy(_) => policies.push(r),
                 Spec::MeshIdentity(_) => identity_resources.push(r),
                 Spec::MeshTrust(_) => trust_resources.push(r),
                 Spec::MeshService(_) => mesh_service_resources.push(r),

@@ -543,6 +543,8 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::MeshRateLimit => parse::typed("spec", spec).map(Spec::MeshRateLimit),
         ResourceType::MeshIdentity => parse::typed("spec", spec).map(Spec::MeshIdentity),
         ResourceType::MeshTrust => parse::typed("spec", spec).map(Spec::MeshTrust),
+        ResourceType::MeshHealthCheck => parse::typed("spec", spec).map(Spec::MeshHealthCheck),
+        ResourceType::MeshLoadBalancingStrategy => parse::typed("spec", spec).map(Spec::MeshLoadBalancingStrategy),
         ResourceType::Secret | ResourceType::GlobalSecret => {
             Secret::from_stored(spec).map(Spec::Secret).map_err(|reason| ward_api::Cause::new("spec", reason))
         }

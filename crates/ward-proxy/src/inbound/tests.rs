@@ -86,7 +86,7 @@ impl Lab {
             metrics_tls: None,
             http_server: ward_http::server::builder(&limits),
             app: AppClient::new(),
-            member: Member::new(state.clone(), false, Default::default()),
+            member: Arc::new(Member::new(state.clone(), false)),
             connections: TaskTracker::new(),
             draining: CancellationToken::new(),
             listener_errors: Mutex::default(),

@@ -189,3 +189,41 @@ pub async fn grpc_health(address: SocketAddr) -> (App, tonic_health::server::Hea
     });
     (App { address, task }, reporter)
 }
+
+/// An HTTP server on `address` that answers every request with `name` (200), after `ms`
+/// milliseconds when the query says `ms=N`, and `/health` with 200 while `healthy` holds, 503
+/// once it does not: an instance a test can tell apart and make fail its health probes.
+pub async fn named(address: SocketAddr, name: String, healthy: std::sync::Arc<std::sync::atomic::AtomicBool>) -> App {
+    let listener = bind(address).await;
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let (name, healthy) = (name.clone(), healthy.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let (name, healthy) = (name.clone(), healthy.clone());
+                    async move {
+                        let delay =
+                            request.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|n| n.parse().ok());
+                        if let Some(ms) = delay {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
+                        let up = healthy.load(std::sync::atomic::Ordering::SeqCst);
+                        let status = if request.uri().path() == "/health" && !up {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::OK
+                        };
+                        let response = Response::builder().status(status).body(Full::new(Bytes::from(name))).unwrap();
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    App { address, task }
+}

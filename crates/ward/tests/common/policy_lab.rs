@@ -1,8 +1,15 @@
 //! A small mesh for the traffic-policy tests: a control plane, `web-1` in front of the echo
 //! application, optionally more `web` instances whose application is gone (their proxies answer
-//! 502) and a `db` TCP echo, and a `client-1` proxy with an outbound to each service.
+//! 502) or that answer with their own name, a `db` TCP echo, and a `client-1` proxy with an
+//! outbound to each service.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 
@@ -20,6 +27,28 @@ pub struct Extras {
     pub db: bool,
     /// The Mesh `lab` and its permissions, instead of [`MESH`].
     pub mesh: Option<&'static str>,
+    /// How many more `web` instances in front of [`apps::named`] applications, after the
+    /// broken ones.
+    pub named_webs: usize,
+    /// Whether a `grpc` service (the standard health service) runs, reached at
+    /// [`Lab::grpc_outbound`].
+    pub grpc: bool,
+}
+
+/// A `web` instance whose application answers with its name and whose health can be switched.
+pub struct Named {
+    /// Its Dataplane's name, which its application answers with.
+    pub name: String,
+    /// Its proxy.
+    pub proxy: Proxy,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Named {
+    /// Makes its application's `/health` answer 200 (`true`) or 503.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
 }
 
 /// The running lab; every process stops when it is dropped.
@@ -32,14 +61,21 @@ pub struct Lab {
     pub web: Proxy,
     /// The proxies of the broken `web` instances.
     pub broken: Vec<Proxy>,
+    /// The `web` instances that answer with their names.
+    pub named: Vec<Named>,
     /// The proxy of `db-1`, when asked for.
     pub db: Option<Proxy>,
     /// The client's proxy.
     pub client: Proxy,
+    _grpc: Option<Proxy>,
     /// The client's outbound to `web`.
     pub outbound: u16,
     /// The client's outbound to `db`.
     pub db_outbound: u16,
+    /// The client's outbound to `grpc`.
+    pub grpc_outbound: u16,
+    /// The health service of `grpc-1`'s application, when asked for.
+    pub grpc_health: Option<tonic_health::server::HealthReporter>,
 }
 
 /// The Dataplane of instance `name` of `service` speaking `protocol`, in front of `app_port`.
@@ -72,6 +108,16 @@ impl Lab {
                 cp.spawn_proxy(root.path(), &name, &server_dataplane(&name, "web", "http", free_port()), &[])
             })
             .collect::<Vec<_>>();
+        let mut named = Vec::new();
+        for i in 2 + extras.broken_webs..2 + extras.broken_webs + extras.named_webs {
+            let name = format!("web-{i}");
+            let healthy = Arc::new(AtomicBool::new(true));
+            let app = apps::named(([127, 0, 0, 1], free_port()).into(), name.clone(), healthy.clone()).await;
+            let yaml = server_dataplane(&name, "web", "http", app.address.port());
+            apps.push(app);
+            let proxy = cp.spawn_proxy(root.path(), &name, &yaml, &[]);
+            named.push(Named { name, proxy, healthy });
+        }
         let db = if extras.db {
             let db_app = apps::tcp_echo(([127, 0, 0, 1], free_port()).into()).await;
             let yaml = server_dataplane("db-1", "db", "tcp", db_app.address.port());
@@ -80,24 +126,53 @@ impl Lab {
         } else {
             None
         };
-        let (outbound, db_outbound) = (free_port(), free_port());
+        let (grpc, grpc_health) = if extras.grpc {
+            let (app, reporter) = apps::grpc_health(([127, 0, 0, 1], free_port()).into()).await;
+            let yaml = server_dataplane("grpc-1", "grpc", "grpc", app.address.port());
+            apps.push(app);
+            (Some(cp.spawn_proxy(root.path(), "grpc-1", &yaml, &[])), Some(reporter))
+        } else {
+            (None, None)
+        };
+        let (outbound, db_outbound, grpc_outbound) = (free_port(), free_port(), free_port());
         let db_line = if extras.db {
             format!("  - port: {db_outbound}\n    tags: {{kuma.io/service: db}}\n")
         } else {
             String::new()
         };
+        let grpc_line = if extras.grpc {
+            format!("  - port: {grpc_outbound}\n    tags: {{kuma.io/service: grpc}}\n")
+        } else {
+            String::new()
+        };
         let client_yaml = format!(
             "type: Dataplane\nmesh: lab\nname: client-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
-             tags: {{kuma.io/service: client}}\n  outbound:\n  - port: {outbound}\n    tags: {{kuma.io/service: web}}\n{db_line}",
+             tags: {{kuma.io/service: client}}\n  outbound:\n  - port: {outbound}\n    tags: {{kuma.io/service: web}}\n{db_line}{grpc_line}",
             free_port()
         );
         let client = cp.spawn_proxy(root.path(), "client-1", &client_yaml, &[]);
         tokio::task::block_in_place(|| {
-            for p in std::iter::once(&web).chain(&broken).chain(&db).chain([&client]) {
+            let named_proxies = named.iter().map(|n| &n.proxy);
+            for p in std::iter::once(&web).chain(&broken).chain(named_proxies).chain(&db).chain(&grpc).chain([&client])
+            {
                 p.wait_ready();
             }
         });
-        Lab { _root: root, _apps: apps, cp, web, broken, db, client, outbound, db_outbound }
+        Lab {
+            _root: root,
+            _apps: apps,
+            _grpc: grpc,
+            cp,
+            web,
+            broken,
+            named,
+            db,
+            client,
+            outbound,
+            db_outbound,
+            grpc_outbound,
+            grpc_health,
+        }
     }
 
     /// Applies `policy` and waits until `proxy` runs with rules where `seen` holds.
@@ -128,4 +203,9 @@ pub fn inbound_has(rules: &Value, kind: &str, text: &str) -> bool {
 /// Whether the rules hold a `kind` conf mentioning `text` for some outbound.
 pub fn outbound_has(rules: &Value, kind: &str, text: &str) -> bool {
     rules["outbounds"].as_array().into_iter().flatten().any(|o| o["policies"][kind]["conf"].to_string().contains(text))
+}
+
+/// Which `web` instance answered `body`: a named one's name, else `web-1` (the echo).
+pub fn answered_by(body: &str) -> String {
+    if body.starts_with("web-") { body.to_string() } else { "web-1".to_string() }
 }
