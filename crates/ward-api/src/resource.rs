@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     dataplane::Dataplane, mesh::Mesh, mesh_circuit_breaker::MeshCircuitBreaker,
     mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection,
-    mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService, mesh_timeout::MeshTimeout,
-    permission::MeshTrafficPermission, rules::Entries, secret::Secret, traffic_permission::TrafficPermission,
+    mesh_http_route::MeshHttpRoute, mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService,
+    mesh_tcp_route::MeshTcpRoute, mesh_timeout::MeshTimeout, permission::MeshTrafficPermission, rules::Entries,
+    secret::Secret, traffic_permission::TrafficPermission,
 };
 
 /// The kinds of resource Ward stores, in the order `ward apply` applies them: a Mesh before
@@ -41,6 +42,10 @@ pub enum ResourceType {
     MeshFaultInjection,
     /// Local rate limits of inbound requests and connections (targetRef policy).
     MeshRateLimit,
+    /// HTTP routes of outbound traffic: matches, filters, weighted backends (targetRef policy).
+    MeshHTTPRoute,
+    /// TCP routes of outbound traffic: weighted backends (targetRef policy).
+    MeshTCPRoute,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -160,6 +165,22 @@ pub const TYPES: &[TypeInfo] = &[
         has_spec_field: true,
     },
     TypeInfo {
+        ty: ResourceType::MeshHTTPRoute,
+        name: "MeshHTTPRoute",
+        plural: "meshhttproutes",
+        aliases: &["meshhttproute", "mhr", "mesh-http-routes"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshTCPRoute,
+        name: "MeshTCPRoute",
+        plural: "meshtcproutes",
+        aliases: &["meshtcproute", "mtr", "mesh-tcp-routes"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
         ty: ResourceType::Secret,
         name: "Secret",
         plural: "secrets",
@@ -266,6 +287,10 @@ pub enum Spec {
     MeshFaultInjection(MeshFaultInjection),
     /// A MeshRateLimit.
     MeshRateLimit(MeshRateLimit),
+    /// A MeshHTTPRoute.
+    MeshHTTPRoute(MeshHttpRoute),
+    /// A MeshTCPRoute.
+    MeshTCPRoute(MeshTcpRoute),
 }
 
 impl Spec {
@@ -277,6 +302,8 @@ impl Spec {
             Spec::MeshCircuitBreaker(p) => Some(p.entries()),
             Spec::MeshFaultInjection(p) => Some(p.entries()),
             Spec::MeshRateLimit(p) => Some(p.entries()),
+            Spec::MeshHTTPRoute(p) => Some(p.entries()),
+            Spec::MeshTCPRoute(p) => Some(p.entries()),
             _ => None,
         }
     }
@@ -339,7 +366,7 @@ impl Resource {
             | Spec::MeshTimeout(_)
             | Spec::MeshRetry(_)
             | Spec::MeshCircuitBreaker(_) => {}
-            Spec::MeshFaultInjection(_) | Spec::MeshRateLimit(_) => {}
+            Spec::MeshFaultInjection(_) | Spec::MeshRateLimit(_) | Spec::MeshHTTPRoute(_) | Spec::MeshTCPRoute(_) => {}
         }
         warnings.0
     }
@@ -359,6 +386,8 @@ impl Resource {
             Spec::MeshCircuitBreaker(s) => serde_json::to_value(s),
             Spec::MeshFaultInjection(s) => serde_json::to_value(s),
             Spec::MeshRateLimit(s) => serde_json::to_value(s),
+            Spec::MeshHTTPRoute(s) => serde_json::to_value(s),
+            Spec::MeshTCPRoute(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

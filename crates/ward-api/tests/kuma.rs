@@ -106,6 +106,9 @@ fn valid_kuma_documents_ward_cannot_serve_are_refused_as_unsupported() {
         // on SPIFFE IDs or configure gateways.
         (&["meshfaultinjection"][..], 0.1),
         (&["meshratelimit"][..], 0.6),
+        // The rest of Kuma's routes configure MeshGateways or choose backends by labels.
+        (&["meshhttproute"][..], 0.6),
+        (&["meshtcproute"][..], 0.5),
     ] {
         let count =
             |list: &[PathBuf]| list.iter().filter(|p| kind_of(p).is_some_and(|k| kinds.contains(&k.as_str()))).count();
