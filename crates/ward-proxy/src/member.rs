@@ -50,6 +50,8 @@ pub struct Try<'a> {
     pub avoid: &'a [std::net::SocketAddr],
     /// The destination's circuit breaker: ejected instances are left out, outcomes recorded.
     pub breaker: Option<&'a Breaker>,
+    /// Tags the instance must have (a MeshHTTPRoute's or MeshTCPRoute's subset backend).
+    pub subset: Option<&'a ward_api::dataplane::Tags>,
 }
 
 impl SendError {
@@ -133,7 +135,7 @@ impl Member {
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let mut endpoints = self.endpoints(service);
+        let mut endpoints = self.endpoints(service, how.subset);
         let total = endpoints.len();
         if let Some(breaker) = how.breaker {
             endpoints = breaker.usable(&endpoints);
@@ -162,15 +164,16 @@ impl Member {
         service: &str,
         request: Request<Body>,
         timeouts: &Timeouts,
+        subset: Option<&ward_api::dataplane::Tags>,
     ) -> Result<(Response<Incoming>, impl Future<Output = ()> + Send + 'static), SendError> {
-        let endpoints = self.endpoints(service);
+        let endpoints = self.endpoints(service, subset);
         let (endpoint, _in_flight) =
             self.balancer(service).pick(&endpoints).ok_or_else(|| SendError::NoEndpoint(service.to_string()))?;
         Ok(self.mesh.send_upgrade(endpoint, request, timeouts.connect).await?)
     }
 
-    fn endpoints(&self, service: &str) -> Vec<crate::config::Endpoint> {
-        self.state.config().and_then(|c| c.services.get(service).map(|s| s.endpoints.clone())).unwrap_or_default()
+    fn endpoints(&self, service: &str, subset: Option<&ward_api::dataplane::Tags>) -> Vec<crate::config::Endpoint> {
+        self.state.config().and_then(|c| c.services.get(service).map(|s| s.endpoints_in(subset))).unwrap_or_default()
     }
 }
 

@@ -186,14 +186,15 @@ fn table(ty: ResourceType, items: &[Value]) -> String {
                 age(v),
             ]
         }),
-        ResourceType::MeshRetry | ResourceType::MeshCircuitBreaker => {
-            (&["MESH", "NAME", "TARGETREF", "TO", "AGE"], |v| {
-                let spec = &v["spec"];
-                let to: Vec<String> =
-                    spec["to"].as_array().into_iter().flatten().map(|t| target(&t["targetRef"])).collect();
-                vec![text(&v["mesh"]), text(&v["name"]), target(&spec["targetRef"]), to.join(" "), age(v)]
-            })
-        }
+        ResourceType::MeshRetry
+        | ResourceType::MeshCircuitBreaker
+        | ResourceType::MeshHTTPRoute
+        | ResourceType::MeshTCPRoute => (&["MESH", "NAME", "TARGETREF", "TO", "AGE"], |v| {
+            let spec = &v["spec"];
+            let to: Vec<String> =
+                spec["to"].as_array().into_iter().flatten().map(|t| target(&t["targetRef"])).collect();
+            vec![text(&v["mesh"]), text(&v["name"]), target(&spec["targetRef"]), to.join(" "), age(v)]
+        }),
         ResourceType::MeshTimeout => (&["MESH", "NAME", "TARGETREF", "TO", "INBOUND", "AGE"], |v| {
             let spec = &v["spec"];
             let to: Vec<String> =

@@ -1,6 +1,8 @@
-//! A small mesh for the traffic-policy tests: a control plane, `web-1` in front of the echo
-//! application, optionally more `web` instances whose application is gone (their proxies answer
-//! 502) and a `db` TCP echo, and a `client-1` proxy with an outbound to each service.
+//! A small mesh for the traffic-policy tests: a control plane, `web-1` (`version: v1`) in front
+//! of the echo application, optionally more `web` instances whose application is gone (their
+//! proxies answer 502), a `db` TCP echo, and route targets (a `web-v2` instance, an `api`
+//! service, a recording `shadow` service and a `cache` TCP greeter), and a `client-1` proxy with
+//! an outbound to `web` and `db`.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,10 @@ pub struct Extras {
     pub broken_webs: usize,
     /// Whether a `db` TCP echo service runs, reached at [`Lab::db_outbound`].
     pub db: bool,
+    /// Whether the route targets run: `web-v2` (a `web` instance tagged `version: v2`, whose
+    /// echo answers as `web-v2`), `api`, `shadow` (recording what it answers) and, with `db`, a
+    /// `cache` TCP service that greets with `cache`.
+    pub routes: bool,
 }
 
 /// The running lab; every process stops when it is dropped.
@@ -32,6 +38,10 @@ pub struct Lab {
     pub broken: Vec<Proxy>,
     /// The proxy of `db-1`, when asked for.
     pub db: Option<Proxy>,
+    /// The proxies of the route targets, when asked for.
+    pub targets: Vec<Proxy>,
+    /// What the `shadow` service answered, when it runs.
+    pub shadow: Option<apps::Seen>,
     /// The client's proxy.
     pub client: Proxy,
     /// The client's outbound to `web`.
@@ -42,9 +52,14 @@ pub struct Lab {
 
 /// The Dataplane of instance `name` of `service` speaking `protocol`, in front of `app_port`.
 fn server_dataplane(name: &str, service: &str, protocol: &str, app_port: u16) -> String {
+    tagged_dataplane(name, service, protocol, app_port, "")
+}
+
+/// The same with `more` tags (`, key: value` each).
+fn tagged_dataplane(name: &str, service: &str, protocol: &str, app_port: u16, more: &str) -> String {
     format!(
         "type: Dataplane\nmesh: lab\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
-         servicePort: {app_port}\n    tags: {{kuma.io/service: {service}, kuma.io/protocol: {protocol}}}\n",
+         servicePort: {app_port}\n    tags: {{kuma.io/service: {service}, kuma.io/protocol: {protocol}{more}}}\n",
         free_port()
     )
 }
@@ -61,8 +76,8 @@ impl Lab {
         let cp = ControlPlane::start(root.path());
         cp.apply(MESH);
         let app = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "web").await;
-        let web =
-            cp.spawn_proxy(root.path(), "web-1", &server_dataplane("web-1", "web", "http", app.address.port()), &[]);
+        let web_yaml = tagged_dataplane("web-1", "web", "http", app.address.port(), ", version: v1");
+        let web = cp.spawn_proxy(root.path(), "web-1", &web_yaml, &[]);
         let mut apps = vec![app];
         let broken = (2..2 + extras.broken_webs)
             .map(|i| {
@@ -78,6 +93,30 @@ impl Lab {
         } else {
             None
         };
+        let (mut targets, mut shadow) = (Vec::new(), None);
+        if extras.routes {
+            let v2 = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "web-v2").await;
+            let yaml = tagged_dataplane("web-v2", "web", "http", v2.address.port(), ", version: v2");
+            targets.push(cp.spawn_proxy(root.path(), "web-v2", &yaml, &[]));
+            let api = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "api").await;
+            targets.push(cp.spawn_proxy(
+                root.path(),
+                "api-1",
+                &server_dataplane("api-1", "api", "http", api.address.port()),
+                &[],
+            ));
+            let (mirror, seen) = apps::http_echo_seen(([127, 0, 0, 1], free_port()).into(), "shadow").await;
+            let yaml = server_dataplane("shadow-1", "shadow", "http", mirror.address.port());
+            targets.push(cp.spawn_proxy(root.path(), "shadow-1", &yaml, &[]));
+            apps.extend([v2, api, mirror]);
+            shadow = Some(seen);
+            if extras.db {
+                let cache = apps::tcp_greeter(([127, 0, 0, 1], free_port()).into(), "cache").await;
+                let yaml = server_dataplane("cache-1", "cache", "tcp", cache.address.port());
+                targets.push(cp.spawn_proxy(root.path(), "cache-1", &yaml, &[]));
+                apps.push(cache);
+            }
+        }
         let (outbound, db_outbound) = (free_port(), free_port());
         let db_line = if extras.db {
             format!("  - port: {db_outbound}\n    tags: {{kuma.io/service: db}}\n")
@@ -91,11 +130,11 @@ impl Lab {
         );
         let client = cp.spawn_proxy(root.path(), "client-1", &client_yaml, &[]);
         tokio::task::block_in_place(|| {
-            for p in std::iter::once(&web).chain(&broken).chain(&db).chain([&client]) {
+            for p in std::iter::once(&web).chain(&broken).chain(&db).chain(&targets).chain([&client]) {
                 p.wait_ready();
             }
         });
-        Lab { _root: root, _apps: apps, cp, web, broken, db, client, outbound, db_outbound }
+        Lab { _root: root, _apps: apps, cp, web, broken, db, targets, shadow, client, outbound, db_outbound }
     }
 
     /// Applies `policy` and waits until `proxy` runs with rules where `seen` holds.
