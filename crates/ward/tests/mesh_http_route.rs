@@ -103,6 +103,21 @@ async fn a_header_routes_to_another_service_and_headers_change_both_ways() {
     let echoed: Value = response.json().await.unwrap();
     assert!(echoed["service"].as_str().unwrap().starts_with("web"), "{echoed}");
     assert_eq!(echoed["headers"]["x-secret"], "s3");
+
+    // A route never opens a way the permissions close: api's proxy still decides.
+    lab.cp.apply(
+        "type: MeshTrafficPermission\nmesh: lab\nname: api-closed\nspec:\n  targetRef: {kind: MeshService, name: api}\n  \
+         from:\n  - targetRef: {kind: MeshService, name: client}\n    default: {action: Deny}\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = http.get(lab.url("/orders")).header("x-tenant", "beta").send().await.unwrap().status();
+        if status == 403 {
+            break;
+        }
+        assert!(status == 200 && Instant::now() < deadline, "api refuses the client once denied: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
