@@ -155,6 +155,8 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         ResourceType::MeshTimeout => typed(prefix, content).map(Spec::MeshTimeout),
         ResourceType::MeshRetry => typed(prefix, content).map(Spec::MeshRetry),
         ResourceType::MeshCircuitBreaker => typed(prefix, content).map(Spec::MeshCircuitBreaker),
+        ResourceType::MeshHTTPRoute => typed(prefix, content).map(Spec::MeshHTTPRoute),
+        ResourceType::MeshTCPRoute => typed(prefix, content).map(Spec::MeshTCPRoute),
         ResourceType::MeshFaultInjection => typed(prefix, content).map(Spec::MeshFaultInjection),
         ResourceType::MeshRateLimit => typed(prefix, content).map(Spec::MeshRateLimit),
         ResourceType::MeshIdentity => typed(prefix, content).map(Spec::MeshIdentity),
@@ -189,6 +191,8 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         Spec::MeshTimeout(s) => s.check(&crate::mesh_timeout::shape(), &mut causes),
         Spec::MeshRetry(s) => s.check(&crate::mesh_retry::shape(), &mut causes),
         Spec::MeshCircuitBreaker(s) => s.check(&crate::mesh_circuit_breaker::shape(), &mut causes),
+        Spec::MeshHTTPRoute(s) => crate::mesh_http_route::check(s, &mut causes),
+        Spec::MeshTCPRoute(s) => crate::mesh_tcp_route::check(s, &mut causes),
         Spec::MeshFaultInjection(s) => crate::mesh_fault_injection::check(s, &mut causes),
         Spec::MeshRateLimit(s) => crate::mesh_rate_limit::check(s, &mut causes),
         Spec::MeshIdentity(s) => s.check(&mesh, &labels, &mut causes),
@@ -386,7 +390,7 @@ mod tests {
             ),
             (
                 "type: Gadget\nname: x\n",
-                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, MeshIdentity, MeshTrust, MeshHealthCheck, MeshLoadBalancingStrategy, Secret, GlobalSecret",
+                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, MeshIdentity, MeshTrust, MeshHealthCheck, MeshLoadBalancingStrategy, MeshHTTPRoute, MeshTCPRoute, Secret, GlobalSecret",
             ),
             (
                 "type: Mesh\nname: m\nmetrics:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: prometheus\n    conf: {envoy: {filterRegex: '(open'}}\n",

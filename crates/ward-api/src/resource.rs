@@ -9,7 +9,7 @@ use crate::{
     mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection, mesh_identity::MeshIdentity,
     mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection,
     mesh_health_check::MeshHealthCheck, mesh_load_balancing_strategy::MeshLoadBalancingStrategy,
-    mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService, mesh_timeout::MeshTimeout,
+    mesh_rate_limit::MeshRateLimit, mesh_http_route::MeshHttpRoute, mesh_retry::MeshRetry, mesh_tcp_route::MeshTcpRoute, mesh_service::MeshService, mesh_timeout::MeshTimeout,
     mesh_trust::MeshTrust, permission::MeshTrafficPermission, rules::Entries, secret::Secret,
     traffic_permission::TrafficPermission,
 };
@@ -52,6 +52,10 @@ pub enum ResourceType {
     MeshHealthCheck,
     /// The choice of an instance of outbound destinations (targetRef policy).
     MeshLoadBalancingStrategy,
+    /// HTTP routes of outbound traffic: matches, filters, weighted backends (targetRef policy).
+    MeshHTTPRoute,
+    /// TCP routes of outbound traffic: weighted backends (targetRef policy).
+    MeshTCPRoute,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -203,6 +207,22 @@ pub const TYPES: &[TypeInfo] = &[
         has_spec_field: true,
     },
     TypeInfo {
+        ty: ResourceType::MeshHTTPRoute,
+        name: "MeshHTTPRoute",
+        plural: "meshhttproutes",
+        aliases: &["meshhttproute", "mhr", "mesh-http-routes"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
+        ty: ResourceType::MeshTCPRoute,
+        name: "MeshTCPRoute",
+        plural: "meshtcproutes",
+        aliases: &["meshtcproute", "mtr", "mesh-tcp-routes"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
         ty: ResourceType::Secret,
         name: "Secret",
         plural: "secrets",
@@ -317,6 +337,10 @@ pub enum Spec {
     MeshHealthCheck(MeshHealthCheck),
     /// A MeshLoadBalancingStrategy.
     MeshLoadBalancingStrategy(MeshLoadBalancingStrategy),
+    /// A MeshHTTPRoute.
+    MeshHTTPRoute(MeshHttpRoute),
+    /// A MeshTCPRoute.
+    MeshTCPRoute(MeshTcpRoute),
 }
 
 impl Spec {
@@ -330,6 +354,8 @@ impl Spec {
             Spec::MeshRateLimit(p) => Some(p.entries()),
             Spec::MeshHealthCheck(p) => Some(p.entries()),
             Spec::MeshLoadBalancingStrategy(p) => Some(p.entries()),
+            Spec::MeshHTTPRoute(p) => Some(p.entries()),
+            Spec::MeshTCPRoute(p) => Some(p.entries()),
             _ => None,
         }
     }
@@ -397,7 +423,9 @@ impl Resource {
             | Spec::MeshRateLimit(_)
             | Spec::MeshIdentity(_)
             | Spec::MeshHealthCheck(_)
-            | Spec::MeshLoadBalancingStrategy(_) => {}
+            | Spec::MeshLoadBalancingStrategy(_)
+            | Spec::MeshHTTPRoute(_)
+            | Spec::MeshTCPRoute(_) => {}
         }
         warnings.0
     }
@@ -421,6 +449,8 @@ impl Resource {
             Spec::MeshTrust(s) => serde_json::to_value(s),
             Spec::MeshHealthCheck(s) => serde_json::to_value(s),
             Spec::MeshLoadBalancingStrategy(s) => serde_json::to_value(s),
+            Spec::MeshHTTPRoute(s) => serde_json::to_value(s),
+            Spec::MeshTCPRoute(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

@@ -14,6 +14,8 @@
 //! - confs merge as JSON merge patches (RFC 7396): a later conf overrides the fields it sets,
 //!   objects merge field by field, lists are replaced whole.
 //!
+//! MeshHTTPRoute and MeshTCPRoute merge their rules by match instead ([`routes`]).
+//!
 //! MeshTrafficPermission keeps its own decision ([`crate::policy`]), which shares the
 //! top-level selection ([`crate::targeting`]) but ranks entries instead of merging them.
 
@@ -466,7 +468,13 @@ pub fn compute(policies: &[Resource], dataplane: &Resource, destinations: &[Dest
                     }
                 }
                 found.sort_by(|a, b| by_policy_then_entry(a, b, &selecting));
-                if let Some(m) = merge(found.iter().map(|f| (f.3, f.4))) {
+                let entries: Vec<(&str, &Value)> = found.iter().map(|f| (f.3, f.4)).collect();
+                let merged_kind = match kind {
+                    ResourceType::MeshHTTPRoute => routes::merge_http(&entries, destination, destinations),
+                    ResourceType::MeshTCPRoute => routes::merge_tcp(&entries, destinations),
+                    _ => merge(entries),
+                };
+                if let Some(m) = merged_kind {
                     merged.insert(kind.info().name.to_string(), m);
                 }
             }
@@ -487,5 +495,6 @@ fn by_policy_then_entry(
     top(a.0).cmp(&top(b.0)).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)).then(a.2.cmp(&b.2))
 }
 
+pub mod routes;
 #[cfg(test)]
 mod tests;

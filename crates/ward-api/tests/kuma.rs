@@ -116,6 +116,9 @@ fn valid_kuma_documents_ward_cannot_serve_are_refused_as_unsupported() {
         // Kuma's MeshLoadBalancingStrategy documents that do not apply prefer localities,
         // target routes or gateways, or have the proxy set cookies.
         (&["meshloadbalancingstrategy"][..], 0.5),
+        // The rest of Kuma's routes configure MeshGateways or choose backends by labels.
+        (&["meshhttproute"][..], 0.6),
+        (&["meshtcproute"][..], 0.5),
     ] {
         let count =
             |list: &[PathBuf]| list.iter().filter(|p| kind_of(p).is_some_and(|k| kinds.contains(&k.as_str()))).count();

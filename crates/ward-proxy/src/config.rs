@@ -22,8 +22,15 @@ use ward_pki::{SpiffeId, TrustBundle};
 use ward_proto::discovery::{MtlsMode, ProxyConfig};
 
 use crate::{
-    authorization::Authorizer, balancer::Strategy, circuit::Breaker, external::External, health, inbound::InboundSpec,
-    metrics_endpoint::EndpointSpec, retry::RetryPolicy,
+    authorization::Authorizer,
+    balancer::Strategy,
+    circuit::Breaker,
+    external::External,
+    health,
+    inbound::InboundSpec,
+    metrics_endpoint::EndpointSpec,
+    retry::RetryPolicy,
+    routes::{HttpTable, Routes, tcp_table},
 };
 
 /// How the mesh treats plaintext.
@@ -62,6 +69,18 @@ pub struct Service {
     pub hostnames: Vec<String>,
     /// Its connected instances.
     pub endpoints: Vec<Endpoint>,
+    /// The tags of each instance, by address.
+    #[serde(skip)]
+    pub tags: HashMap<SocketAddr, Tags>,
+}
+
+impl Service {
+    /// Its instances that have every tag of `subset` (all of them without one).
+    pub fn endpoints_in(&self, subset: Option<&Tags>) -> Vec<Endpoint> {
+        let Some(subset) = subset else { return self.endpoints.clone() };
+        let has = |e: &&Endpoint| self.tags.get(&e.address).is_some_and(|t| ward_api::dataplane::tags_match(subset, t));
+        self.endpoints.iter().filter(has).cloned().collect()
+    }
 }
 
 /// A configuration the proxy can run with.
@@ -145,6 +164,9 @@ pub struct Config {
     /// MeshFaultInjection at each inbound, by index (empty: none).
     #[serde(skip)]
     pub inbound_faults: Vec<Arc<[Injected]>>,
+    /// MeshHTTPRoute and MeshTCPRoute by destination key.
+    #[serde(skip)]
+    pub routes: Routes,
 }
 
 /// Why a configuration from the control plane was not used.
@@ -242,7 +264,18 @@ impl Config {
                     })
                 })
                 .collect::<Result<_, ConfigError>>()?;
+            let tags = s
+                .endpoints
+                .iter()
+                .filter_map(|e| {
+                    Some((
+                        SocketAddr::new(e.address.parse().ok()?, e.port as u16),
+                        e.tags.clone().into_iter().collect(),
+                    ))
+                })
+                .collect();
             let service = Service {
+                tags,
                 protocol: Protocol::parse(&s.protocol),
                 virtual_ip: s.virtual_ip.parse().ok(),
                 virtual_port: u16::try_from(s.virtual_port).ok().filter(|p| *p > 0),
@@ -330,6 +363,19 @@ impl Config {
             .map(|f| f.map(Arc::from))
             .collect::<Result<_, _>>()
             .map_err(ConfigError::Rules)?;
+        let mut routes = Routes::default();
+        for o in &rules.outbounds {
+            let key = &o.destination.key;
+            if let Some(conf) = rules.outbound(key, ResourceType::MeshHTTPRoute) {
+                routes.http.insert(key.clone(), Arc::new(HttpTable::from_conf(conf).map_err(ConfigError::Rules)?));
+            }
+            if let Some(conf) = rules.outbound(key, ResourceType::MeshTCPRoute) {
+                let backends = tcp_table(conf).map_err(ConfigError::Rules)?;
+                if !backends.is_empty() {
+                    routes.tcp.insert(key.clone(), Arc::new(backends));
+                }
+            }
+        }
         let mut outbound_retries = HashMap::new();
         for o in &rules.outbounds {
             let key = &o.destination.key;
@@ -398,6 +444,7 @@ impl Config {
             outbound_health_checks,
             inbound_rate_limits,
             inbound_faults,
+            routes,
         })
     }
 

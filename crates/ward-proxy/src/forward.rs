@@ -110,8 +110,10 @@ where
 /// when the upgraded connection must end (a caller or a peer no longer trusted); when the other
 /// side switches protocols, joins the two upgraded connections until either closes or that
 /// future completes.
-pub async fn upgrade<F, Fut, S, E>(mut request: Request<Incoming>, send: F) -> Result<Response<Body>, E>
+pub async fn upgrade<B, F, Fut, S, E>(mut request: Request<B>, send: F) -> Result<Response<Body>, E>
 where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<ward_http::BoxError>,
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Result<(Response<Incoming>, S), E>>,
     S: Future<Output = ()> + Send + 'static,

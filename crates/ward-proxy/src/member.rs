@@ -51,6 +51,8 @@ pub struct Try<'a> {
     pub avoid: &'a [std::net::SocketAddr],
     /// The destination's circuit breaker: ejected instances are left out, outcomes recorded.
     pub breaker: Option<&'a Breaker>,
+    /// Tags the instance must have (a MeshHTTPRoute's or MeshTCPRoute's subset backend).
+    pub subset: Option<&'a ward_api::dataplane::Tags>,
 }
 
 impl SendError {
@@ -120,8 +122,13 @@ impl Member {
 
     /// The instances of `service` a try may go to (health and outlier detection, see
     /// [`choosable`]), and how many it has in all.
-    pub fn usable(&self, service: &str, breaker: Option<&Breaker>) -> (Vec<crate::config::Endpoint>, usize) {
-        let all = self.endpoints(service);
+    pub fn usable(
+        &self,
+        service: &str,
+        subset: Option<&ward_api::dataplane::Tags>,
+        breaker: Option<&Breaker>,
+    ) -> (Vec<crate::config::Endpoint>, usize) {
+        let all = self.endpoints(service, subset);
         (choosable(&all, breaker, self.health(service).as_deref()), all.len())
     }
 
@@ -162,7 +169,7 @@ impl Member {
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let (mut endpoints, total) = self.usable(service, how.breaker);
+        let (mut endpoints, total) = self.usable(service, how.subset, how.breaker);
         if endpoints.iter().any(|e| !how.avoid.contains(&e.address)) {
             endpoints.retain(|e| !how.avoid.contains(&e.address));
         }
@@ -189,8 +196,9 @@ impl Member {
         service: &str,
         request: Request<Body>,
         timeouts: &Timeouts,
+        subset: Option<&ward_api::dataplane::Tags>,
     ) -> Result<(Response<Incoming>, impl Future<Output = ()> + Send + 'static), SendError> {
-        let (endpoints, _) = self.usable(service, None);
+        let (endpoints, _) = self.usable(service, subset, None);
         let balancer = self.balancer(service);
         let (endpoint, _in_flight) = balancer
             .pick_hashed(&endpoints, balancer.hash(&request))
@@ -198,8 +206,8 @@ impl Member {
         Ok(self.mesh.send_upgrade(endpoint, request, timeouts.connect).await?)
     }
 
-    fn endpoints(&self, service: &str) -> Vec<crate::config::Endpoint> {
-        self.state.config().and_then(|c| c.services.get(service).map(|s| s.endpoints.clone())).unwrap_or_default()
+    fn endpoints(&self, service: &str, subset: Option<&ward_api::dataplane::Tags>) -> Vec<crate::config::Endpoint> {
+        self.state.config().and_then(|c| c.services.get(service).map(|s| s.endpoints_in(subset))).unwrap_or_default()
     }
 }
 

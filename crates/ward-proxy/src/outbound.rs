@@ -27,6 +27,7 @@ use crate::{
 use crate::{
     circuit::{Held, Outcome},
     member::Try,
+    routes::{Target, Weighted},
 };
 
 /// One outbound of the Dataplane: a local listener for one destination service.
@@ -68,8 +69,20 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
         },
     };
     if detected == Detected::Tcp {
-        let attempts = config.outbound_retry(&service).map_or(1, |p| p.connect_attempts);
-        let Some((endpoint, upstream)) = connect_tcp(&proxy, &config, &service, &timeouts, attempts).await else {
+        // A MeshTCPRoute chooses the backend of each connection; its own policies apply.
+        let route = config.routes.tcp.get(&service).cloned();
+        let target = match route.as_deref().map(Weighted::pick) {
+            None => Target { key: &service, subset: None },
+            Some(Some(backend)) => Target::of(backend),
+            Some(None) => {
+                tracing::debug!(%service, "every MeshTCPRoute backend has weight 0: closing the connection");
+                return;
+            }
+        };
+        let timeouts = config.outbound_timeouts(target.key);
+        let idle = timeouts.idle_or(proxy.limits.idle_timeout);
+        let attempts = config.outbound_retry(target.key).map_or(1, |p| p.connect_attempts);
+        let Some((endpoint, upstream)) = connect_tcp(&proxy, &config, target, &timeouts, attempts).await else {
             return;
         };
         let Some(peer) = Peer::of(proxy.state(), upstream.get_ref().1) else { return };
@@ -85,7 +98,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: String, tcp: TcpStream) {
         let service: Arc<str> = service.into();
         service_fn(move |request| {
             let (proxy, service) = (proxy.clone(), service.clone());
-            async move { Ok::<_, std::convert::Infallible>(handle_request(&proxy, &service, request).await) }
+            async move { Ok::<_, std::convert::Infallible>(handle_routed(&proxy, &service, request).await) }
         })
     };
     let (io, service_fn) = ward_http::server::guard(io, service_fn, &proxy.limits);
@@ -126,16 +139,17 @@ async fn handle_external(proxy: Arc<Proxy>, key: &str, external: Arc<External>, 
     }
 }
 
-/// A TLS connection to an instance of `service`, trying up to `attempts` instances (MeshRetry's
+/// A TLS connection to an instance of `target`, trying up to `attempts` instances (MeshRetry's
 /// `tcp.maxConnectAttempt`), each not tried before while there is one.
 async fn connect_tcp(
     proxy: &Proxy,
     config: &crate::config::Config,
-    service: &str,
+    target: Target<'_>,
     timeouts: &ward_api::mesh_timeout::Timeouts,
     attempts: u32,
 ) -> Option<(crate::config::Endpoint, tokio_rustls::client::TlsStream<TcpStream>)> {
-    let all = config.services.get(service).map(|s| s.endpoints.clone()).unwrap_or_default();
+    let service = target.key;
+    let all = config.services.get(service).map(|s| s.endpoints_in(target.subset)).unwrap_or_default();
     let breaker = proxy.member.breaker(service, config.outbound_circuit(service));
     let endpoints = crate::circuit::choosable(&all, breaker.as_deref(), proxy.member.health(service).as_deref());
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -165,7 +179,47 @@ async fn connect_tcp(
 /// How long reaching a MeshExternalService's endpoint may take, TLS included.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incoming>) -> Response<Body> {
+/// Carries one request of the application to `service`, as its MeshHTTPRoute (or, without one,
+/// its MeshTCPRoute) says: a redirect answered here, or the request changed, copied to mirrors
+/// and sent to the backend chosen, and its answer changed.
+async fn handle_routed(proxy: &Arc<Proxy>, service: &str, mut request: Request<Incoming>) -> Response<Body> {
+    let Some(config) = proxy.state().config() else { return handle_request(proxy, service, request).await };
+    if let Some(table) = config.routes.http.get(service)
+        && let Some(route) = table.find(&request)
+    {
+        if let Some(redirect) = route.redirect(&request) {
+            return redirect;
+        }
+        let Some(backend) = route.backends.pick() else {
+            return forward::unavailable(StatusCode::SERVICE_UNAVAILABLE, "every backend of the route has weight 0");
+        };
+        route.rewrite_request(&mut request);
+        let request = request.map(boxed);
+        let request = if route.mirrors.is_empty() || is_upgrade(&request) {
+            request
+        } else {
+            crate::mirror::send_copies(proxy, &route.mirrors, request)
+        };
+        let mut response = send_to(proxy, Target::of(backend), request).await;
+        route.rewrite_response(&mut response);
+        return response;
+    }
+    match config.routes.tcp.get(service).map(|b| b.pick()) {
+        None => handle_request(proxy, service, request).await,
+        Some(Some(backend)) => send_to(proxy, Target::of(backend), request.map(boxed)).await,
+        Some(None) => forward::unavailable(StatusCode::SERVICE_UNAVAILABLE, "every backend of the route has weight 0"),
+    }
+}
+
+/// Carries one request of the application to `service`, unrouted.
+async fn handle_request(proxy: &Proxy, service: &str, request: Request<Incoming>) -> Response<Body> {
+    send_to(proxy, Target { key: service, subset: None }, request.map(boxed)).await
+}
+
+/// Carries one request to `target`, under its own MeshTimeout, MeshRetry and
+/// MeshCircuitBreaker.
+async fn send_to(proxy: &Proxy, target: Target<'_>, mut request: Request<Body>) -> Response<Body> {
+    let service = target.key;
     let started = Instant::now();
     let source = proxy.state().svid().map_or_else(|| "unknown".to_string(), |s| s.spiffe_id.to_string());
     let upgrading = is_upgrade(&request);
@@ -186,10 +240,10 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
         Some(slot) => slot,
         None => None,
     };
-    let how = Try { timeouts, avoid: &[], breaker: breaker.as_deref() };
+    let how = Try { timeouts, avoid: &[], breaker: breaker.as_deref(), subset: target.subset };
     let result = if upgrading {
         // The upgraded connection outlives this request: it watches the peer's trust itself.
-        forward::upgrade(request, |r| member.send_upgrade(service, r, &timeouts)).await
+        forward::upgrade(request, |r| member.send_upgrade(service, r, &timeouts, target.subset)).await
     } else {
         let limits = Limits::new(&timeouts, started.into());
         let retry = config.as_ref().and_then(|c| c.outbound_retry(service));
@@ -199,7 +253,7 @@ async fn handle_request(proxy: &Proxy, service: &str, mut request: Request<Incom
                 None => member.send(service, r, how).await.map(|(response, _)| response),
             }
         };
-        match limits.exchange(request.map(boxed), send).await {
+        match limits.exchange(request, send).await {
             Ok(result) => result,
             Err(expired) => {
                 tracing::info!(%service, ?expired, "request ended by a MeshTimeout");

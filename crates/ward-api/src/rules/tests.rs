@@ -183,3 +183,68 @@ fn kuma_validator_rules_and_the_kinds_ward_cannot_serve() {
         assert!(err.contains(want), "{spec}\nwant {want}\ngot {err}");
     }
 }
+
+fn http_route(name: &str, top: &str, rules: &str) -> String {
+    format!(
+        "---\ntype: MeshHTTPRoute\nmesh: m\nname: {name}\nspec:\n  targetRef: {top}\n  to:\n  \
+         - targetRef: {{kind: MeshService, name: backend}}\n    rules:\n{rules}"
+    )
+}
+
+#[test]
+fn routes_merge_by_matches_and_order_the_most_specific_match_first() {
+    let policies = http_route(
+        "mesh-wide",
+        "{kind: Mesh}",
+        "    - matches: [{path: {type: PathPrefix, value: /}}]\n      default: {backendRefs: [{kind: MeshService, name: backend}]}\n\
+         \x20   - matches: [{path: {type: PathPrefix, value: /api}}]\n      default:\n        \
+         filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: mesh}]}}]\n        \
+         backendRefs: [{kind: MeshService, name: backend}]\n",
+    ) + &http_route(
+        "for-web",
+        "{kind: MeshService, name: web}",
+        "    - matches: [{path: {type: PathPrefix, value: /api}}]\n      default: {backendRefs: [{kind: MeshService, name: other, weight: 3}]}\n\
+         \x20   - matches: [{path: {type: Exact, value: /api}}, {method: GET}]\n      default: {}\n",
+    );
+    let rules = rules_of(&policies, &[service("backend"), service("other")]);
+    let found = rules.outbounds.iter().find(|o| o.destination.key == "backend").unwrap();
+    let merged = &found.policies["MeshHTTPRoute"];
+    assert_eq!(merged.origins, ["mesh-wide", "for-web"]);
+    let table: routes::HttpRoutes = serde_json::from_value(merged.conf.clone()).unwrap();
+    let summary: Vec<(String, String, String)> = table
+        .routes
+        .iter()
+        .map(|r| (serde_json::to_string(&r.matches).unwrap(), r.backends[0].key.clone(), r.origin.clone()))
+        .collect();
+    let m = |s: &str| s.to_string();
+    assert_eq!(
+        summary,
+        [
+            (m(r#"{"path":{"type":"Exact","value":"/api"}}"#), m("backend"), m("for-web")),
+            (m(r#"{"path":{"type":"PathPrefix","value":"/api"}}"#), m("other"), m("for-web")),
+            (m(r#"{"path":{"type":"PathPrefix","value":"/"}}"#), m("backend"), m("mesh-wide")),
+            (m(r#"{"method":"GET"}"#), m("backend"), m("for-web")),
+        ]
+    );
+    // Equal matches merged: the more specific policy's backends, the other's filters.
+    assert_eq!(table.routes[1].backends[0].weight, 3);
+    assert_eq!(table.routes[1].filters.len(), 1);
+}
+
+#[test]
+fn a_route_with_a_backend_nobody_knows_is_reported_and_not_applied() {
+    let policies = http_route(
+        "half",
+        "{kind: Mesh}",
+        "    - matches: [{path: {type: PathPrefix, value: /}}]\n      default:\n        \
+         backendRefs: [{kind: MeshService, name: backend}, {kind: MeshService, name: nowhere}]\n",
+    );
+    let rules = rules_of(&policies, &[service("backend")]);
+    let found = rules.outbounds.iter().find(|o| o.destination.key == "backend").unwrap();
+    let table: routes::HttpRoutes = serde_json::from_value(found.policies["MeshHTTPRoute"].conf.clone()).unwrap();
+    assert!(table.routes.is_empty());
+    assert_eq!(
+        table.unresolved,
+        ["half: not applied: backendRef MeshService/nowhere: no such service reachable from this dataplane"]
+    );
+}

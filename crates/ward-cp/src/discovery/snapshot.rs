@@ -139,7 +139,9 @@ impl MeshSnapshot {
                 | Spec::MeshFaultInjection(_)
                 | Spec::MeshRateLimit(_)
                 | Spec::MeshHealthCheck(_)
-                | Spec::MeshLoadBalancingStrategy(_) => policies.push(r),
+                | Spec::MeshLoadBalancingStrategy(_)
+                | Spec::MeshHTTPRoute(_)
+                | Spec::MeshTCPRoute(_) => policies.push(r),
                 Spec::MeshIdentity(_) => identity_resources.push(r),
                 Spec::MeshTrust(_) => trust_resources.push(r),
                 Spec::MeshService(_) => mesh_service_resources.push(r),
@@ -229,7 +231,7 @@ impl MeshSnapshot {
         let permissions: Vec<Resource> =
             self.permissions.iter().filter(|p| policy::applies_to(p, seen)).cloned().collect();
         let permissions_json = permissions.iter().map(|p| p.to_json().to_string()).collect();
-        let mut services = self.reachable_services(mesh, dp);
+        let mut services = self.reachable_services(mesh, resource, dp);
         services.extend(self.reachable_mesh_services(mesh, dp));
         let external_services = self.reachable_external_services(mesh, resource, dp);
         let rules = self.rules_for(resource, &services, &external_services);
@@ -274,7 +276,7 @@ impl MeshSnapshot {
         let mesh = self.mesh.as_ref()?;
         let resource = self.dataplanes.get(name)?;
         let Spec::Dataplane(dp) = &resource.spec else { return None };
-        let mut services = self.reachable_services(mesh, dp);
+        let mut services = self.reachable_services(mesh, resource, dp);
         services.extend(self.reachable_mesh_services(mesh, dp));
         Some(self.rules_for(resource, &services, &self.reachable_external_services(mesh, resource, dp)))
     }
@@ -397,8 +399,9 @@ impl MeshSnapshot {
     /// The services (by `kuma.io/service`) `dp` may reach. A gateway, or a transparent proxy
     /// without a `reachableServices` list, may be asked for any (but under the mesh's
     /// `meshServices.mode: Exclusive` a transparent proxy reaches MeshServices only); otherwise
-    /// only its outbounds and the services it lists.
-    fn reachable_services(&self, mesh: &Mesh, dp: &Dataplane) -> Vec<Service> {
+    /// only its outbounds and the services it lists. Services its MeshHTTPRoutes and
+    /// MeshTCPRoutes send traffic to are reachable too, when they exist.
+    fn reachable_services(&self, mesh: &Mesh, resource: &Resource, dp: &Dataplane) -> Vec<Service> {
         let outbounds = dp.networking.outbound.iter().filter_map(|o| o.tags.get(SERVICE_TAG)).map(String::as_str);
         let exclusive = mesh.mesh_services_mode() == MeshServicesMode::Exclusive;
         let wanted: BTreeSet<&str> = match (&dp.networking.transparent_proxying, &dp.networking.gateway) {
@@ -409,7 +412,11 @@ impl MeshSnapshot {
             (Some(_), _) | (_, Some(_)) => self.services.keys().map(String::as_str).collect(),
             (None, None) => outbounds.collect(),
         };
+        let routed = rules::routes::backend_names(&self.policies, resource);
         wanted
+            .into_iter()
+            .chain(routed.iter().map(String::as_str).filter(|s| self.services.contains_key(*s)))
+            .collect::<BTreeSet<&str>>()
             .into_iter()
             .map(|s| {
                 self.services.get(s).cloned().unwrap_or_else(|| Service { name: s.to_string(), ..Default::default() })

@@ -539,6 +539,8 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::MeshTimeout => parse::typed("spec", spec).map(Spec::MeshTimeout),
         ResourceType::MeshRetry => parse::typed("spec", spec).map(Spec::MeshRetry),
         ResourceType::MeshCircuitBreaker => parse::typed("spec", spec).map(Spec::MeshCircuitBreaker),
+        ResourceType::MeshHTTPRoute => parse::typed("spec", spec).map(Spec::MeshHTTPRoute),
+        ResourceType::MeshTCPRoute => parse::typed("spec", spec).map(Spec::MeshTCPRoute),
         ResourceType::MeshFaultInjection => parse::typed("spec", spec).map(Spec::MeshFaultInjection),
         ResourceType::MeshRateLimit => parse::typed("spec", spec).map(Spec::MeshRateLimit),
         ResourceType::MeshIdentity => parse::typed("spec", spec).map(Spec::MeshIdentity),

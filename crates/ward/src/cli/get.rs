@@ -189,7 +189,9 @@ fn table(ty: ResourceType, items: &[Value]) -> String {
         ResourceType::MeshRetry
         | ResourceType::MeshCircuitBreaker
         | ResourceType::MeshHealthCheck
-        | ResourceType::MeshLoadBalancingStrategy => (&["MESH", "NAME", "TARGETREF", "TO", "AGE"], |v| {
+        | ResourceType::MeshLoadBalancingStrategy
+        | ResourceType::MeshHTTPRoute
+        | ResourceType::MeshTCPRoute => (&["MESH", "NAME", "TARGETREF", "TO", "AGE"], |v| {
             let spec = &v["spec"];
             let to: Vec<String> =
                 spec["to"].as_array().into_iter().flatten().map(|t| target(&t["targetRef"])).collect();

@@ -37,13 +37,28 @@ async fn bind(address: SocketAddr) -> TcpListener {
 /// - `/bytes?n=N`: a body of N bytes;
 /// - an upgrade to `websocket`: a WebSocket that echoes every message.
 pub async fn http_echo(address: SocketAddr, service: &'static str) -> App {
+    serve_echo(address, service, None).await
+}
+
+/// What a recording echo server answered, one JSON document per request, in order.
+pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// The echo server of [`http_echo`], keeping what it answers each request (its path, headers
+/// and body length) for the test to look at.
+pub async fn http_echo_seen(address: SocketAddr, service: &'static str) -> (App, Seen) {
+    let seen = Seen::default();
+    (serve_echo(address, service, Some(seen.clone())).await, seen)
+}
+
+async fn serve_echo(address: SocketAddr, service: &'static str, seen: Option<Seen>) -> App {
     let listener = bind(address).await;
     let address = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { continue };
+            let seen = seen.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |request| answer(service, request));
+                let service = service_fn(move |request| answer(service, seen.clone(), request));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tcp), service)
                     .await;
@@ -78,7 +93,7 @@ pub async fn https_echo(address: SocketAddr, service: &'static str, leaf: &super
                 let sni = tls.get_ref().1.server_name().unwrap_or_default().to_string();
                 let service = service_fn(move |mut request: Request<Incoming>| {
                     request.headers_mut().insert("x-test-sni", sni.parse().unwrap());
-                    answer(service, request)
+                    answer(service, None, request)
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
@@ -92,7 +107,11 @@ pub async fn https_echo(address: SocketAddr, service: &'static str, leaf: &super
 /// Every body the echo server sends.
 type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-async fn answer(service: &'static str, mut request: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
+async fn answer(
+    service: &'static str,
+    seen: Option<Seen>,
+    mut request: Request<Incoming>,
+) -> Result<Response<EchoBody>, Infallible> {
     if request.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
         return Ok(websocket(&mut request).map(BodyExt::boxed));
     }
@@ -129,6 +148,9 @@ async fn answer(service: &'static str, mut request: Request<Incoming>) -> Result
         }
     }
     let reply = json!({ "service": service, "method": method, "path": path, "version": version, "headers": headers, "bodyBytes": bytes });
+    if let Some(seen) = seen {
+        seen.lock().unwrap().push(reply.clone());
+    }
     let mut response = Response::new(Full::new(Bytes::from(reply.to_string())).boxed());
     response.headers_mut().insert("content-type", "application/json".parse().unwrap());
     Ok(response)
@@ -168,6 +190,23 @@ pub async fn tcp_echo(address: SocketAddr) -> App {
                 let (mut r, mut w) = tcp.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
                 let _ = w.shutdown().await;
+            });
+        }
+    });
+    App { address, task }
+}
+
+/// A TCP server on `address` that writes `name` and a newline to every connection, then
+/// closes it.
+pub async fn tcp_greeter(address: SocketAddr, name: &'static str) -> App {
+    let listener = bind(address).await;
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let _ = tcp.write_all(format!("{name}\n").as_bytes()).await;
+                let _ = tcp.shutdown().await;
             });
         }
     });

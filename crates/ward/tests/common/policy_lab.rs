@@ -1,7 +1,8 @@
-//! A small mesh for the traffic-policy tests: a control plane, `web-1` in front of the echo
-//! application, optionally more `web` instances whose application is gone (their proxies answer
-//! 502) or that answer with their own name, a `db` TCP echo, and a `client-1` proxy with an
-//! outbound to each service.
+//! A small mesh for the traffic-policy tests: a control plane, `web-1` (`version: v1`) in front
+//! of the echo application, optionally more `web` instances whose application is gone (their
+//! proxies answer 502) or that answer with their own name, a `db` TCP echo, a gRPC health
+//! service, and route targets (a `web-v2` instance, an `api` service, a recording `shadow`
+//! service and a `cache` TCP greeter), and a `client-1` proxy with an outbound to each service.
 
 use std::{
     sync::{
@@ -33,6 +34,10 @@ pub struct Extras {
     /// Whether a `grpc` service (the standard health service) runs, reached at
     /// [`Lab::grpc_outbound`].
     pub grpc: bool,
+    /// Whether the route targets run: `web-v2` (a `web` instance tagged `version: v2`, whose
+    /// echo answers as `web-v2`), `api`, `shadow` (recording what it answers) and, with `db`, a
+    /// `cache` TCP service that greets with `cache`.
+    pub routes: bool,
 }
 
 /// A `web` instance whose application answers with its name and whose health can be switched.
@@ -65,6 +70,10 @@ pub struct Lab {
     pub named: Vec<Named>,
     /// The proxy of `db-1`, when asked for.
     pub db: Option<Proxy>,
+    /// The proxies of the route targets, when asked for.
+    pub targets: Vec<Proxy>,
+    /// What the `shadow` service answered, when it runs.
+    pub shadow: Option<apps::Seen>,
     /// The client's proxy.
     pub client: Proxy,
     _grpc: Option<Proxy>,
@@ -80,9 +89,14 @@ pub struct Lab {
 
 /// The Dataplane of instance `name` of `service` speaking `protocol`, in front of `app_port`.
 fn server_dataplane(name: &str, service: &str, protocol: &str, app_port: u16) -> String {
+    tagged_dataplane(name, service, protocol, app_port, "")
+}
+
+/// The same with `more` tags (`, key: value` each).
+fn tagged_dataplane(name: &str, service: &str, protocol: &str, app_port: u16, more: &str) -> String {
     format!(
         "type: Dataplane\nmesh: lab\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    \
-         servicePort: {app_port}\n    tags: {{kuma.io/service: {service}, kuma.io/protocol: {protocol}}}\n",
+         servicePort: {app_port}\n    tags: {{kuma.io/service: {service}, kuma.io/protocol: {protocol}{more}}}\n",
         free_port()
     )
 }
@@ -99,8 +113,8 @@ impl Lab {
         let cp = ControlPlane::start(root.path());
         cp.apply(extras.mesh.unwrap_or(MESH));
         let app = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "web").await;
-        let web =
-            cp.spawn_proxy(root.path(), "web-1", &server_dataplane("web-1", "web", "http", app.address.port()), &[]);
+        let web_yaml = tagged_dataplane("web-1", "web", "http", app.address.port(), ", version: v1");
+        let web = cp.spawn_proxy(root.path(), "web-1", &web_yaml, &[]);
         let mut apps = vec![app];
         let broken = (2..2 + extras.broken_webs)
             .map(|i| {
@@ -134,6 +148,30 @@ impl Lab {
         } else {
             (None, None)
         };
+        let (mut targets, mut shadow) = (Vec::new(), None);
+        if extras.routes {
+            let v2 = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "web-v2").await;
+            let yaml = tagged_dataplane("web-v2", "web", "http", v2.address.port(), ", version: v2");
+            targets.push(cp.spawn_proxy(root.path(), "web-v2", &yaml, &[]));
+            let api = apps::http_echo(([127, 0, 0, 1], free_port()).into(), "api").await;
+            targets.push(cp.spawn_proxy(
+                root.path(),
+                "api-1",
+                &server_dataplane("api-1", "api", "http", api.address.port()),
+                &[],
+            ));
+            let (mirror, seen) = apps::http_echo_seen(([127, 0, 0, 1], free_port()).into(), "shadow").await;
+            let yaml = server_dataplane("shadow-1", "shadow", "http", mirror.address.port());
+            targets.push(cp.spawn_proxy(root.path(), "shadow-1", &yaml, &[]));
+            apps.extend([v2, api, mirror]);
+            shadow = Some(seen);
+            if extras.db {
+                let cache = apps::tcp_greeter(([127, 0, 0, 1], free_port()).into(), "cache").await;
+                let yaml = server_dataplane("cache-1", "cache", "tcp", cache.address.port());
+                targets.push(cp.spawn_proxy(root.path(), "cache-1", &yaml, &[]));
+                apps.push(cache);
+            }
+        }
         let (outbound, db_outbound, grpc_outbound) = (free_port(), free_port(), free_port());
         let db_line = if extras.db {
             format!("  - port: {db_outbound}\n    tags: {{kuma.io/service: db}}\n")
@@ -153,7 +191,7 @@ impl Lab {
         let client = cp.spawn_proxy(root.path(), "client-1", &client_yaml, &[]);
         tokio::task::block_in_place(|| {
             let named_proxies = named.iter().map(|n| &n.proxy);
-            for p in std::iter::once(&web).chain(&broken).chain(named_proxies).chain(&db).chain(&grpc).chain([&client])
+            for p in std::iter::once(&web).chain(&broken).chain(named_proxies).chain(&db).chain(&grpc).chain(&targets).chain([&client])
             {
                 p.wait_ready();
             }
@@ -166,6 +204,8 @@ impl Lab {
             web,
             broken,
             named,
+            targets,
+            shadow,
             db,
             client,
             outbound,
