@@ -12,6 +12,7 @@ pub mod mesh;
 pub mod mesh_circuit_breaker;
 pub mod mesh_external_service;
 pub mod mesh_fault_injection;
+pub mod mesh_opa;
 pub mod mesh_rate_limit;
 pub mod mesh_retry;
 pub mod mesh_service;

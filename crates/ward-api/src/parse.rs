@@ -155,6 +155,7 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         ResourceType::MeshCircuitBreaker => typed(prefix, content).map(Spec::MeshCircuitBreaker),
         ResourceType::MeshFaultInjection => typed(prefix, content).map(Spec::MeshFaultInjection),
         ResourceType::MeshRateLimit => typed(prefix, content).map(Spec::MeshRateLimit),
+        ResourceType::MeshOPA => typed(prefix, content).map(Spec::MeshOPA),
         ResourceType::Secret | ResourceType::GlobalSecret => match Secret::from_given(content, &mut causes) {
             Some(secret) => Ok(Spec::Secret(secret)),
             None => return Err(fail(causes.0)),
@@ -185,6 +186,7 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         Spec::MeshCircuitBreaker(s) => s.check(&crate::mesh_circuit_breaker::shape(), &mut causes),
         Spec::MeshFaultInjection(s) => crate::mesh_fault_injection::check(s, &mut causes),
         Spec::MeshRateLimit(s) => crate::mesh_rate_limit::check(s, &mut causes),
+        Spec::MeshOPA(s) => crate::mesh_opa::check(s, &mut causes),
         Spec::Secret(_) => {}
     }
     if !causes.0.is_empty() {
@@ -376,7 +378,7 @@ mod tests {
             ),
             (
                 "type: Gadget\nname: x\n",
-                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, Secret, GlobalSecret",
+                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, MeshOPA, Secret, GlobalSecret",
             ),
             (
                 "type: Mesh\nname: m\nmetrics:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: prometheus\n    conf: {envoy: {filterRegex: '(open'}}\n",

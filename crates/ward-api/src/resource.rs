@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::Dataplane, mesh::Mesh, mesh_circuit_breaker::MeshCircuitBreaker,
-    mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection,
+    mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection, mesh_opa::MeshOpa,
     mesh_rate_limit::MeshRateLimit, mesh_retry::MeshRetry, mesh_service::MeshService, mesh_timeout::MeshTimeout,
     permission::MeshTrafficPermission, rules::Entries, secret::Secret, traffic_permission::TrafficPermission,
 };
@@ -41,6 +41,8 @@ pub enum ResourceType {
     MeshFaultInjection,
     /// Local rate limits of inbound requests and connections (targetRef policy).
     MeshRateLimit,
+    /// Rego policies the callee's proxy evaluates per request (Kong Mesh's targetRef policy).
+    MeshOPA,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -160,6 +162,14 @@ pub const TYPES: &[TypeInfo] = &[
         has_spec_field: true,
     },
     TypeInfo {
+        ty: ResourceType::MeshOPA,
+        name: "MeshOPA",
+        plural: "meshopas",
+        aliases: &["meshopa", "mopa", "mesh-opas"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
         ty: ResourceType::Secret,
         name: "Secret",
         plural: "secrets",
@@ -266,6 +276,8 @@ pub enum Spec {
     MeshFaultInjection(MeshFaultInjection),
     /// A MeshRateLimit.
     MeshRateLimit(MeshRateLimit),
+    /// A MeshOPA.
+    MeshOPA(MeshOpa),
 }
 
 impl Spec {
@@ -277,6 +289,7 @@ impl Spec {
             Spec::MeshCircuitBreaker(p) => Some(p.entries()),
             Spec::MeshFaultInjection(p) => Some(p.entries()),
             Spec::MeshRateLimit(p) => Some(p.entries()),
+            Spec::MeshOPA(p) => Some(p.entries()),
             _ => None,
         }
     }
@@ -340,6 +353,7 @@ impl Resource {
             | Spec::MeshRetry(_)
             | Spec::MeshCircuitBreaker(_) => {}
             Spec::MeshFaultInjection(_) | Spec::MeshRateLimit(_) => {}
+            Spec::MeshOPA(_) => {}
         }
         warnings.0
     }
@@ -359,6 +373,7 @@ impl Resource {
             Spec::MeshCircuitBreaker(s) => serde_json::to_value(s),
             Spec::MeshFaultInjection(s) => serde_json::to_value(s),
             Spec::MeshRateLimit(s) => serde_json::to_value(s),
+            Spec::MeshOPA(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

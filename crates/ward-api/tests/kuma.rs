@@ -106,6 +106,9 @@ fn valid_kuma_documents_ward_cannot_serve_are_refused_as_unsupported() {
         // on SPIFFE IDs or configure gateways.
         (&["meshfaultinjection"][..], 0.1),
         (&["meshratelimit"][..], 0.6),
+        // Kong Mesh's MeshOPA documents: half configure the agent, read Rego from a Secret or
+        // verify JWTs with io.jwt, which Ward's engine lacks.
+        (&["meshopa"][..], 0.4),
     ] {
         let count =
             |list: &[PathBuf]| list.iter().filter(|p| kind_of(p).is_some_and(|k| kinds.contains(&k.as_str()))).count();

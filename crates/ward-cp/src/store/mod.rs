@@ -493,6 +493,7 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::MeshCircuitBreaker => parse::typed("spec", spec).map(Spec::MeshCircuitBreaker),
         ResourceType::MeshFaultInjection => parse::typed("spec", spec).map(Spec::MeshFaultInjection),
         ResourceType::MeshRateLimit => parse::typed("spec", spec).map(Spec::MeshRateLimit),
+        ResourceType::MeshOPA => parse::typed("spec", spec).map(Spec::MeshOPA),
         ResourceType::Secret | ResourceType::GlobalSecret => {
             Secret::from_stored(spec).map(Spec::Secret).map_err(|reason| ward_api::Cause::new("spec", reason))
         }
