@@ -9,6 +9,7 @@ pub mod balancer;
 pub mod circuit;
 pub mod config;
 pub mod dataplane_file;
+pub mod denials;
 pub mod discovery;
 pub mod dns;
 pub mod external;
@@ -22,6 +23,7 @@ pub mod member;
 pub mod mesh_client;
 pub mod metrics;
 pub mod metrics_endpoint;
+pub mod opa;
 pub mod outbound;
 pub mod probe;
 pub mod retry;
@@ -103,6 +105,8 @@ pub struct Proxy {
     pub listening: AtomicBool,
     /// MeshRateLimit's token buckets, by inbound.
     pub rate_limits: inbound_policies::Buckets,
+    /// The rate limit of denial log lines.
+    pub denials: denials::Log,
 }
 
 impl Proxy {
@@ -157,6 +161,7 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
         listener_errors: Mutex::default(),
         listening: AtomicBool::new(false),
         rate_limits: inbound_policies::Buckets::default(),
+        denials: denials::Log::default(),
         limits: options.limits.clone(),
     });
     let admin_address = admin::address(options.admin_address, &dataplane)?;

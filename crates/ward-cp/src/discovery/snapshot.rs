@@ -129,7 +129,8 @@ impl MeshSnapshot {
                 | Spec::MeshRetry(_)
                 | Spec::MeshCircuitBreaker(_)
                 | Spec::MeshFaultInjection(_)
-                | Spec::MeshRateLimit(_) => policies.push(r),
+                | Spec::MeshRateLimit(_)
+                | Spec::MeshOPA(_) => policies.push(r),
                 Spec::MeshService(_) => mesh_service_resources.push(r),
                 Spec::MeshExternalService(_) => external_resources.push(r),
                 Spec::Mesh(_) | Spec::Secret(_) => {}
@@ -231,6 +232,7 @@ impl MeshSnapshot {
             } else {
                 serde_json::to_string(&rules).expect("rules serialize")
             },
+            denied_by_header: mesh.denied_by_header(),
         })
     }
 
