@@ -43,6 +43,19 @@ pub struct Mesh {
     /// Kuma's MeshService generation mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_services: Option<MeshServices>,
+    /// Ward's own settings, kept apart from Kuma's fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ward: Option<WardSettings>,
+}
+
+/// `ward`: settings of a mesh that Kuma does not have.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WardSettings {
+    /// Whether the answer to a refused request names the deciding policy in `x-ward-denied-by`
+    /// (default false: policy names are internal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_by_header: Option<bool>,
 }
 
 /// `tracing` of a mesh.
@@ -390,6 +403,11 @@ impl Mesh {
     /// How MeshServices are used (`meshServices.mode`, default Disabled).
     pub fn mesh_services_mode(&self) -> MeshServicesMode {
         self.mesh_services.as_ref().and_then(|m| m.mode).unwrap_or(MeshServicesMode::Disabled)
+    }
+
+    /// Whether refusals name the deciding policy in `x-ward-denied-by`.
+    pub fn denied_by_header(&self) -> bool {
+        self.ward.as_ref().and_then(|w| w.denied_by_header).unwrap_or(false)
     }
 
     /// Whether traffic to unknown destinations may leave directly.

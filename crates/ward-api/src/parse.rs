@@ -163,6 +163,7 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         ResourceType::MeshTrust => typed(prefix, content).map(Spec::MeshTrust),
         ResourceType::MeshHealthCheck => typed(prefix, content).map(Spec::MeshHealthCheck),
         ResourceType::MeshLoadBalancingStrategy => typed(prefix, content).map(Spec::MeshLoadBalancingStrategy),
+        ResourceType::MeshOPA => typed(prefix, content).map(Spec::MeshOPA),
         ResourceType::Secret | ResourceType::GlobalSecret => match Secret::from_given(content, &mut causes) {
             Some(secret) => Ok(Spec::Secret(secret)),
             None => return Err(fail(causes.0)),
@@ -199,6 +200,7 @@ pub fn resource(doc: Value, label: &str) -> Result<Resource, ValidationError> {
         Spec::MeshTrust(s) => s.check(&mut causes),
         Spec::MeshHealthCheck(s) => s.check(&crate::mesh_health_check::shape(), &mut causes),
         Spec::MeshLoadBalancingStrategy(s) => crate::mesh_load_balancing_strategy::check(s, &mut causes),
+        Spec::MeshOPA(s) => crate::mesh_opa::check(s, &mut causes),
         Spec::Secret(_) => {}
     }
     if !causes.0.is_empty() {
@@ -390,7 +392,7 @@ mod tests {
             ),
             (
                 "type: Gadget\nname: x\n",
-                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, MeshIdentity, MeshTrust, MeshHealthCheck, MeshLoadBalancingStrategy, MeshHTTPRoute, MeshTCPRoute, Secret, GlobalSecret",
+                "document 1: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, MeshIdentity, MeshTrust, MeshHealthCheck, MeshLoadBalancingStrategy, MeshHTTPRoute, MeshTCPRoute, MeshOPA, Secret, GlobalSecret",
             ),
             (
                 "type: Mesh\nname: m\nmetrics:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: prometheus\n    conf: {envoy: {filterRegex: '(open'}}\n",

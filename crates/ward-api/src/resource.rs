@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::Dataplane, mesh::Mesh, mesh_circuit_breaker::MeshCircuitBreaker,
-    mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection, mesh_identity::MeshIdentity,
     mesh_external_service::MeshExternalService, mesh_fault_injection::MeshFaultInjection,
-    mesh_health_check::MeshHealthCheck, mesh_load_balancing_strategy::MeshLoadBalancingStrategy,
-    mesh_rate_limit::MeshRateLimit, mesh_http_route::MeshHttpRoute, mesh_retry::MeshRetry, mesh_tcp_route::MeshTcpRoute, mesh_service::MeshService, mesh_timeout::MeshTimeout,
+    mesh_health_check::MeshHealthCheck, mesh_http_route::MeshHttpRoute, mesh_identity::MeshIdentity,
+    mesh_load_balancing_strategy::MeshLoadBalancingStrategy, mesh_opa::MeshOpa, mesh_rate_limit::MeshRateLimit,
+    mesh_retry::MeshRetry, mesh_service::MeshService, mesh_tcp_route::MeshTcpRoute, mesh_timeout::MeshTimeout,
     mesh_trust::MeshTrust, permission::MeshTrafficPermission, rules::Entries, secret::Secret,
     traffic_permission::TrafficPermission,
 };
@@ -56,6 +56,8 @@ pub enum ResourceType {
     MeshHTTPRoute,
     /// TCP routes of outbound traffic: weighted backends (targetRef policy).
     MeshTCPRoute,
+    /// Rego policies the callee's proxy evaluates per request (Kong Mesh's targetRef policy).
+    MeshOPA,
 }
 
 /// Whether a type lives inside a mesh or is global.
@@ -223,6 +225,14 @@ pub const TYPES: &[TypeInfo] = &[
         has_spec_field: true,
     },
     TypeInfo {
+        ty: ResourceType::MeshOPA,
+        name: "MeshOPA",
+        plural: "meshopas",
+        aliases: &["meshopa", "mopa", "mesh-opas"],
+        scope: Scope::Mesh,
+        has_spec_field: true,
+    },
+    TypeInfo {
         ty: ResourceType::Secret,
         name: "Secret",
         plural: "secrets",
@@ -341,6 +351,8 @@ pub enum Spec {
     MeshHTTPRoute(MeshHttpRoute),
     /// A MeshTCPRoute.
     MeshTCPRoute(MeshTcpRoute),
+    /// A MeshOPA.
+    MeshOPA(MeshOpa),
 }
 
 impl Spec {
@@ -356,6 +368,7 @@ impl Spec {
             Spec::MeshLoadBalancingStrategy(p) => Some(p.entries()),
             Spec::MeshHTTPRoute(p) => Some(p.entries()),
             Spec::MeshTCPRoute(p) => Some(p.entries()),
+            Spec::MeshOPA(p) => Some(p.entries()),
             _ => None,
         }
     }
@@ -425,7 +438,8 @@ impl Resource {
             | Spec::MeshHealthCheck(_)
             | Spec::MeshLoadBalancingStrategy(_)
             | Spec::MeshHTTPRoute(_)
-            | Spec::MeshTCPRoute(_) => {}
+            | Spec::MeshTCPRoute(_)
+            | Spec::MeshOPA(_) => {}
         }
         warnings.0
     }
@@ -451,6 +465,7 @@ impl Resource {
             Spec::MeshLoadBalancingStrategy(s) => serde_json::to_value(s),
             Spec::MeshHTTPRoute(s) => serde_json::to_value(s),
             Spec::MeshTCPRoute(s) => serde_json::to_value(s),
+            Spec::MeshOPA(s) => serde_json::to_value(s),
             Spec::Secret(s) => Ok(s.stored_json().unwrap_or(serde_json::Value::Null)),
         };
         value.expect("specs always serialize")

@@ -374,12 +374,34 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Merges confs given in application order, each with its policy's name.
-fn merge<'a>(confs: impl IntoIterator<Item = (&'a str, &'a Value)>) -> Option<Merged> {
+/// Lists a kind appends instead of replacing, as Kong Mesh merges them; each entry is told
+/// the policy it came from (`origin`).
+fn appended(kind: ResourceType) -> Option<&'static str> {
+    (kind == ResourceType::MeshOPA).then_some("appendPolicies")
+}
+
+/// Merges confs of `kind` given in application order, each with its policy's name.
+fn merge<'a>(kind: ResourceType, confs: impl IntoIterator<Item = (&'a str, &'a Value)>) -> Option<Merged> {
     let mut merged: Option<Merged> = None;
     for (name, conf) in confs {
         let m = merged.get_or_insert_with(|| Merged { conf: Value::Null, origins: Vec::new() });
+        let list = appended(kind).map(|field| {
+            let before = m.conf.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
+            let added = conf.get(field).and_then(Value::as_array).into_iter().flatten().map(|entry| {
+                let mut entry = entry.clone();
+                if let Value::Object(fields) = &mut entry {
+                    fields.insert("origin".into(), Value::String(name.to_string()));
+                }
+                entry
+            });
+            (field, before.into_iter().chain(added).collect::<Vec<_>>())
+        });
         merge_patch(&mut m.conf, conf);
+        if let Some((field, list)) = list
+            && let Value::Object(fields) = &mut m.conf
+        {
+            fields.insert(field.to_string(), Value::Array(list));
+        }
         if !m.origins.iter().any(|o| o == name) {
             m.origins.push(name.to_string());
         }
@@ -443,7 +465,7 @@ pub fn compute(policies: &[Resource], dataplane: &Resource, destinations: &[Dest
                             && selects_destination(e.top, name, labels, dp, Some(inbound)) == Selected::All
                     })
                     .flat_map(|(r, e)| e.inbound.iter().map(move |c| (r.meta.name.as_str(), c)));
-                if let Some(m) = merge(confs) {
+                if let Some(m) = merge(*kind, confs) {
                     merged.insert(kind.info().name.to_string(), m);
                 }
             }
@@ -472,7 +494,7 @@ pub fn compute(policies: &[Resource], dataplane: &Resource, destinations: &[Dest
                 let merged_kind = match kind {
                     ResourceType::MeshHTTPRoute => routes::merge_http(&entries, destination, destinations),
                     ResourceType::MeshTCPRoute => routes::merge_tcp(&entries, destinations),
-                    _ => merge(entries),
+                    _ => merge(*kind, entries.iter().copied()),
                 };
                 if let Some(m) = merged_kind {
                     merged.insert(kind.info().name.to_string(), m);

@@ -119,6 +119,9 @@ fn valid_kuma_documents_ward_cannot_serve_are_refused_as_unsupported() {
         // The rest of Kuma's routes configure MeshGateways or choose backends by labels.
         (&["meshhttproute"][..], 0.6),
         (&["meshtcproute"][..], 0.5),
+        // Kong Mesh's MeshOPA documents: half configure the agent, read Rego from a Secret or
+        // verify JWTs with io.jwt, which Ward's engine lacks.
+        (&["meshopa"][..], 0.4),
     ] {
         let count =
             |list: &[PathBuf]| list.iter().filter(|p| kind_of(p).is_some_and(|k| kinds.contains(&k.as_str()))).count();

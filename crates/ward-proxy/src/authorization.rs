@@ -249,8 +249,10 @@ impl Caller {
 pub fn authorize(state: &State, caller: &Caller, config: &Config, inbound: usize) -> Decision {
     let decision = caller.decide(config, inbound);
     if !matches!(caller, Caller::Unchecked) {
-        let policy = decision.policy.as_ref().map_or_else(|| "default-deny".to_string(), ToString::to_string);
-        let labels = DecisionLabels { action: decision.action.as_str().to_string(), policy };
+        let labels = DecisionLabels {
+            action: decision.action.as_str().to_string(),
+            policy: crate::inbound::policy_label(&decision),
+        };
         state.metrics.authorization.get_or_create(&labels).inc();
     }
     if decision.action == Action::AllowWithShadowDeny {

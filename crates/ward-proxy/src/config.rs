@@ -12,6 +12,7 @@ use ward_api::{
     Resource, ResourceType, Spec,
     dataplane::{Dataplane, Protocol, Tags},
     mesh_fault_injection::{Injected, faults},
+    mesh_opa::InForce as OpaInForce,
     mesh_rate_limit::Limits as RateLimits,
     mesh_timeout::Timeouts,
     metrics::PrometheusEndpoint,
@@ -167,6 +168,11 @@ pub struct Config {
     /// MeshHTTPRoute and MeshTCPRoute by destination key.
     #[serde(skip)]
     pub routes: Routes,
+    /// MeshOPA at each inbound, by index, compiled once with the configuration.
+    #[serde(skip)]
+    pub inbound_opa: Vec<Option<Arc<OpaInForce>>>,
+    /// Whether a denial names the deciding policy in `x-ward-denied-by` (the mesh's setting).
+    pub denied_by_header: bool,
 }
 
 /// Why a configuration from the control plane was not used.
@@ -376,6 +382,11 @@ impl Config {
                 }
             }
         }
+        let inbound_opa = (0..spec.networking.inbound.len())
+            .map(|i| rules.inbound(i, ResourceType::MeshOPA).map(OpaInForce::from_conf).transpose())
+            .map(|o| o.map(|o| o.map(Arc::new)))
+            .collect::<Result<_, _>>()
+            .map_err(ConfigError::Rules)?;
         let mut outbound_retries = HashMap::new();
         for o in &rules.outbounds {
             let key = &o.destination.key;
@@ -445,6 +456,8 @@ impl Config {
             inbound_rate_limits,
             inbound_faults,
             routes,
+            inbound_opa,
+            denied_by_header: proto.denied_by_header,
         })
     }
 
@@ -466,6 +479,11 @@ impl Config {
     /// The MeshFaultInjection faults of inbound `index`, in order.
     pub fn inbound_faults(&self, index: usize) -> Arc<[Injected]> {
         self.inbound_faults.get(index).cloned().unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    /// The MeshOPA of inbound `index`, if one applies.
+    pub fn inbound_opa(&self, index: usize) -> Option<Arc<OpaInForce>> {
+        self.inbound_opa.get(index).cloned().flatten()
     }
 
     /// The MeshRetry for the destination `key`, if one retries anything.

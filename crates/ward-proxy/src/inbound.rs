@@ -17,7 +17,7 @@ use ward_api::{dataplane::Protocol, mesh_timeout::enabled};
 
 use ward_http::{
     Body,
-    body::{boxed, text},
+    body::text,
     headers::{is_upgrade, remove_every_spelling, strip_hop_by_hop},
 };
 
@@ -25,10 +25,12 @@ use crate::{
     PEER_IDENTITY, Proxy,
     authorization::{Caller, Peer, authorize},
     config::Mode,
+    denials::Denial,
     forward::{self, OpenConnection},
     inbound_policies::{self, Counting},
     io::{Activity, Counted, Detected, detect},
     metrics::{INBOUND, ReasonLabels},
+    opa,
     timeouts::Limits,
     tls,
 };
@@ -138,6 +140,11 @@ where
         if !authorize(proxy.state(), &caller, &config, index).allows() {
             return;
         }
+        if config.inbound_opa(index).is_some() {
+            // MeshOPA decides HTTP requests; opaque bytes cannot be asked about, so none pass.
+            tracing::warn!(caller = caller.label(), "a MeshOPA applies to this TCP inbound; closing the connection");
+            return;
+        }
         let within = timeouts.connect.unwrap_or(crate::app_client::CONNECT_TIMEOUT);
         let app = match tokio::time::timeout(within, crate::app_client::connect(spec.app)).await {
             Ok(Ok(app)) => app,
@@ -203,8 +210,56 @@ async fn handle_request(
         return text(StatusCode::SERVICE_UNAVAILABLE, "this inbound is no longer configured\n");
     };
     let decision = authorize(proxy.state(), caller, &config, index);
-    if decision.allows()
-        && let Some(limits) = config.inbound_rate_limits(index)
+    if !decision.allows() {
+        let mut response = text(StatusCode::FORBIDDEN, DENIED_BODY);
+        let policy = policy_label(&decision);
+        denial(caller, spec, &request, &policy).record(
+            proxy.state(),
+            &proxy.denials,
+            config.denied_by_header,
+            &mut response,
+        );
+        forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
+        return response;
+    }
+    let upgrading = is_upgrade(&request);
+    let mut buffered = None;
+    let mut response_headers = Vec::new();
+    if let Some(in_force) = config.inbound_opa(index) {
+        if let Some(max) = in_force.max_body.filter(|_| !upgrading) {
+            match opa::buffer(request.body_mut(), max).await {
+                Ok(b) => buffered = Some(b),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the request body ended before it could be decided");
+                    return text(StatusCode::BAD_REQUEST, "the request body could not be read\n");
+                }
+            }
+        }
+        let destination = format!("spiffe://{}/{}", config.mesh, spec.service);
+        let source = match caller {
+            Caller::Mesh(peer) => Some(peer.id.as_str()),
+            Caller::Anonymous | Caller::Unchecked => None,
+        };
+        let peers = opa::Peers { source, destination: &destination, address: spec.listen };
+        let (mut parts, body) = request.into_parts();
+        let outcome = opa::decide(&in_force, &mut parts, buffered.as_ref(), peers);
+        request = Request::from_parts(parts, body);
+        match outcome {
+            opa::Outcome::Pass(headers) => response_headers = headers,
+            opa::Outcome::Deny(mut response, by) => {
+                let policy = format!("MeshOPA/{}", by.unwrap_or_default());
+                denial(caller, spec, &request, &policy).record(
+                    proxy.state(),
+                    &proxy.denials,
+                    config.denied_by_header,
+                    &mut response,
+                );
+                forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
+                return response;
+            }
+        }
+    }
+    if let Some(limits) = config.inbound_rate_limits(index)
         && let Some(limit) = limits.requests
         && !proxy.rate_limits.take(index, Counting::Requests, limit)
     {
@@ -213,8 +268,7 @@ async fn handle_request(
         forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
         return response;
     }
-    let faults =
-        if decision.allows() { inbound_policies::decide(&config.inbound_faults(index)) } else { Default::default() };
+    let faults = inbound_policies::decide(&config.inbound_faults(index));
     if !faults.delay.is_zero() {
         tokio::time::sleep(faults.delay).await;
     }
@@ -223,8 +277,7 @@ async fn handle_request(
         forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
         return response;
     }
-    let response = if decision.allows() {
-        let upgrading = is_upgrade(&request);
+    let response = {
         let headers = request.headers_mut();
         strip_hop_by_hop(headers, upgrading);
         remove_every_spelling(headers, &[PEER_IDENTITY]);
@@ -260,7 +313,7 @@ async fn handle_request(
             let within = timeouts.connect.unwrap_or(crate::app_client::CONNECT_TIMEOUT);
             // As in Envoy, a fault's delay comes before the request's deadline starts.
             let limits = Limits::new(&timeouts, (if faults.delay.is_zero() { started } else { Instant::now() }).into());
-            match limits.exchange(request.map(boxed), |r| proxy.app.send(spec.app, h2c, within, r)).await {
+            match limits.exchange(opa::body(request, buffered), |r| proxy.app.send(spec.app, h2c, within, r)).await {
                 Ok(result) => result,
                 Err(expired) => {
                     tracing::info!(app = %spec.app, ?expired, "request ended by a MeshTimeout");
@@ -274,6 +327,7 @@ async fn handle_request(
             Ok(mut response) => {
                 if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                     strip_hop_by_hop(response.headers_mut(), false);
+                    opa::add_headers(response.headers_mut(), &response_headers, true);
                     if let Some(rate) = faults.bandwidth {
                         response = inbound_policies::throttle(response, rate);
                     }
@@ -286,12 +340,24 @@ async fn handle_request(
                 forward::unavailable(StatusCode::BAD_GATEWAY, "upstream connect error")
             }
         }
-    } else {
-        tracing::debug!(caller = caller.label(), decision = %decision, "request denied");
-        text(StatusCode::FORBIDDEN, DENIED_BODY)
     };
     forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
     response
+}
+
+/// `Type/name` of the policy behind a decision, or `default-deny`.
+pub fn policy_label(decision: &ward_api::policy::Decision) -> String {
+    decision.policy.as_ref().map_or_else(|| "default-deny".to_string(), ToString::to_string)
+}
+
+fn denial<'a, B>(caller: &'a Caller, spec: &'a InboundSpec, request: &'a Request<B>, policy: &'a str) -> Denial<'a> {
+    Denial {
+        caller: caller.label(),
+        destination: &spec.service,
+        method: request.method().as_str(),
+        path: request.uri().path(),
+        policy,
+    }
 }
 
 #[cfg(test)]

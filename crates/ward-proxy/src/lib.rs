@@ -9,6 +9,7 @@ pub mod balancer;
 pub mod circuit;
 pub mod config;
 pub mod dataplane_file;
+pub mod denials;
 pub mod discovery;
 pub mod dns;
 pub mod external;
@@ -24,6 +25,7 @@ pub mod mesh_client;
 pub mod metrics;
 pub mod metrics_endpoint;
 pub mod mirror;
+pub mod opa;
 pub mod outbound;
 pub mod probe;
 pub mod retry;
@@ -104,6 +106,8 @@ pub struct Proxy {
     pub listening: AtomicBool,
     /// MeshRateLimit's token buckets, by inbound.
     pub rate_limits: inbound_policies::Buckets,
+    /// The rate limit of denial log lines.
+    pub denials: denials::Log,
 }
 
 impl Proxy {
@@ -158,6 +162,7 @@ pub async fn run(options: ProxyOptions, shutdown: impl Future<Output = ()>) -> a
         listener_errors: Mutex::default(),
         listening: AtomicBool::new(false),
         rate_limits: inbound_policies::Buckets::default(),
+        denials: denials::Log::default(),
         limits: options.limits.clone(),
     });
     let admin_address = admin::address(options.admin_address, &dataplane)?;

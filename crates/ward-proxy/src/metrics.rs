@@ -72,6 +72,15 @@ pub struct DecisionLabels {
     pub policy: String,
 }
 
+/// Labels of a refused request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    /// The destination service.
+    pub destination: String,
+    /// `Type/name` of the deciding policy (a MeshTrafficPermission or a MeshOPA), or `default-deny`.
+    pub policy: String,
+}
+
 /// Builds latency histograms: 0.1 ms to about 13 s.
 #[derive(Clone)]
 pub struct LatencyBuckets;
@@ -98,6 +107,8 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
     /// Authorization decisions on inbound connections and requests, by action and policy.
     pub authorization: Family<DecisionLabels, Counter>,
+    /// Inbound requests refused, by destination and deciding policy.
+    pub requests_denied: Family<DeniedLabels, Counter>,
     /// Open connections closed because their peer lost its permission or its certificate's trust.
     pub connections_cut: Family<ReasonLabels, Counter>,
     /// When the certificate in use expires (Unix seconds).
@@ -123,6 +134,7 @@ impl Metrics {
             open_connections: Family::default(),
             tls_handshake_failures: Family::default(),
             authorization: Family::default(),
+            requests_denied: Family::default(),
             connections_cut: Family::default(),
             certificate_expiry: Gauge::default(),
             control_plane_connected: Gauge::default(),
@@ -145,6 +157,11 @@ impl Metrics {
             "authorization_decisions",
             "Authorization decisions by action and policy",
             m.authorization.clone(),
+        );
+        registry.register(
+            "requests_denied",
+            "Inbound requests refused, by destination and the policy that decided (MeshTrafficPermission/NAME, MeshOPA/NAME or default-deny)",
+            m.requests_denied.clone(),
         );
         registry.register(
             "connections_cut",

@@ -46,7 +46,7 @@ fn every_resource_page_example_applies() {
         assert!(run.0.status.success(), "{}: {}", path.display(), run.stderr());
         pages += 1;
     }
-    assert_eq!(pages, 18, "a page per resource type (Secret and GlobalSecret share one)");
+    assert_eq!(pages, 19, "a page per resource type (Secret and GlobalSecret share one)");
 }
 
 /// The fenced blocks of a Markdown file whose info string is exactly `lang`.

@@ -248,3 +248,20 @@ fn a_route_with_a_backend_nobody_knows_is_reported_and_not_applied() {
         ["half: not applied: backendRef MeshService/nowhere: no such service reachable from this dataplane"]
     );
 }
+
+#[test]
+fn mesh_opa_policies_append_their_modules_each_with_its_origin() {
+    let opa = |name: &str, top: &str, package: &str, status: u16| {
+        format!(
+            "---\ntype: MeshOPA\nmesh: m\nname: {name}\nspec:\n  targetRef: {top}\n  default:\n    \
+             authConfig: {{statusOnError: {status}}}\n    appendPolicies:\n    - rego:\n        \
+             inlineString: \"package {package}\\ndefault allow = true\\n\"\n"
+        )
+    };
+    let policies = opa("narrow", "{kind: Dataplane, name: web-1}", "b", 503) + &opa("wide", "{kind: Mesh}", "a", 401);
+    let conf = rules_of(&policies, &[]).inbound(0, ResourceType::MeshOPA).cloned().unwrap();
+    let origins: Vec<&str> =
+        conf["appendPolicies"].as_array().unwrap().iter().map(|p| p["origin"].as_str().unwrap()).collect();
+    assert_eq!(origins, ["wide", "narrow"], "{conf}");
+    assert_eq!(conf["authConfig"]["statusOnError"], 503, "the more specific policy's field wins");
+}

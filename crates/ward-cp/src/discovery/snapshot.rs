@@ -141,7 +141,8 @@ impl MeshSnapshot {
                 | Spec::MeshHealthCheck(_)
                 | Spec::MeshLoadBalancingStrategy(_)
                 | Spec::MeshHTTPRoute(_)
-                | Spec::MeshTCPRoute(_) => policies.push(r),
+                | Spec::MeshTCPRoute(_)
+                | Spec::MeshOPA(_) => policies.push(r),
                 Spec::MeshIdentity(_) => identity_resources.push(r),
                 Spec::MeshTrust(_) => trust_resources.push(r),
                 Spec::MeshService(_) => mesh_service_resources.push(r),
@@ -267,6 +268,7 @@ impl MeshSnapshot {
             },
             workload_spiffe_id: workload.map(|(id, _)| id.to_string()).unwrap_or_default(),
             trust_domains: if workload.is_some() { self.issuers.trust_domains.clone() } else { Vec::new() },
+            denied_by_header: mesh.denied_by_header(),
         })
     }
 

@@ -547,6 +547,7 @@ fn decode(ty: ResourceType, row: &SqliteRow) -> Result<Resource, StoreError> {
         ResourceType::MeshTrust => parse::typed("spec", spec).map(Spec::MeshTrust),
         ResourceType::MeshHealthCheck => parse::typed("spec", spec).map(Spec::MeshHealthCheck),
         ResourceType::MeshLoadBalancingStrategy => parse::typed("spec", spec).map(Spec::MeshLoadBalancingStrategy),
+        ResourceType::MeshOPA => parse::typed("spec", spec).map(Spec::MeshOPA),
         ResourceType::Secret | ResourceType::GlobalSecret => {
             Secret::from_stored(spec).map(Spec::Secret).map_err(|reason| ward_api::Cause::new("spec", reason))
         }

@@ -92,6 +92,7 @@ impl Lab {
             listener_errors: Mutex::default(),
             listening: AtomicBool::new(false),
             rate_limits: Default::default(),
+            denials: Default::default(),
             limits,
         });
         let spec = Arc::new(InboundSpec {

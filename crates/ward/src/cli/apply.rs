@@ -155,7 +155,7 @@ mod tests {
             errors,
             [
                 "meshes/a: document 2 repeats document 1; each resource may appear once",
-                "document 3: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, MeshIdentity, MeshTrust, MeshHealthCheck, MeshLoadBalancingStrategy, MeshHTTPRoute, MeshTCPRoute, Secret, GlobalSecret"
+                "document 3: type: must be one of Mesh, Dataplane, MeshTrafficPermission, TrafficPermission, MeshService, MeshExternalService, MeshTimeout, MeshRetry, MeshCircuitBreaker, MeshFaultInjection, MeshRateLimit, MeshIdentity, MeshTrust, MeshHealthCheck, MeshLoadBalancingStrategy, MeshHTTPRoute, MeshTCPRoute, MeshOPA, Secret, GlobalSecret"
             ]
         );
         assert_eq!(load("").unwrap_err(), ["input: holds no document"]);

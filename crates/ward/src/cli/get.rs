@@ -213,6 +213,10 @@ fn table(ty: ResourceType, items: &[Value]) -> String {
                 vec![text(&v["mesh"]), text(&v["name"]), target(&spec["targetRef"]), inbound, age(v)]
             })
         }
+        ResourceType::MeshOPA => (&["MESH", "NAME", "TARGETREF", "POLICIES", "AGE"], |v| {
+            let policies = v["spec"]["default"]["appendPolicies"].as_array().map_or(0, Vec::len);
+            vec![text(&v["mesh"]), text(&v["name"]), target(&v["spec"]["targetRef"]), policies.to_string(), age(v)]
+        }),
         ResourceType::MeshExternalService => (&["MESH", "NAME", "MATCH", "HOSTNAME", "VIP", "TLS", "AGE"], |v| {
             let spec = &v["spec"];
             let status = &v["status"];

@@ -191,7 +191,13 @@ impl Lab {
         let client = cp.spawn_proxy(root.path(), "client-1", &client_yaml, &[]);
         tokio::task::block_in_place(|| {
             let named_proxies = named.iter().map(|n| &n.proxy);
-            for p in std::iter::once(&web).chain(&broken).chain(named_proxies).chain(&db).chain(&grpc).chain(&targets).chain([&client])
+            for p in std::iter::once(&web)
+                .chain(&broken)
+                .chain(named_proxies)
+                .chain(&db)
+                .chain(&grpc)
+                .chain(&targets)
+                .chain([&client])
             {
                 p.wait_ready();
             }
