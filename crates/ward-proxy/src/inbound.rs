@@ -235,7 +235,11 @@ async fn handle_request(
                 }
             }
         }
-        let destination = format!("spiffe://{}/{}", config.mesh, spec.service);
+        // The callee's own identity: its workload's under MeshIdentity, else its service's.
+        let destination = match &config.workload_id {
+            Some(id) => id.to_string(),
+            None => format!("spiffe://{}/{}", config.mesh, spec.service),
+        };
         let source = match caller {
             Caller::Mesh(peer) => Some(peer.id.as_str()),
             Caller::Anonymous | Caller::Unchecked => None,
