@@ -9,7 +9,9 @@ const SCHEME: &str = "spiffe://";
 const MAX_TRUST_DOMAIN_LEN: usize = 255;
 const MAX_ID_LEN: usize = 2048;
 
-/// A validated SPIFFE ID; in Ward `spiffe://<mesh>/<service>`, or `spiffe://<mesh>` for a trust domain.
+/// A validated SPIFFE ID: `spiffe://<mesh>/<service>` from a Mesh's mtls backends, the ID a
+/// MeshIdentity renders (`spiffe://<trust-domain>/workload/<name>` by default), or
+/// `spiffe://<domain>` for a trust domain.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
     id: String,
@@ -131,12 +133,13 @@ impl SpiffeId {
         Self::parse(&format!("{SCHEME}{mesh}"))
     }
 
-    /// The trust domain, which in Ward is the mesh name.
+    /// The trust domain: the mesh name for IDs from a Mesh's mtls backends.
     pub fn mesh(&self) -> &str {
         &self.id[SCHEME.len()..SCHEME.len() + self.trust_domain_len]
     }
 
-    /// The path without its leading `/` (the service name); `None` for a trust domain ID.
+    /// The path without its leading `/` (the service name for IDs from a Mesh's mtls
+    /// backends); `None` for a trust domain ID.
     pub fn service(&self) -> Option<&str> {
         let path = &self.id[SCHEME.len() + self.trust_domain_len..];
         path.strip_prefix('/')
