@@ -84,7 +84,6 @@ mod tests {
 
     use super::*;
     use crate::compiled::compile as compile_gateway;
-    use crate::exchange::RequestBody;
     use crate::plugins::transformer::testing;
     use crate::runtime::Shared;
 
@@ -136,28 +135,8 @@ consumers:
                 if let Some(key) = key {
                     headers.insert("apikey", HeaderValue::from_static(key));
                 }
-                let mut ex = Exchange {
-                    method: http::Method::GET,
-                    headers,
-                    path: format!("/{name}"),
-                    query: None,
-                    uri: format!("/{name}").parse().unwrap(),
-                    version: http::Version::HTTP_11,
-                    body: RequestBody::Buffered(Bytes::new()),
-                    client_ip: conn.peer.ip(),
-                    conn: &conn,
-                    consumers: &gw.consumers,
-                    route,
-                    service: None,
-                    consumer: None,
-                    credential: None,
-                    response_headers: HeaderMap::new(),
-                    uri_captures: Default::default(),
-                    upstream_path: None,
-                    upstream_host: None,
-                    responders: Vec::new(),
-                    session: Default::default(),
-                };
+                let target = format!("/{name}");
+                let mut ex = testing::exchange(&conn, &gw.consumers, route, "GET", &target, headers, Bytes::new());
                 let got = match route.chain.run(&mut ex).await {
                     Ok(()) => 200,
                     Err(reply) => reply.into_response().status().as_u16(),

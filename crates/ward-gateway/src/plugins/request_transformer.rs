@@ -646,7 +646,6 @@ mod tests {
             Err(e) => return vec![format!("{}: refused: {e}", c.what)],
         };
         let (conn, consumers, route) = (testing::conn(), Consumers::default(), testing::route());
-        let uri: http::Uri = c.target.parse().unwrap();
         let mut headers = HeaderMap::new();
         for (k, v) in c.headers {
             headers.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
@@ -654,28 +653,9 @@ mod tests {
         if !c.body.is_empty() {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(c.body.len()));
         }
-        let mut ex = Exchange {
-            method: c.method.parse().unwrap(),
-            headers,
-            path: uri.path().to_string(),
-            query: uri.query().map(str::to_string),
-            uri: uri.clone(),
-            version: http::Version::HTTP_11,
-            body: RequestBody::Buffered(Bytes::from_static(c.body.as_bytes())),
-            client_ip: conn.peer.ip(),
-            conn: &conn,
-            consumers: &consumers,
-            route: &route,
-            service: None,
-            consumer: None,
-            credential: None,
-            response_headers: HeaderMap::new(),
-            uri_captures: c.captures,
-            upstream_path: None,
-            upstream_host: None,
-            responders: Vec::new(),
-            session: Default::default(),
-        };
+        let body = Bytes::from_static(c.body.as_bytes());
+        let mut ex = testing::exchange(&conn, &consumers, &route, c.method, c.target, headers, body);
+        ex.uri_captures = c.captures;
         let outcome = plugin.access(&mut ex).await;
         let body = match &ex.body {
             RequestBody::Buffered(b) => String::from_utf8_lossy(b).into_owned(),

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use super::seal::{self, Contents, Entry, Kind, RequestCookies, Sealer};
 use super::*;
 use crate::compiled::{Gateway, compile as compile_gateway};
-use crate::exchange::RequestBody;
 use crate::plugins::transformer::testing;
 use crate::runtime::Shared;
 
@@ -322,33 +321,13 @@ impl Harness {
     /// a request that passes every plugin gets 200 from the "upstream".
     async fn send(&self, route: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> Answer {
         let route = self.gw.routes.iter().find(|r| r.name.as_deref() == Some(route)).expect("a route of that name");
-        let (conn, uri) = (testing::conn(), target.parse::<http::Uri>().unwrap());
+        let conn = testing::conn();
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
-        let mut ex = Exchange {
-            method: method.parse().unwrap(),
-            headers: map,
-            path: uri.path().to_string(),
-            query: uri.query().map(str::to_string),
-            uri: uri.clone(),
-            version: http::Version::HTTP_11,
-            body: RequestBody::Buffered(Bytes::copy_from_slice(body.as_bytes())),
-            client_ip: conn.peer.ip(),
-            conn: &conn,
-            consumers: &self.gw.consumers,
-            route,
-            service: None,
-            consumer: None,
-            credential: None,
-            response_headers: HeaderMap::new(),
-            uri_captures: Default::default(),
-            upstream_path: None,
-            upstream_host: None,
-            responders: Vec::new(),
-            session: Default::default(),
-        };
+        let body = Bytes::copy_from_slice(body.as_bytes());
+        let mut ex = testing::exchange(&conn, &self.gw.consumers, route, method, target, map, body);
         let outcome = route.chain.run(&mut ex).await;
         let extra = std::mem::take(&mut ex.response_headers);
         let responders = std::mem::take(&mut ex.responders);

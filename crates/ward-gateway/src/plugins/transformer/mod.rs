@@ -494,12 +494,14 @@ pub(crate) mod testing {
     use std::net::SocketAddr;
     use std::sync::atomic::AtomicU64;
 
-    use http::StatusCode;
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
     use serde_json::Value;
 
     use crate::compiled::{PathHandling, Route};
     use crate::consumers::Consumers;
     use crate::error::ConfigErrors;
+    use crate::exchange::{Exchange, RequestBody};
     use crate::listener::ConnInfo;
     use crate::plugins::{Compile, Plugin, Scope};
     use crate::router::Captures;
@@ -522,6 +524,42 @@ pub(crate) mod testing {
         match plugin {
             Some(p) if errors.is_empty() => Ok(p),
             _ => Err(errors.to_string()),
+        }
+    }
+
+    /// A request on `route` through `conn`, as the handler makes it before any plugin ran:
+    /// `method` on `target` with `headers` and a buffered `body`.
+    pub fn exchange<'a>(
+        conn: &'a ConnInfo,
+        consumers: &'a Consumers,
+        route: &'a Route,
+        method: &str,
+        target: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Exchange<'a> {
+        let uri: http::Uri = target.parse().expect("a request target");
+        Exchange {
+            method: method.parse().expect("a method"),
+            headers,
+            path: uri.path().to_string(),
+            query: uri.query().map(str::to_string),
+            uri,
+            version: http::Version::HTTP_11,
+            body: RequestBody::Buffered(body),
+            client_ip: conn.peer.ip(),
+            conn,
+            consumers,
+            route,
+            service: None,
+            consumer: None,
+            credential: None,
+            response_headers: HeaderMap::new(),
+            uri_captures: Default::default(),
+            upstream_path: None,
+            upstream_host: None,
+            responders: Vec::new(),
+            session: Default::default(),
         }
     }
 
