@@ -209,18 +209,16 @@ async fn handle_request(
     let Some(index) = config.inbound_index(spec) else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "this inbound is no longer configured\n");
     };
+    // A denial is counted, logged and answered the same whichever policy decided it.
+    let refuse = |mut response: Response<Body>, request: &Request<Incoming>, policy: &str| {
+        let (state, header) = (proxy.state(), config.denied_by_header);
+        denial(caller, spec, request, policy).record(state, &proxy.denials, header, &mut response);
+        forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
+        response
+    };
     let decision = authorize(proxy.state(), caller, &config, index);
     if !decision.allows() {
-        let mut response = text(StatusCode::FORBIDDEN, DENIED_BODY);
-        let policy = policy_label(&decision);
-        denial(caller, spec, &request, &policy).record(
-            proxy.state(),
-            &proxy.denials,
-            config.denied_by_header,
-            &mut response,
-        );
-        forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
-        return response;
+        return refuse(text(StatusCode::FORBIDDEN, DENIED_BODY), &request, &policy_label(&decision));
     }
     let upgrading = is_upgrade(&request);
     let mut buffered = None;
@@ -250,16 +248,8 @@ async fn handle_request(
         request = Request::from_parts(parts, body);
         match outcome {
             opa::Outcome::Pass(headers) => response_headers = headers,
-            opa::Outcome::Deny(mut response, by) => {
-                let policy = format!("MeshOPA/{}", by.unwrap_or_default());
-                denial(caller, spec, &request, &policy).record(
-                    proxy.state(),
-                    &proxy.denials,
-                    config.denied_by_header,
-                    &mut response,
-                );
-                forward::record(proxy, INBOUND, caller.label(), &spec.service, response.status(), started);
-                return response;
+            opa::Outcome::Deny(response, by) => {
+                return refuse(response, &request, &format!("MeshOPA/{}", by.unwrap_or_default()));
             }
         }
     }
